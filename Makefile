@@ -1,0 +1,37 @@
+# creditflow: `make demo` runs the main pipeline on the embedded default; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit lint ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install creditflow with its dev tools
+
+demo: setup ## run the main pipeline (generated data, SQLite tracking in ./mlflow.db)
+	$(VENV)/bin/mlflow run . -e main --env-manager local
+
+test: setup ## run every test (unit, integration, spark)
+	$(PY) -m pytest -q
+
+test-unit: setup ## run the fast unit tests only
+	$(PY) -m pytest -q -m "not integration and not spark and not slow"
+
+lint: setup ## ruff over the code and tests
+	$(VENV)/bin/ruff check src tests scripts
+
+ui: setup ## the MLflow UI over the local tracking store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean: ## remove local tracking state and outputs (keeps .venv)
+	rm -rf mlruns mlartifacts mlflow.db spark-warehouse outputs

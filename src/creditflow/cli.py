@@ -1,0 +1,91 @@
+"""The `creditflow` command line: thin wrappers over the library, one subcommand per entry point.
+
+Every user mistake (bad spec, bad data, unknown model, unreachable server) ends as one line on
+stderr and exit code 2 (3 for a promotion refused by a gate); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from creditflow.errors import CreditflowError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from creditflow.data import load_dataset
+    from creditflow.specs import load_experiment_spec
+    from creditflow.tracking import check_tracking_server, detach_project_run, link_to_project_run, train_and_log
+
+    exp, ds = load_experiment_spec(args.spec)
+    overrides = {k: v for k, v in {"search.trials": args.trials, "cv_folds": args.cv_folds}.items() if v}
+    exp = exp.with_overrides(**overrides) if overrides else exp
+    launcher = detach_project_run()
+    check_tracking_server()
+    outcome = train_and_log(exp, ds, load_dataset(ds, args.data or None))
+    link_to_project_run(launcher, [outcome])
+    print(f"run {outcome.run_id}: test_roc_auc={outcome.test['test_roc_auc']:.4f} model={outcome.model_uri}")
+    return 0
+
+
+def _cmd_main(args: argparse.Namespace) -> int:
+    from creditflow.flow import Budget, run_main
+    from creditflow.tracking import detach_project_run, link_to_project_run
+
+    launcher = detach_project_run()
+    outcomes = run_main(Path(args.experiments), args.data or None, Budget(args.trials, args.cv_folds))
+    link_to_project_run(launcher, outcomes)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from creditflow.tracking import check_tracking_server, rebuild_explanations
+
+    check_tracking_server()
+    rebuild_explanations(args.run_id, args.data or None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run one experiment spec as an MLflow run")
+    p.add_argument("--spec", required=True, help="experiment spec YAML, e.g. experiments/logistic_baseline.yaml")
+    p.add_argument("--data", default="", help="CSV/Parquet file instead of the spec's source (e.g. cs-training.csv)")
+    p.add_argument("--trials", type=int, default=0, help="override the search's trial budget (0: the spec's)")
+    p.add_argument("--cv-folds", type=int, default=0, help="override the CV folds (0: the spec's)")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("main", help="the demo pipeline: one small experiment per family, best first")
+    p.add_argument("--experiments", default="experiments", help="folder of experiment specs")
+    p.add_argument("--data", default="", help="CSV/Parquet file instead of the generated default")
+    p.add_argument("--trials", type=int, default=4, help="trials per Bayesian search")
+    p.add_argument("--cv-folds", type=int, default=3, help="cross-validation folds")
+    p.set_defaults(handler=_cmd_main)
+
+    p = sub.add_parser("explain", help="rebuild the explanation artifacts of an existing run's model")
+    p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
+    p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
+    p.set_defaults(handler=_cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CreditflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

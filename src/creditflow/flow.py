@@ -1,0 +1,50 @@
+"""The `main` pipeline: load the data once, run one small experiment per family, report the best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from creditflow.data import load_dataset
+from creditflow.specs import ExperimentSpec, load_experiment_spec
+from creditflow.tracking import TrainingOutcome, check_tracking_server, train_and_log
+
+DEMO_SPECS = (
+    "logistic_baseline.yaml",
+    "logistic_bayes.yaml",
+    "xgboost_bayes.yaml",
+    "hist_gradient_boosting.yaml",
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Small budgets that keep the demo within minutes: trials per search, CV folds."""
+
+    trials: int = 4
+    cv_folds: int = 3
+
+
+def budgeted(exp: ExperimentSpec, budget: Budget) -> ExperimentSpec:
+    changes: dict = {"cv_folds": budget.cv_folds}
+    if exp.search.type == "bayesian":
+        changes["search.trials"] = min(exp.search.trials, budget.trials)
+    return exp.with_overrides(**changes)
+
+
+def run_main(experiments_dir: Path, data_path: str | None, budget: Budget) -> list[TrainingOutcome]:
+    """Every demo experiment on the same data; returns outcomes best first (by CV ROC AUC)."""
+    specs = [load_experiment_spec(experiments_dir / name) for name in DEMO_SPECS]
+    check_tracking_server()
+    data = load_dataset(specs[0][1], data_path)
+    print(f"data: {len(data.X)} rows from {data.source} ({data.n_rule_violations} broke value rules)", flush=True)
+    outcomes = []
+    for exp, ds in specs:
+        print(f"== {exp.name} ({exp.family}, {exp.search.type})", flush=True)
+        outcomes.append(train_and_log(budgeted(exp, budget), ds, data))
+    outcomes.sort(key=lambda o: o.cv["cv_roc_auc_mean"], reverse=True)
+    print("\nexperiment               cv_roc_auc  test_roc_auc  test_ks  version")
+    for o in outcomes:
+        print(f"{o.experiment:<24} {o.cv['cv_roc_auc_mean']:.4f}      {o.test['test_roc_auc']:.4f}"
+              f"        {o.test['test_ks']:.3f}    {o.registered_version or '-'}")
+    return outcomes

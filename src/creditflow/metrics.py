@@ -1,0 +1,70 @@
+"""Credit-model metrics on predicted default probabilities, and a paired bootstrap for comparing models."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
+
+# cross_validate scorer names → metric names logged as cv_<name>_mean / _std
+CV_SCORERS = {
+    "roc_auc": "roc_auc",
+    "pr_auc": "average_precision",
+    "log_loss": "neg_log_loss",
+    "brier": "neg_brier_score",
+}
+
+
+def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
+    """Kolmogorov-Smirnov: the largest gap between the score distributions of defaulters and others."""
+    fpr, tpr, _ = roc_curve(y, p)
+    return float(np.max(tpr - fpr))
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-frequency bins of predicted probability."""
+    order = np.argsort(p)
+    gaps = [abs(np.mean(y[idx]) - np.mean(p[idx])) * len(idx) for idx in np.array_split(order, bins) if len(idx)]
+    return float(np.sum(gaps) / len(p))
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Held-out metrics: ranking, probability quality, and the decision at `threshold`."""
+    y = np.asarray(y)
+    p = np.asarray(p, dtype="float64")
+    decided = (p >= threshold).astype(int)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "ks": ks_statistic(y, p),
+        "calibration_error": calibration_error(y, p),
+        "f1": float(f1_score(y, decided, zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, decided)),
+        "decline_rate": float(decided.mean()),
+    }
+
+
+def paired_bootstrap_auc(
+    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, n_boot: int = 500, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """AUC(new) - AUC(old) on the same rows, with a paired bootstrap confidence interval (diff, low, high)."""
+    y, p_new, p_old = map(np.asarray, (y, p_new, p_old))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        diffs.append(roc_auc_score(y[idx], p_new[idx]) - roc_auc_score(y[idx], p_old[idx]))
+    alpha = (1 - level) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(roc_auc_score(y, p_new) - roc_auc_score(y, p_old)), float(low), float(high)

@@ -1,0 +1,258 @@
+"""Typed, validated configuration: the dataset spec and the experiment spec, loaded from YAML.
+
+Both are frozen pydantic models built once at the edge (`load_dataset_spec`, `load_experiment_spec`);
+everything downstream takes these objects, never raw dictionaries or environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from creditflow.errors import SpecError
+
+GroupKind = Literal["numeric", "skewed", "categorical", "indicator"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnSpec(_Frozen):
+    """One raw input column: its model name, preprocessing group and value rules."""
+
+    name: str
+    group: GroupKind
+    display: str = ""
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = True
+    integer: bool = False
+    sentinels: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Readable name for plots and reason codes."""
+        return self.display or self.name.replace("_", " ")
+
+
+class DerivedSpec(_Frozen):
+    """An indicator derived from one column: `column op value` as 0/1."""
+
+    column: str
+    op: Literal["gt", "ge", "lt", "le", "isnull"]
+    value: float | None = None
+    display: str = ""
+
+    @model_validator(mode="after")
+    def _value_needed(self) -> DerivedSpec:
+        if self.op != "isnull" and self.value is None:
+            raise ValueError(f"op '{self.op}' needs a value")
+        return self
+
+
+class TargetSpec(_Frozen):
+    column: str
+    positive: int | str = 1
+
+
+class GeneratedSpec(_Frozen):
+    rows: int = Field(150_000, gt=0)
+    seed: int = 42
+
+
+class GroupSpec(_Frozen):
+    """Preprocessing of one column group for linear models (trees get raw values and native NaN)."""
+
+    impute: Literal["median", "mean", "most_frequent", "none"] = "median"
+    add_indicator: bool = False
+    scale: bool = True
+    power: bool = False
+    encode: Literal["onehot", "ordinal"] = "onehot"
+
+
+DEFAULT_GROUPS: dict[str, GroupSpec] = {
+    "numeric": GroupSpec(),
+    "skewed": GroupSpec(power=True),
+    "categorical": GroupSpec(impute="most_frequent", scale=False),
+    "indicator": GroupSpec(impute="none", scale=False),
+}
+
+
+class DatasetSpec(_Frozen):
+    """What a tabular credit data set looks like and how each column is prepared."""
+
+    name: str
+    source: str = "generated"
+    generated: GeneratedSpec = GeneratedSpec()
+    target: TargetSpec
+    id_column: str
+    sentinel_action: Literal["missing", "keep"] = "missing"
+    columns: dict[str, ColumnSpec]
+    derived: dict[str, DerivedSpec] = {}
+    groups: dict[GroupKind, GroupSpec] = {}
+
+    @model_validator(mode="after")
+    def _check_names(self) -> DatasetSpec:
+        names = [c.name for c in self.columns.values()] + list(self.derived)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model column names used twice: {', '.join(dupes)}")
+        known = {c.name for c in self.columns.values()}
+        for key, d in self.derived.items():
+            if d.column not in known:
+                raise ValueError(f"derived '{key}' uses unknown column '{d.column}'")
+        if self.target.column in self.columns or self.id_column in self.columns:
+            raise ValueError("target and id column must not be listed under columns")
+        return self
+
+    @property
+    def is_generated(self) -> bool:
+        return self.source == "generated"
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Applicant columns as named in the raw file: the model's input signature."""
+        return list(self.columns)
+
+    def group_spec(self, kind: GroupKind) -> GroupSpec:
+        return self.groups.get(kind, DEFAULT_GROUPS[kind])
+
+    def model_columns(self, kind: GroupKind) -> list[str]:
+        """Model-side (renamed) column names in a group; derived indicators are in `indicator`."""
+        cols = [c.name for c in self.columns.values() if c.group == kind]
+        return cols + list(self.derived) if kind == "indicator" else cols
+
+    def raw_name_of(self, model_name: str) -> str:
+        """The raw input column a model-side column comes from (derived → its source column)."""
+        if model_name in self.derived:
+            model_name = self.derived[model_name].column
+        for raw, col in self.columns.items():
+            if col.name == model_name:
+                return raw
+        raise KeyError(model_name)
+
+    def display_names(self) -> dict[str, str]:
+        return {raw: col.label for raw, col in self.columns.items()}
+
+
+class FloatParam(_Frozen):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntParam(_Frozen):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class CategoricalParam(_Frozen):
+    type: Literal["categorical"]
+    choices: tuple[Any, ...]
+
+
+SearchParam = FloatParam | IntParam | CategoricalParam
+
+
+class SearchSpec(_Frozen):
+    """How hyper-parameters are chosen: none (fixed params), an exhaustive grid, or Optuna TPE."""
+
+    type: Literal["none", "grid", "bayesian"] = "none"
+    grid: dict[str, tuple[Any, ...]] = {}
+    space: dict[str, SearchParam] = Field(default={})
+    trials: int = Field(20, gt=0)
+    timeout_seconds: float | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _needs_space(self) -> SearchSpec:
+        if self.type == "grid" and not self.grid:
+            raise ValueError("a grid search needs 'grid'")
+        if self.type == "bayesian" and not self.space:
+            raise ValueError("a bayesian search needs 'space'")
+        return self
+
+
+class ExplainSpec(_Frozen):
+    """Sizes of the explanation work: rows are subsampled with a fixed seed."""
+
+    enabled: bool = True
+    pdp_features: int = Field(4, ge=1)
+    pdp_rows: int = Field(2_000, gt=0)
+    permutation_repeats: int = Field(5, gt=0)
+    permutation_rows: int = Field(5_000, gt=0)
+    shap_rows: int = Field(1_000, gt=0)
+    waterfalls: int = Field(3, ge=0)
+    seed: int = 0
+
+
+class ExperimentSpec(_Frozen):
+    """One experiment: which data, which model family, how to search, how to evaluate."""
+
+    name: str
+    description: str = ""
+    dataset: str
+    family: str
+    params: dict[str, Any] = {}
+    search: SearchSpec = SearchSpec()
+    cv_folds: int = Field(5, ge=2)
+    test_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    metric: Literal["roc_auc", "average_precision", "neg_log_loss", "neg_brier_score"] = "roc_auc"
+    threshold: float = Field(0.2, gt=0, lt=1)
+    reason_codes: int = Field(3, ge=1)
+    explain: ExplainSpec = ExplainSpec()
+    register_as: str | None = "credit-default"
+
+    def with_overrides(self, **changes: Any) -> ExperimentSpec:
+        """A copy with nested fields replaced (e.g. budgets from the command line), re-validated."""
+        data = self.model_dump()
+        for dotted, value in changes.items():
+            target = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                target = target[key]
+            target[leaf] = value
+        return _validated(ExperimentSpec, data, f"{self.name} (overrides)")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _validated(model: type[BaseModel], data: dict[str, Any], origin: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise SpecError(f"{origin}: invalid field '{field}': {err['msg']}") from None
+
+
+def load_dataset_spec(path: str | Path) -> DatasetSpec:
+    path = Path(path)
+    return _validated(DatasetSpec, _read_yaml(path), str(path))
+
+
+def load_experiment_spec(path: str | Path) -> tuple[ExperimentSpec, DatasetSpec]:
+    """Load an experiment spec and the dataset spec it names (a path relative to the experiment file)."""
+    path = Path(path)
+    spec: ExperimentSpec = _validated(ExperimentSpec, _read_yaml(path), str(path))
+    dataset_path = (path.parent / spec.dataset).resolve()
+    return spec, load_dataset_spec(dataset_path)
