@@ -1,0 +1,128 @@
+"""Shared fixtures: an isolated tracking store per test, small data, fitted pipelines, a real mlflow server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from creditflow.data import CreditData, load_dataset, split_data
+from creditflow.pipeline import build_pipeline
+from creditflow.specs import DatasetSpec, ExperimentSpec, load_dataset_spec, load_experiment_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+DATASET_YAML = EXPERIMENTS / "datasets" / "give_me_some_credit.yaml"
+VENV_BIN = Path(sys.executable).parent
+SMALL_ROWS = 6_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200; fail early if the process behind it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for CLI subprocesses: the venv's bin first on PATH (mlflow serve needs uvicorn)."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test gets its own SQLite tracking store and artifact folder; a run left open fails the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    active = mlflow.active_run()
+    mlflow.set_tracking_uri(None)
+    if active is not None:
+        mlflow.end_run()
+        pytest.fail(f"test left run {active.info.run_id} open")
+
+
+@pytest.fixture(scope="session")
+def small_spec() -> DatasetSpec:
+    """The flagship dataset spec, generating only SMALL_ROWS rows."""
+    spec = load_dataset_spec(DATASET_YAML)
+    return spec.model_copy(update={"generated": spec.generated.model_copy(update={"rows": SMALL_ROWS})})
+
+
+@pytest.fixture(scope="session")
+def small_data(small_spec: DatasetSpec) -> CreditData:
+    return load_dataset(small_spec)
+
+
+def small_experiment(name: str = "logistic_baseline.yaml", **overrides: object) -> ExperimentSpec:
+    """An experiment spec from experiments/ with small budgets (3 folds, 2 trials, small explanations)."""
+    exp, _ = load_experiment_spec(EXPERIMENTS / name)
+    budget = {"cv_folds": 3, "explain.pdp_rows": 300, "explain.permutation_rows": 500,
+              "explain.permutation_repeats": 2, "explain.shap_rows": 200, "explain.waterfalls": 2}
+    if exp.search.type == "bayesian":
+        budget["search.trials"] = 2
+    if exp.family == "xgboost":
+        budget.update({"params": {"model__n_estimators": 60}})
+    return exp.with_overrides(**{**budget, **overrides})
+
+
+@pytest.fixture(scope="session")
+def fitted_logistic(small_spec: DatasetSpec, small_data: CreditData):
+    """(experiment spec, pipeline fitted on the training split, split): fitted once per session."""
+    exp = small_experiment("logistic_baseline.yaml")
+    split = split_data(small_data, exp.test_size, exp.seed)
+    return exp, build_pipeline(exp, small_spec).fit(split.X_train, split.y_train), split
+
+
+@pytest.fixture(scope="session")
+def fitted_xgboost(small_spec: DatasetSpec, small_data: CreditData):
+    exp = small_experiment("xgboost_bayes.yaml")
+    split = split_data(small_data, exp.test_size, exp.seed)
+    return exp, build_pipeline(exp, small_spec).fit(split.X_train, split.y_train), split
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` subprocess (SQLite backend, proxied artifacts) on a free port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
+        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, env=subprocess_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", proc, timeout=90)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
