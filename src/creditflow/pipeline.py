@@ -32,15 +32,17 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 
 class CreditFeatures(TransformerMixin, BaseEstimator):
-    """Raw columns → model columns: rename, sentinel values to missing, derived 0/1 indicators.
+    """Raw columns → model columns: rename, sentinels to missing, derived 0/1 indicators, caps.
 
     Parameters are plain dicts so the fitted pipeline saves with skops without pickle.
     """
 
-    def __init__(self, renames: dict | None = None, sentinels: dict | None = None, derived: dict | None = None):
+    def __init__(self, renames: dict | None = None, sentinels: dict | None = None, derived: dict | None = None,
+                 caps: dict | None = None):
         self.renames = renames
         self.sentinels = sentinels
         self.derived = derived
+        self.caps = caps
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> CreditFeatures:
         self.n_features_in_ = X.shape[1]
@@ -55,6 +57,8 @@ class CreditFeatures(TransformerMixin, BaseEstimator):
             source = out[col].to_numpy(dtype="float64", na_value=np.nan)
             flag = np.isnan(source) if op == "isnull" else _OPS[op](source, value)
             out[name] = flag.astype("float64")
+        for col, ceiling in (self.caps or {}).items():  # after the indicators, which see raw values
+            out[col] = out[col].clip(upper=ceiling)
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -66,7 +70,8 @@ def make_features(spec: DatasetSpec) -> CreditFeatures:
     if spec.sentinel_action == "missing":
         sentinels = {c.name: list(c.sentinels) for c in spec.columns.values() if c.sentinels}
     derived = {k: [d.column, d.op, d.value] for k, d in spec.derived.items()}
-    return CreditFeatures({raw: c.name for raw, c in spec.columns.items()}, sentinels, derived)
+    caps = {c.name: c.cap for c in spec.columns.values() if c.cap is not None}
+    return CreditFeatures({raw: c.name for raw, c in spec.columns.items()}, sentinels, derived, caps)
 
 
 def _linear_group(spec: DatasetSpec, kind: GroupKind) -> Pipeline | str:

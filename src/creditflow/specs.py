@@ -32,6 +32,7 @@ class ColumnSpec(_Frozen):
     nullable: bool = True
     integer: bool = False
     sentinels: tuple[float, ...] = ()
+    cap: float | None = None  # model-side ceiling (winsorising), after the value rules
     categories: tuple[str, ...] = ()
 
     @property

@@ -1,0 +1,84 @@
+"""Specs: every shipped spec loads; invalid fields are named in one line."""
+
+from pathlib import Path
+
+import pytest
+
+from creditflow.errors import SpecError
+from creditflow.specs import load_dataset_spec, load_experiment_spec
+from tests.conftest import DATASET_YAML, EXPERIMENTS
+
+
+EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "family:" in p.read_text())
+
+
+def test_shipped_experiments_cover_every_family() -> None:
+    families = {load_experiment_spec(p)[0].family for p in EXPERIMENT_FILES}
+    assert {"logistic", "xgboost", "hist_gradient_boosting"} <= families
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
+def test_every_experiment_spec_loads(path: Path) -> None:
+    exp, ds = load_experiment_spec(path)
+    assert exp.family in {"logistic", "xgboost", "hist_gradient_boosting", "random_forest"}
+    assert ds.target.column == "SeriousDlqin2yrs"
+
+
+def test_dataset_spec_maps_raw_names_and_groups() -> None:
+    ds = load_dataset_spec(DATASET_YAML)
+    assert len(ds.raw_columns) == 10
+    assert ds.columns["MonthlyIncome"].name == "monthly_income"
+    assert ds.model_columns("skewed") == ["revolving_utilization", "debt_ratio", "monthly_income"]
+    assert ds.model_columns("indicator") == ["implausible_utilization", "high_debt_ratio", "missing_monthly_income", "missing_num_dependents"]
+    assert ds.raw_name_of("missing_monthly_income") == "MonthlyIncome"
+    assert ds.columns["NumberOfTimes90DaysLate"].sentinels == (96, 98)
+
+
+def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_unknown_spec_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="spec file not found: .*nope.yaml"):
+        load_experiment_spec(tmp_path / "nope.yaml")
+
+
+def test_invalid_field_is_named(tmp_path: Path) -> None:
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "d.yaml").write_text(DATASET_YAML.read_text())
+    path = _write(tmp_path, "name: x\ndataset: datasets/d.yaml\nfamily: logistic\ncv_folds: 1\n")
+    with pytest.raises(SpecError, match="invalid field 'cv_folds'"):
+        load_experiment_spec(path)
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndataset: d.yaml\nfamily: logistic\nlearning_rat: 3\n")
+    with pytest.raises(SpecError, match="invalid field 'learning_rat'"):
+        load_experiment_spec(path)
+
+
+def test_bayesian_search_needs_a_space(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndataset: d.yaml\nfamily: logistic\nsearch: {type: bayesian}\n")
+    with pytest.raises(SpecError, match="needs 'space'"):
+        load_experiment_spec(path)
+
+
+def test_not_yaml_is_one_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_experiment_spec(path)
+
+
+def test_derived_must_use_known_column(tmp_path: Path) -> None:
+    text = DATASET_YAML.read_text().replace("{column: debt_ratio, op: gt", "{column: debt_ratios, op: gt")
+    with pytest.raises(SpecError, match="unknown column 'debt_ratios'"):
+        load_dataset_spec(_write(tmp_path, text, "d.yaml"))
+
+
+def test_overrides_are_validated() -> None:
+    exp, _ = load_experiment_spec(EXPERIMENTS / "xgboost_bayes.yaml")
+    assert exp.with_overrides(**{"search.trials": 3}).search.trials == 3
+    with pytest.raises(SpecError, match="search.trials"):
+        exp.with_overrides(**{"search.trials": 0})
