@@ -1,0 +1,49 @@
+"""The CLI: user mistakes end in one line on stderr and exit 2; no run is left RUNNING."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from creditflow.cli import main
+from tests.conftest import EXPERIMENTS, free_port, subprocess_env
+
+
+def test_unknown_spec(capsys) -> None:
+    assert main(["train", "--spec", "experiments/nope.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: spec file not found") and err.count("\n") == 1
+
+
+def test_missing_data_file_leaves_no_run(capsys, tmp_path: Path) -> None:
+    code = main(["train", "--spec", str(EXPERIMENTS / "logistic_baseline.yaml"), "--data", str(tmp_path / "x.csv")])
+    assert code == 2
+    assert "x.csv: no such file or directory" in capsys.readouterr().err
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_wrong_schema_is_named(capsys, tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")
+    assert main(["train", "--spec", str(EXPERIMENTS / "logistic_baseline.yaml"), "--data", str(tmp_path / "d.csv")]) == 2
+    assert "missing column(s): Id, SeriousDlqin2yrs" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server(capsys) -> None:
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # also sets MLFLOW_TRACKING_URI
+    assert main(["train", "--spec", str(EXPERIMENTS / "logistic_baseline.yaml")]) == 2
+    assert "is unreachable" in capsys.readouterr().err
+
+
+def test_invalid_override_is_named(capsys) -> None:
+    assert main(["train", "--spec", str(EXPERIMENTS / "xgboost_bayes.yaml"), "--cv-folds", "1"]) == 2
+    assert "invalid field 'cv_folds'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "creditflow"), "train", "--spec", "missing.yaml"],
+                          capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: spec file not found: missing.yaml"
