@@ -128,8 +128,8 @@ def _xgboost(spec: DatasetSpec, seed: int) -> XGBClassifier:
 
 
 def _hist_gradient_boosting(spec: DatasetSpec, seed: int) -> HistGradientBoostingClassifier:
-    mask = _categorical_mask(spec)
-    return HistGradientBoostingClassifier(random_state=seed, categorical_features=mask if any(mask) else None)
+    # categoricals stay ordinal-coded numbers: shap 0.51 misreads HGB's native categorical splits
+    return HistGradientBoostingClassifier(random_state=seed, categorical_features=None)
 
 
 def _random_forest(spec: DatasetSpec, seed: int) -> RandomForestClassifier:
