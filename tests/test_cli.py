@@ -26,7 +26,8 @@ def test_missing_data_file_leaves_no_run(capsys, tmp_path: Path) -> None:
 
 def test_wrong_schema_is_named(capsys, tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("a,b\n1,2\n")
-    assert main(["train", "--spec", str(EXPERIMENTS / "logistic_baseline.yaml"), "--data", str(tmp_path / "d.csv")]) == 2
+    spec = str(EXPERIMENTS / "logistic_baseline.yaml")
+    assert main(["train", "--spec", spec, "--data", str(tmp_path / "d.csv")]) == 2
     assert "missing column(s): Id, SeriousDlqin2yrs" in capsys.readouterr().err
 
 

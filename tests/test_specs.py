@@ -8,7 +8,6 @@ from creditflow.errors import SpecError
 from creditflow.specs import load_dataset_spec, load_experiment_spec
 from tests.conftest import DATASET_YAML, EXPERIMENTS
 
-
 EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "family:" in p.read_text())
 
 
@@ -29,7 +28,8 @@ def test_dataset_spec_maps_raw_names_and_groups() -> None:
     assert len(ds.raw_columns) == 10
     assert ds.columns["MonthlyIncome"].name == "monthly_income"
     assert ds.model_columns("skewed") == ["revolving_utilization", "debt_ratio", "monthly_income"]
-    assert ds.model_columns("indicator") == ["implausible_utilization", "high_debt_ratio", "missing_monthly_income", "missing_num_dependents"]
+    assert ds.model_columns("indicator") == [
+        "implausible_utilization", "high_debt_ratio", "missing_monthly_income", "missing_num_dependents"]
     assert ds.raw_name_of("missing_monthly_income") == "MonthlyIncome"
     assert ds.columns["NumberOfTimes90DaysLate"].sentinels == (96, 98)
 

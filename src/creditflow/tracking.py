@@ -28,7 +28,6 @@ from creditflow.errors import TrackingError
 from creditflow.model import log_credit_model
 from creditflow.specs import DatasetSpec, ExperimentSpec
 
-
 SPEC_ARTIFACT = "specs.json"  # the run's experiment and dataset specs, as validated
 
 
