@@ -1,13 +1,22 @@
 """The served credit model: an MLflow pyfunc returning P(default), the decision and reason codes.
 
 Logged as models-from-code (`model_code.py`), with the fitted pipeline saved by skops (no pickle)
-and the decision threshold, reason-code count, display names and dataset spec in the model config,
-so every consumer (REST endpoint, spark_udf, registry gates) scores exactly the same way.
+and the decision threshold, reason-code count, display names, dataset spec (with its value rules)
+and the SHAP reference row in the model config, so every consumer (REST endpoint, spark_udf,
+registry gates) scores exactly the same way.
+
+Scoring goes through `fastpath` (the pipeline's preprocessing as array code; probabilities equal
+the pipeline's) and `validation` (the spec's value rules). Errors leave `predict` as `ServingError`:
+a client's mistake with status 400 and a message naming the problem, anything else with status
+500 and a generic message; neither repeats the applicant's data.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +24,25 @@ import mlflow
 import numpy as np
 import pandas as pd
 import skops.io as sio
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.types.schema import Array, ColSpec, Schema
+from scipy import sparse
 from sklearn.pipeline import Pipeline
 
+from creditflow.fastpath import FastScorer, NotCompilable, compile_scorer, top_reasons
 from creditflow.specs import DatasetSpec, ExperimentSpec
+from creditflow.validation import BadRequest, RuleCheck, applicant_matrix, check_rules
+
+logger = logging.getLogger(__name__)
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(__file__).parent
 OUTPUT_COLUMNS = ("probability", "decision", "reason_codes")
 TRUSTED_PREFIXES = ("creditflow.", "sklearn.", "xgboost.", "numpy.", "scipy.")
+ERROR_SOURCE = "creditflow"  # marks our error bodies, so `creditflow serve` knows they are safe to pass on
 
 
 def save_pipeline(pipe: Pipeline, path: Path) -> None:
@@ -41,58 +58,152 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return sio.load(path, trusted=untrusted)
 
 
-def model_config(exp: ExperimentSpec, ds: DatasetSpec) -> dict[str, Any]:
-    """What travels with the model: decision policy, reason codes, names and the dataset's value rules."""
+def shap_reference(pipe: Pipeline, X_train: pd.DataFrame, ds: DatasetSpec) -> list[float] | None:
+    """Mean preprocessed training row: the baseline of linear SHAP values (trees need none)."""
+    model = pipe[-1]
+    if not (hasattr(model, "coef_") and hasattr(model, "intercept_")):
+        return None
+    Z = pipe[:-1].transform(X_train[ds.raw_columns])
+    Z = Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
+    return [float(v) for v in Z.mean(axis=0)]
+
+
+def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | None = None) -> dict[str, Any]:
+    """What travels with the model: decision policy, reason codes, names, value rules, SHAP reference."""
     return {
         "threshold": exp.threshold,
         "reason_codes": exp.reason_codes,
         "display_names": ds.display_names(),
         "family": exp.family,
         "dataset_spec": ds.model_dump(mode="json"),
+        "raw_columns": ds.raw_columns,  # MLflow stores the config with sorted keys: this keeps the order
+        "shap_reference": reference,
     }
 
 
+def spec_from_config(config: dict[str, Any]) -> DatasetSpec:
+    """The dataset spec a model was trained with, its columns in signature order."""
+    ds = DatasetSpec.model_validate(config["dataset_spec"])
+    order = config.get("raw_columns") or ds.raw_columns
+    return ds.model_copy(update={"columns": {raw: ds.columns[raw] for raw in order}})
+
+
 def input_schema(ds: DatasetSpec) -> Schema:
-    """Raw applicant columns; numbers are doubles so integers that may be missing (null) still validate."""
+    """Raw applicant columns; nullable ones are optional (absent = missing for every row).
+
+    Numbers are doubles, whole-number columns included: MLflow's JSON parser casts to the signature
+    type with `astype`, which would turn 45.5 into 45 for a long column without a word and cannot
+    hold null. Whole numbers, ranges and nullability are the dataset spec's rules, checked by the model.
+    """
     return Schema([
-        ColSpec("string" if col.group == "categorical" else "double", raw) for raw, col in ds.columns.items()
+        ColSpec("string" if col.group == "categorical" else "double", raw, required=not col.nullable)
+        for raw, col in ds.columns.items()
     ])
 
 
-def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
-    """P(default), decision at the model's threshold, and top reason codes for each row."""
-    from creditflow.explain import raw_shap, reason_codes
+def output_schema() -> Schema:
+    return Schema([ColSpec("double", "probability"), ColSpec("string", "decision"),
+                   ColSpec(Array("string"), "reason_codes")])
 
-    proba = pipe.predict_proba(X)[:, list(pipe.classes_).index(1)]
-    codes = reason_codes(raw_shap(pipe, ds, X), ds, int(config["reason_codes"])) if len(X) else []
-    return pd.DataFrame({
-        "probability": proba.astype("float64"),
-        "decision": np.where(proba >= float(config["threshold"]), "decline", "approve"),
-        "reason_codes": list(codes),
-    })
+
+@dataclass(frozen=True)
+class Scoring:
+    """Everything one scoring call needs, built once per loaded model."""
+
+    spec: DatasetSpec
+    scorer: FastScorer
+    rules: RuleCheck | None
+    threshold: float
+    k: int
+    labels: list[str]
+
+    @classmethod
+    def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
+        reference = config.get("shap_reference")
+        ref = None if reference is None else np.asarray(reference, dtype="float64")
+        try:
+            scorer = compile_scorer(pipe, ds, ref)
+        except NotCompilable as exc:
+            logger.warning("scoring with the scikit-learn pipeline (slow path): %s", exc)
+            scorer = compile_scorer(pipe, ds, ref, fast=False)
+        try:
+            rules = RuleCheck.from_spec(ds)
+        except ValueError:
+            rules = None
+        labels = [ds.columns[c].label for c in ds.raw_columns]
+        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels)
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        R = applicant_matrix(frame, self.spec)
+        check_rules(R, self.spec, self.rules)
+        scored = self.scorer.score(R)
+        return pd.DataFrame({
+            "probability": scored.probability,
+            "decision": np.where(scored.probability >= self.threshold, "decline", "approve"),
+            "reason_codes": top_reasons(scored.contributions, self.labels, self.k),
+        })
+
+
+def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
+    """P(default), decision at the model's threshold, and top reason codes for each row.
+
+    Raises `validation.BadRequest` when a row breaks the dataset spec's value rules.
+    """
+    return Scoring.build(pipe, ds, config)(X)
+
+
+class ServingError(MlflowException):
+    """An error `predict` reports: MLflow's scoring server maps the error code to the HTTP status.
+
+    MLflow's scoring server rewrites the message of any MlflowException raised by `predict` to
+    "Failed to predict data '<the whole input>'..." before returning it; this class keeps its own
+    message, so neither `mlflow models serve` nor `creditflow serve` echoes applicant data.
+    """
+
+    def __init__(self, message: str, internal: bool = False):
+        self._safe = message
+        super().__init__(message, error_code=INTERNAL_ERROR if internal else INVALID_PARAMETER_VALUE,
+                         source=ERROR_SOURCE)
+
+    @property
+    def message(self) -> str:
+        return self._safe
+
+    @message.setter
+    def message(self, value: str) -> None:  # MLflow's rewrite (with the input in it) is dropped
+        pass
 
 
 class CreditModel(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper: raw applicant rows in, probability + decision + reason codes out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        start = time.perf_counter()
         self.pipeline = load_pipeline(context.artifacts["pipeline"])
         self.config = dict(context.model_config)
-        self.dataset = DatasetSpec.model_validate(self.config["dataset_spec"])
+        self.dataset = spec_from_config(self.config)
+        self.scoring = Scoring.build(self.pipeline, self.dataset, self.config)
+        self.load_seconds = time.perf_counter() - start
+        logger.info("credit model (%s) ready in %.2f s", self.config.get("family"), self.load_seconds)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        X = model_input[self.dataset.raw_columns].astype({
-            raw: "float64" for raw, c in self.dataset.columns.items() if c.group != "categorical"
-        })
-        return score_frame(self.pipeline, self.dataset, self.config, X)
+        try:
+            return self.scoring(model_input)
+        except BadRequest as exc:
+            raise ServingError(exc.message) from None
+        except Exception:
+            logger.exception("internal error while scoring %s row(s)", getattr(model_input, "shape", ("?",))[0])
+            raise ServingError("internal error while scoring; the server log has the details", internal=True) from None
 
 
-def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, example: pd.DataFrame) -> ModelInfo:
-    """Log the fitted pipeline as our pyfunc under the active run, with signature and input example."""
-    config = model_config(exp, ds)
-    example = example[ds.raw_columns].head(5)
-    output = score_frame(pipe, ds, config, example)
-    signature = ModelSignature(inputs=input_schema(ds), outputs=infer_signature(example, output).outputs)
+def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_train: pd.DataFrame) -> ModelInfo:
+    """Log the fitted pipeline as our pyfunc under the active run, with signature and input example.
+
+    `X_train` (the training rows) gives the SHAP reference of linear models and the input example.
+    """
+    config = model_config(exp, ds, shap_reference(pipe, X_train, ds))
+    example = X_train[ds.raw_columns].head(5)
+    signature = ModelSignature(inputs=input_schema(ds), outputs=output_schema())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pipeline.skops"
         save_pipeline(pipe, path)

@@ -1,0 +1,336 @@
+"""Scoring requests checked at the edge: every problem becomes a `BadRequest` naming it, never the data.
+
+Two layers, both used by the served model:
+- `check_body` reads a raw `/invocations` body (JSON `dataframe_split`/`dataframe_records` or CSV)
+  and checks its shape: content type, UTF-8, JSON syntax, format keys, duplicated, unknown and
+  missing columns, value types (no booleans, text or nested objects in numeric columns), row count.
+  `creditflow serve` runs it before MLflow's parser, which would echo the input in its errors and
+  silently turn `true` into 1.0.
+- `applicant_matrix` turns the DataFrame MLflow hands the model into the raw float matrix the fast
+  path scores, and `RuleCheck` applies the dataset spec's value rules (the same rules as
+  `data.rule_violations`, compiled to array code). The model runs these on every call, so plain
+  `mlflow models serve` and batch scoring check the same rules.
+Messages name columns, rows (0-based positions) and rules; they never repeat a submitted value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_object_dtype
+
+from creditflow.data import rule_violations
+from creditflow.specs import DatasetSpec
+
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv",)
+FORMATS = ("dataframe_split", "dataframe_records")
+MAX_NAME = 40  # column names are echoed (they are not applicant data), but cut short
+
+
+class BadRequest(ValueError):
+    """A request the client must fix: the HTTP status and a message safe to return."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _names(names: Sequence[Any], limit: int = 5) -> str:
+    shown = [str(n)[:MAX_NAME] for n in list(names)[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, without saying what it holds."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------- the raw body
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header; 415 for anything but UTF-8 JSON or CSV."""
+    if not content_type:
+        raise BadRequest("missing Content-Type: send application/json or text/csv", 415)
+    mime, *params = [part.strip().lower() for part in content_type.split(";")]
+    if mime not in JSON_TYPES + CSV_TYPES:
+        raise BadRequest(f"unsupported Content-Type '{mime[:MAX_NAME]}': send application/json or text/csv", 415)
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip() != "charset" or value.strip().strip('"') not in ("utf-8", "utf8"):
+            raise BadRequest("unsupported Content-Type parameter: only charset=utf-8 is accepted", 415)
+    return mime
+
+
+def check_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int) -> int:
+    """Check a raw scoring body's shape against the model's raw columns; return its row count."""
+    mime = media_type(content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    if not text.strip():
+        raise BadRequest("the body is empty: send applicants as dataframe_split, dataframe_records or CSV")
+    if mime in CSV_TYPES:
+        columns, rows = _csv_rows(text)
+    else:
+        columns, rows = _json_rows(text)
+    if not rows:
+        raise BadRequest("the request holds no applicants")
+    if len(rows) > max_rows:
+        raise BadRequest(f"too many applicants in one request: {len(rows)} (at most {max_rows})", 413)
+    _check_columns(columns, spec)
+    _check_values(columns, rows, spec, text_cells=mime in CSV_TYPES)
+    return len(rows)
+
+
+def _no_constants(name: str) -> None:
+    raise BadRequest(f"the body is not valid JSON: {name} is not a JSON value (send null for a missing value)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise BadRequest(f"a JSON object gives the same key twice: {_names(dupes)}")
+    return dict(pairs)
+
+
+def _json_rows(text: str) -> tuple[list[str], list[list[Any]]]:
+    try:
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the JSON body must be an object with one of {', '.join(FORMATS)}; got {_kind(doc)}")
+    given = [k for k in doc if k in FORMATS]
+    other = [k for k in doc if k not in FORMATS]
+    if other:
+        tf_style = {"instances", "inputs"} & set(other)
+        hint = " (this model takes dataframe_split or dataframe_records)" if tf_style else ""
+        raise BadRequest(f"unknown top-level field(s): {_names(other)}{hint}")
+    if len(given) != 1:
+        raise BadRequest(f"the JSON body must hold exactly one of {', '.join(FORMATS)}")
+    if given[0] == "dataframe_split":
+        return _split_rows(doc["dataframe_split"])
+    return _record_rows(doc["dataframe_records"])
+
+
+def _split_rows(split: Any) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(split, dict):
+        raise BadRequest(f"dataframe_split must be an object with 'columns' and 'data'; got {_kind(split)}")
+    extra = [k for k in split if k not in ("columns", "data", "index")]
+    if extra:
+        raise BadRequest(f"dataframe_split has unknown field(s): {_names(extra)}")
+    columns, data = split.get("columns"), split.get("data")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise BadRequest("dataframe_split needs 'columns': a list of column names")
+    if not isinstance(data, list):
+        raise BadRequest("dataframe_split needs 'data': a list of rows")
+    for i, row in enumerate(data):
+        if not isinstance(row, list):
+            raise BadRequest(f"dataframe_split row {i} is {_kind(row)}, not a list of values")
+        if len(row) != len(columns):
+            raise BadRequest(f"dataframe_split row {i} has {len(row)} values for {len(columns)} columns")
+    return columns, data
+
+
+def _record_rows(records: Any) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(records, list):
+        raise BadRequest(f"dataframe_records must be a list of objects; got {_kind(records)}")
+    columns: list[str] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(f"dataframe_records item {i} is {_kind(record)}, not an object")
+        if i == 0:
+            columns = list(record)
+        elif record.keys() != set(columns):
+            raise BadRequest(f"dataframe_records item {i} has different columns from item 0")
+    return columns, [[record[c] for c in columns] for record in records]
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
+    try:
+        table = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as exc:
+        raise BadRequest(f"the body is not valid CSV ({str(exc).split(':')[0]})") from None
+    table = [row for row in table if row]
+    header, rows = table[0], table[1:]
+    for i, row in enumerate(rows):
+        if len(row) != len(header):
+            raise BadRequest(f"CSV row {i} has {len(row)} fields for {len(header)} columns")
+    return header, rows
+
+
+def _check_columns(columns: list[str], spec: DatasetSpec) -> None:
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise BadRequest(f"column(s) given twice: {_names(dupes)}")
+    unknown = [c for c in columns if c not in spec.columns]
+    if unknown:
+        raise BadRequest(f"unknown column(s): {_names(unknown)} (the model takes the raw applicant columns)")
+    missing = [c for c, col in spec.columns.items() if c not in columns and not col.nullable]
+    if missing:
+        raise BadRequest(f"missing column(s): {_names(missing)}")
+
+
+def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, text_cells: bool) -> None:
+    numeric = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group != "categorical"]
+    categorical = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group == "categorical"]
+    for i, row in enumerate(rows):
+        for j, name in numeric:
+            value = row[j]
+            ok = _numeric_cell(value) if text_cells else _numeric_json(value)
+            if not ok:
+                shown = "text" if text_cells else _kind(value)
+                raise BadRequest(f"column {name[:MAX_NAME]} must hold numbers or null; row {i} holds {shown}")
+        for j, name in categorical:
+            if not (row[j] is None or isinstance(row[j], str)):
+                raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
+
+
+def _numeric_json(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 2**63  # larger integers overflow pandas' parser
+    return value is None or isinstance(value, float)
+
+
+def _numeric_cell(value: str) -> bool:
+    if value.strip() == "":
+        return True
+    try:
+        return not math.isnan(float(value))
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- the frame the model receives
+
+
+def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """The raw columns as a float matrix (signature order); absent nullable columns are all missing."""
+    if not isinstance(frame, pd.DataFrame):
+        raise BadRequest(f"expected a table of applicants, got {type(frame).__name__}")
+    if len(frame) == 0:
+        raise BadRequest("the request holds no applicants")
+    if frame.columns.duplicated().any():
+        raise BadRequest(f"column(s) given twice: {_names(sorted(set(frame.columns[frame.columns.duplicated()])))}")
+    missing = [c for c, col in spec.columns.items() if c not in frame.columns and not col.nullable]
+    if missing:
+        raise BadRequest(f"missing column(s): {_names(missing)}")
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+    numeric = [c for c, col in spec.columns.items() if col.group != "categorical" and c in dtypes]
+    wrong = [c for c in numeric if is_bool_dtype(dtypes[c]) or not (is_numeric_dtype(dtypes[c])
+                                                                     or is_object_dtype(dtypes[c]))]
+    if wrong:
+        raise BadRequest(f"column(s) must hold numbers or null: {_names(wrong)}")
+    if any(c.group == "categorical" for c in spec.columns.values()):
+        return _mixed_matrix(frame, spec)
+    try:
+        return frame.reindex(columns=spec.raw_columns).to_numpy(dtype="float64", na_value=np.nan)
+    except (TypeError, ValueError):
+        bad = [c for c in numeric if pd.to_numeric(frame[c], errors="coerce").isna().sum() > frame[c].isna().sum()]
+        raise BadRequest(f"column(s) must hold numbers or null: {_names(bad or numeric)}") from None
+
+
+def _mixed_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Data sets with categorical columns: an object matrix, numbers as floats, categories as text or None."""
+    from creditflow.data import coerce_columns
+    from creditflow.errors import DataError
+
+    full = frame.reindex(columns=spec.raw_columns)
+    try:
+        return coerce_columns(full, spec, origin="request").to_numpy(dtype=object)
+    except DataError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """The dataset spec's value rules as array code over the raw matrix (numeric columns only).
+
+    Same rules, order and wording as `data.rule_violations`: per row, the first broken rule, by
+    column then by check (missing, below min, above max, whole number, infinite).
+    """
+
+    messages: np.ndarray  # (columns * 5,) the reason for each (column, check)
+    required: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    whole: np.ndarray
+    sentinels: tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> RuleCheck:
+        cols = spec.columns
+        if any(c.group == "categorical" for c in cols.values()):
+            raise ValueError("categorical columns: use data.rule_violations")
+        messages = []
+        for raw, c in cols.items():
+            messages += [f"{raw} is missing", f"{raw} below {c.min:g}" if c.min is not None else "",
+                         f"{raw} above {c.max:g}" if c.max is not None else "", f"{raw} is not a whole number",
+                         f"{raw} is infinite"]
+        return cls(
+            messages=np.asarray(messages, dtype=object),
+            required=np.asarray([not c.nullable for c in cols.values()]),
+            low=np.asarray([-np.inf if c.min is None else c.min for c in cols.values()], dtype="float64"),
+            high=np.asarray([np.inf if c.max is None else c.max for c in cols.values()], dtype="float64"),
+            whole=np.asarray([c.integer for c in cols.values()]),
+            sentinels=tuple(np.asarray(c.sentinels, dtype="float64") for c in cols.values()),
+        )
+
+    def reasons(self, R: np.ndarray) -> np.ndarray:
+        """Per row, the first rule it breaks ("" when none)."""
+        allowed = np.column_stack([np.isin(R[:, j], s) for j, s in enumerate(self.sentinels)])
+        with np.errstate(invalid="ignore"):
+            broken = np.stack([
+                np.isnan(R) & self.required,
+                np.less(R, self.low) & ~allowed,
+                np.greater(R, self.high) & ~allowed,
+                ~np.isnan(R) & (np.remainder(R, 1) != 0) & self.whole,
+                np.isinf(R),
+            ], axis=2).reshape(len(R), -1)
+        first = broken.argmax(axis=1)
+        return np.where(broken.any(axis=1), self.messages[first], "")
+
+    def check(self, R: np.ndarray) -> None:
+        """Raise BadRequest naming the first broken rule and how many applicants break one."""
+        reasons = self.reasons(R)
+        _raise_for(reasons)
+
+
+def check_rules(frame_or_matrix: pd.DataFrame | np.ndarray, spec: DatasetSpec, rules: RuleCheck | None) -> None:
+    """Value rules of the spec: compiled when possible, else `data.rule_violations` on the frame."""
+    if rules is not None:
+        rules.check(np.asarray(frame_or_matrix, dtype="float64"))
+        return
+    frame = pd.DataFrame(frame_or_matrix, columns=spec.raw_columns).infer_objects()
+    _raise_for(rule_violations(frame, spec).to_numpy(dtype=object))
+
+
+def _raise_for(reasons: np.ndarray) -> None:
+    bad = np.flatnonzero(reasons != "")
+    if len(bad):
+        first = int(bad[0])
+        raise BadRequest(f"{len(bad)} applicant(s) break the value rules; first: row {first}: {reasons[first]}")
