@@ -13,8 +13,9 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
 - XGBoost: the booster's own `pred_contribs` (TreeSHAP);
 - other trees: shap's path-dependent `TreeExplainer`, built once.
 
-Each is linear in the number of rows. A pipeline holding a step this module does not know
-(e.g. a categorical encoder) raises `NotCompilable`; the caller then uses the pipeline itself.
+Each is linear in the number of rows. A data set with categorical columns, or a pipeline holding a
+step this module does not know, raises `NotCompilable`; the caller then uses `fast=False`, which
+keeps scikit-learn's preprocessing (on an object matrix) and shares the rest.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], 
 
 
 def _imputer(step: SimpleImputer) -> Block:
+    if np.asarray(step.statistics_).dtype.kind not in "fiub":
+        raise NotCompilable("imputer of text columns")
     stats = np.asarray(step.statistics_, dtype="float64")
     keep = np.ones(len(stats), bool) if step.keep_empty_features else ~np.isnan(stats)
     if not (isinstance(step.missing_values, float) and np.isnan(step.missing_values)):
@@ -264,7 +267,7 @@ def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str]) -> tuple[Block, Blo
     """The slow path: scikit-learn's own transform on a DataFrame of the raw matrix."""
 
     def transform(R: np.ndarray) -> np.ndarray:
-        Z = pipe[:-1].transform(pd.DataFrame(R, columns=raw_columns))
+        Z = pipe[:-1].transform(pd.DataFrame(R, columns=raw_columns).infer_objects())
         return Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
 
     return transform, lambda Z: Z
@@ -280,6 +283,8 @@ def compile_scorer(
     if [name for name, _ in pipe.steps][-1:] != ["model"]:
         raise NotCompilable("expected the last step to be named 'model'")
     if fast:
+        if any(c.group == "categorical" for c in spec.columns.values()):
+            raise NotCompilable("categorical columns (the fast path takes a float matrix)")
         if [name for name, _ in pipe.steps] != ["features", "preprocess", "model"]:
             raise NotCompilable("expected the steps features, preprocess, model")
         names, features = _features(pipe.named_steps["features"], spec.raw_columns)
