@@ -126,3 +126,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One Spark local[2] session for the whole test run (start-up ~13 s); tiny Arrow batches for tiny data."""
+    from creditflow.scoring import SparkConfig, start_spark
+
+    session = start_spark(SparkConfig(master="local[2]", arrow_batch_rows=500, driver_memory="1g",
+                                      progress_seconds=1.0, conf={"spark.sql.shuffle.partitions": "2"}),
+                          app_name="creditflow-tests")
+    yield session
+    session.stop()

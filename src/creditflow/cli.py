@@ -39,6 +39,10 @@ def _cmd_main(args: argparse.Namespace) -> int:
     launcher = detach_project_run()
     outcomes = run_main(Path(args.experiments), args.data or None, Budget(args.trials, args.cv_folds))
     link_to_project_run(launcher, outcomes)
+    if args.batch_sample:  # the demo ends by batch-scoring a sample with the champion
+        from creditflow.scoring import score_sample
+
+        score_sample(outcomes, args.batch_sample)
     return 0
 
 
@@ -47,6 +51,33 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     check_tracking_server()
     rebuild_explanations(args.run_id, args.data or None)
+    return 0
+
+
+def _cmd_score_batch(args: argparse.Namespace) -> int:
+    from creditflow.scoring import load_batch_config, log_batch, plan_batch, run_batch, start_spark
+    from creditflow.tracking import detach_project_run
+
+    config = load_batch_config(args.config or None, master=args.master)
+    launcher = detach_project_run()
+    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
+    spark = start_spark(config)  # only after the model and the input's columns are checked
+    try:
+        result = run_batch(spark, plan, config.progress_seconds)
+    finally:
+        spark.stop()
+    log_batch(launcher, result)
+    print(result.summary())
+    return 0
+
+
+def _cmd_predictions_get(args: argparse.Namespace) -> int:
+    import json
+
+    from creditflow.predictions import PredictionTable, default_table_url
+
+    record = PredictionTable(args.table or default_table_url(args.output)).get_latest(args.id)
+    print(json.dumps(record, indent=2))
     return 0
 
 
@@ -66,12 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the generated default")
     p.add_argument("--trials", type=int, default=4, help="trials per Bayesian search")
     p.add_argument("--cv-folds", type=int, default=3, help="cross-validation folds")
+    p.add_argument("--batch-sample", type=int, default=2000,
+                   help="applicants batch-scored with the champion at the end, into predictions/ (0: skip)")
     p.set_defaults(handler=_cmd_main)
 
     p = sub.add_parser("explain", help="rebuild the explanation artifacts of an existing run's model")
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
     p.set_defaults(handler=_cmd_explain)
+    p = sub.add_parser("score", help="batch scoring")
+    score = p.add_subparsers(dest="score_command", required=True)
+    p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
+    p.add_argument("--model-uri", required=True, help="e.g. models:/credit-default@champion (pinned to its version)")
+    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
+    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
+    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
+    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
+    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
+    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
+                                               "(default: sqlite under --output)")
+    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
+    p.set_defaults(handler=_cmd_score_batch)
+
+    p = sub.add_parser("predictions", help="read stored batch predictions")
+    pred = p.add_subparsers(dest="predictions_command", required=True)
+    p = pred.add_parser("get", help="the latest stored prediction of an applicant, as JSON (exit 1: none)")
+    p.add_argument("--id", required=True, help="applicant id")
+    p.add_argument("--output", default="predictions", help="the batch job's output directory (its SQLite table)")
+    p.add_argument("--table", default="", help="SQL table URL instead (sqlite:///... or postgresql://...)")
+    p.set_defaults(handler=_cmd_predictions_get)
     return parser
 
 

@@ -1,0 +1,624 @@
+"""Batch scoring on Spark with `mlflow.pyfunc.spark_udf`: the same pyfunc the online endpoint serves.
+
+`score_batch(spark, model_uri, input, output)` reads a CSV or Parquet file (or a directory of them),
+sends rows that break the dataset spec's value rules to `<output>/quarantine/`, scores the others
+with the model's `spark_udf`, and publishes the batch: Parquet under `<output>/scored/batch_id=...`
+and the SQL prediction table (see `creditflow.predictions`). Everything a user can get wrong
+(unknown model, missing columns, unreadable input) is found by `plan_batch` before Spark starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from creditflow.errors import CreditflowError, DataError, SpecError, TrackingError
+from creditflow.predictions import (
+    QUARANTINE_DIR,
+    SCORED_DIR,
+    PredictionTable,
+    default_table_url,
+    parquet_rows,
+    partition_dir,
+    publish,
+    safe_url,
+    staging_dir,
+)
+from creditflow.specs import DatasetSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+RESULT_TYPE = "probability double, decision string, reason_codes array<string>"
+REASON = "_reason"
+APPLICANT_ID = "_applicant_id"
+NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
+
+
+class BatchError(CreditflowError):
+    """A batch job that cannot run as asked (bad batch id, failed scoring, inconsistent counts)."""
+
+
+class SparkConfig(BaseModel):
+    """The Spark side of the job (serving/batch/job.yaml)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    master: str = "local[*]"
+    arrow_batch_rows: int = Field(100_000, gt=0)
+    max_partition_bytes: str = "16m"
+    driver_memory: str = "2g"
+    python: str = ""
+    progress_seconds: float = Field(5.0, gt=0)
+    conf: dict[str, str] = {}
+
+    def spark_conf(self) -> dict[str, str]:
+        """Every Spark setting the session is built with."""
+        return {
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
+            "spark.sql.files.maxPartitionBytes": self.max_partition_bytes,
+            "spark.driver.memory": self.driver_memory,
+            **self.conf,
+        }
+
+
+def load_batch_config(path: str | Path | None, **overrides: Any) -> SparkConfig:
+    """The job's YAML config (if any) with command-line overrides; one-line errors."""
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"batch config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data.update({k: v for k, v in overrides.items() if v not in (None, "")})
+    try:
+        return SparkConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SpecError(f"{path or 'batch config'}: invalid field '{'.'.join(map(str, err['loc']))}': "
+                        f"{err['msg']}") from None
+
+
+def start_spark(config: SparkConfig, app_name: str = "creditflow-batch") -> SparkSession:
+    """A Spark session whose Python workers run this interpreter (so they import creditflow and mlflow)."""
+    import os
+
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = config.python or sys.executable  # PySpark reads it from the environment only
+    builder = SparkSession.builder.master(config.master).appName(app_name)
+    for key, value in config.spark_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a batch is scored with, pinned to one version, and what it expects."""
+
+    uri: str  # pinned: models:/name/version when the registry knows it
+    requested: str
+    name: str
+    version: str
+    run_id: str
+    dataset: DatasetSpec
+    columns: tuple[str, ...]  # signature input names, in order
+    required: tuple[str, ...]
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        return {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
+
+
+def _registry_version(model_uri: str) -> tuple[str, str]:
+    """(name, version) for models:/name@alias, models:/name/version or models:/name/stage; else ("", "")."""
+    ref = model_uri.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    if "/" in ref:
+        name, version = ref.split("/", 1)
+        if version.isdigit():
+            return name, version
+        latest = client.get_latest_versions(name, [version])
+        if not latest:
+            raise TrackingError(f"model '{name}' has no version in stage '{version}'")
+        return name, str(latest[0].version)
+    return "", ""
+
+
+def resolve_model(model_uri: str) -> ModelRef:
+    """Read the model's metadata (not its weights): version, run, signature and dataset spec."""
+    try:
+        name, version = _registry_version(model_uri) if model_uri.startswith("models:/") else ("", "")
+        pinned = f"models:/{name}/{version}" if name else model_uri
+        info = mlflow.models.get_model_info(pinned)
+    except MlflowException as exc:
+        raise TrackingError(f"model {model_uri}: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        raise TrackingError(f"model {model_uri} cannot be read: {exc}") from None
+    config = info.flavors.get("python_function", {}).get("config") or {}
+    if "dataset_spec" not in config or info.signature is None:
+        raise TrackingError(f"model {model_uri} is not a creditflow model (no dataset spec or signature)")
+    if not name and info.registered_model_version:
+        version = str(info.registered_model_version)
+    inputs = info.signature.inputs
+    return ModelRef(
+        uri=pinned, requested=model_uri, name=name, version=version, run_id=info.run_id or "",
+        dataset=DatasetSpec.model_validate(config["dataset_spec"]),
+        columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
+    )
+
+
+# ---------------------------------------------------------------- the input
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """A CSV or Parquet file, or a directory of one kind, with its columns read from headers/footers."""
+
+    path: Path
+    format: Literal["parquet", "csv"]
+    files: tuple[Path, ...]
+    columns: tuple[str, ...]
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # Parquet only (CSV cells are text)
+
+
+def inspect_input(path: str | Path) -> InputFiles:
+    """The input's files and columns, reading only Parquet footers or the CSV header line."""
+    path = Path(path).absolute()  # Spark resolves relative paths against its JVM's start directory
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        parquet, text = sorted(path.glob("*.parquet")), sorted(path.glob("*.csv"))
+        if not (parquet or text):
+            raise DataError(f"{path}: directory holds no .csv or .parquet files")
+        fmt, files = ("parquet", parquet) if parquet else ("csv", text)
+    elif path.suffix in (".parquet", ".pq"):
+        fmt, files = "parquet", [path]
+    elif path.suffix == ".csv":
+        fmt, files = "csv", [path]
+    else:
+        raise DataError(f"{path}: not a .csv or .parquet file")
+    if fmt == "parquet":
+        schemas = [_parquet_schema(f) for f in files]
+        columns = [tuple(s.names) for s in schemas]
+        types = {n: t for s in schemas for n, t in zip(s.names, s.types, strict=True)}
+    else:
+        columns, types = [_csv_header(f) for f in files], {}
+    different = [f.name for f, c in zip(files, columns, strict=True) if c != columns[0]]
+    if different:
+        raise DataError(f"{path}: files differ in their columns from {files[0].name}: {', '.join(different[:5])}")
+    return InputFiles(path, fmt, tuple(files), columns[0], types)
+
+
+def _parquet_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot be read as Parquet ({str(exc).splitlines()[0]})") from None
+
+
+def _csv_header(path: Path) -> tuple[str, ...]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as CSV ({str(exc).splitlines()[0]})") from None
+    if not header:
+        raise DataError(f"{path}: the file is empty")
+    return tuple(header)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything checked before Spark starts: model, input, where the batch goes, its id."""
+
+    model: ModelRef
+    source: InputFiles
+    output: Path
+    batch_id: str
+    id_column: str  # the applicant id as the input names it
+    table_url: str
+    scored_at: datetime
+
+
+def default_batch_id(source: Path, today: date | None = None) -> str:
+    """The input's name and the date: rerunning the same input on the same day replaces its batch."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", source.stem if source.is_file() else source.name).strip("-_") or "batch"
+    return f"{stem[:80]}-{(today or date.today()):%Y%m%d}"
+
+
+def plan_batch(model_uri: str, input_path: str | Path, output: str | Path, batch_id: str = "",
+               id_column: str = "", table: str = "") -> BatchPlan:
+    """Resolve the model and check the input against its signature; raises before any Spark work."""
+    source = inspect_input(input_path)
+    model = resolve_model(model_uri)
+    batch_id = batch_id or default_batch_id(source.path)
+    if not BATCH_ID.match(batch_id):
+        raise BatchError(f"batch id '{batch_id[:40]}' must be 1-100 letters, digits, '-' or '_'")
+    id_column = _id_column(source, id_column or model.dataset.id_column, bool(id_column))
+    _check_columns(source, model)
+    output = Path(output).absolute()
+    return BatchPlan(model, source, output, batch_id, id_column, table or default_table_url(output),
+                     datetime.now(UTC))
+
+
+def _id_column(source: InputFiles, wanted: str, explicit: bool) -> str:
+    if wanted in source.columns:
+        return wanted
+    if not explicit and source.columns and source.columns[0] in UNNAMED_FIRST:
+        return source.columns[0]  # the blank first header of cs-training.csv holds the id
+    raise DataError(f"{source.path}: missing id column '{wanted}' (pass --id-column NAME)")
+
+
+def _check_columns(source: InputFiles, model: ModelRef) -> None:
+    missing = [c for c in model.required if c not in source.columns]
+    if missing:
+        raise DataError(f"{source.path}: missing column(s) the model needs: {', '.join(missing)}")
+    wrong = [f"{c} ({t})" for c, t in source.types.items() if c in model.columns and not _usable(t, model.dataset, c)]
+    if wrong:
+        raise DataError(f"{source.path}: column type(s) the model cannot take: {', '.join(wrong)}")
+
+
+def _usable(t: pa.DataType, spec: DatasetSpec, column: str) -> bool:
+    """Numbers (or text to be parsed) for numeric columns, text for categorical ones."""
+    text = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+    if spec.columns[column].group == "categorical":
+        return text
+    return text or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+# ---------------------------------------------------------------- Spark
+
+
+def _col(name: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _is_text(df: DataFrame, name: str) -> bool:
+    from pyspark.sql.types import StringType
+
+    return isinstance(df.schema[name].dataType, StringType)
+
+
+def _number(df: DataFrame, name: str) -> Column:
+    """A numeric input column as double: missing markers and NaN become null, unparsable text null too."""
+    from pyspark.sql import functions as F
+
+    c = _col(name)
+    if _is_text(df, name):
+        text = F.trim(c)
+        c = F.when(F.lower(text).isin(*NA_TOKENS), None).otherwise(text.try_cast("double"))
+    else:
+        c = c.cast("double")
+    return F.when(F.isnan(c), None).otherwise(c)
+
+
+def _not_a_number(df: DataFrame, name: str) -> Column | None:
+    """True where a text cell holds something other than a number or a missing marker."""
+    from pyspark.sql import functions as F
+
+    if not _is_text(df, name):
+        return None
+    text = F.trim(_col(name))
+    return _col(name).isNotNull() & ~F.lower(text).isin(*NA_TOKENS) & text.try_cast("double").isNull()
+
+
+def model_inputs(df: DataFrame, model: ModelRef) -> dict[str, Column]:
+    """The model's signature columns from the input: doubles (or text for categoricals), null if absent."""
+    from pyspark.sql import functions as F
+
+    out = {}
+    for name in model.columns:
+        categorical = model.dataset.columns[name].group == "categorical"
+        if name not in df.columns:
+            out[name] = F.lit(None).cast("string" if categorical else "double")
+        else:
+            out[name] = _col(name).cast("string") if categorical else _number(df, name)
+    return out
+
+
+def violation_reason(df: DataFrame, spec: DatasetSpec, id_column: str) -> Column:
+    """Per row, the first value rule it breaks ("" when none): `data.rule_violations` as a Spark expression.
+
+    Same rules, order and wording, evaluated in the JVM so that rule checking costs no Python pass;
+    tests/test_scoring.py checks it against `rule_violations` on rows breaking every rule. Two checks
+    come first that only files can break: a missing applicant id and text that is not a number.
+    """
+    from pyspark.sql import functions as F
+
+    checks: list[tuple[Column, str]] = [(_col(id_column).isNull(), f"{id_column or 'id'} is missing")]
+    for raw, col in spec.columns.items():
+        if raw not in df.columns:
+            if not col.nullable:  # absent optional columns are all-missing, allowed
+                checks.append((F.lit(True), f"{raw} is missing"))
+            continue
+        bad_text = _not_a_number(df, raw) if col.group != "categorical" else None
+        if bad_text is not None:
+            checks.append((bad_text, f"{raw} is not a number"))
+        v = _col(raw).cast("string") if col.group == "categorical" else _number(df, raw)
+        if not col.nullable:
+            checks.append((v.isNull(), f"{raw} is missing"))
+        if col.group == "categorical":
+            if col.categories:
+                checks.append((v.isNotNull() & ~v.isin(*col.categories), f"{raw} is not a known category"))
+            continue
+        allowed = v.isin(*col.sentinels) if col.sentinels else F.lit(False)
+        if col.min is not None:
+            checks.append(((v < col.min) & ~allowed, f"{raw} below {col.min:g}"))
+        if col.max is not None:
+            checks.append(((v > col.max) & ~allowed, f"{raw} above {col.max:g}"))
+        if col.integer:
+            checks.append((v.isNotNull() & (v % 1 != 0), f"{raw} is not a whole number"))
+        checks.append((v.isin(float("inf"), float("-inf")), f"{raw} is infinite"))
+    return F.coalesce(*[F.when(cond, F.lit(reason)) for cond, reason in checks], F.lit(""))
+
+
+def _applicant_id(df: DataFrame, name: str) -> Column:
+    from pyspark.sql.types import DoubleType, FloatType
+
+    c = _col(name)
+    if isinstance(df.schema[name].dataType, DoubleType | FloatType):
+        c = c.cast("long")  # 17.0 -> "17", as the id is written elsewhere
+    return c.cast("string")
+
+
+def read_input(spark: SparkSession, source: InputFiles) -> DataFrame:
+    reader = spark.read
+    if source.path.is_dir():
+        reader = reader.option("pathGlobFilter", f"*.{source.format}")
+    if source.format == "parquet":
+        return reader.parquet(str(source.path))
+    return reader.option("header", True).option("inferSchema", False).csv(str(source.path))
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: str
+    model_uri: str
+    rows_in: int
+    rows_scored: int
+    rows_quarantined: int
+    seconds: float
+    scored_path: Path
+    quarantine_path: Path
+    table_url: str
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"batch {self.batch_id}: rows in {self.rows_in:,} = scored {self.rows_scored:,} "
+                f"+ quarantined {self.rows_quarantined:,} ({self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s); "
+                f"model {self.model_uri}; predictions {self.scored_path} and {safe_url(self.table_url)}; "
+                f"quarantine {self.quarantine_path}")
+
+
+def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.0) -> BatchResult:
+    """Score a planned batch and publish it (quarantine, Parquet, SQL table) only when it is complete."""
+    start = time.perf_counter()
+    raw, id_column = read_input(spark, plan.source), plan.id_column
+    if id_column in UNNAMED_FIRST:  # a blank first header (Spark calls it _c0): give it the spec's id name
+        id_column = plan.model.dataset.id_column
+        raw = raw.withColumnRenamed(raw.columns[0], id_column)
+    checked = raw.withColumn(REASON, violation_reason(raw, plan.model.dataset, id_column))
+    stage = staging_dir(plan.output, plan.batch_id)
+    try:
+        rows_in = raw.count()
+        print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
+        quarantined = _write_quarantine(checked, stage / QUARANTINE_DIR)
+        scored = _write_scored(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage / SCORED_DIR,
+                               rows_in - quarantined, progress_seconds)
+        if scored + quarantined != rows_in:
+            raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored and {quarantined} "
+                             "quarantined; nothing published")
+        _publish(plan, stage, scored)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return BatchResult(plan.batch_id, plan.model.uri, rows_in, scored, quarantined, time.perf_counter() - start,
+                       partition_dir(plan.output / SCORED_DIR, plan.batch_id),
+                       partition_dir(plan.output / QUARANTINE_DIR, plan.batch_id), plan.table_url)
+
+
+def _write_quarantine(checked: DataFrame, path: Path) -> int:
+    """Rows breaking a value rule, as read, with the rule; a JVM-only pass (no model, no Python)."""
+    from pyspark.sql import functions as F
+
+    bad = checked.filter(F.col(REASON) != "").withColumnRenamed(REASON, "reason")
+    with _spark_errors("quarantine"):
+        bad.write.mode("overwrite").parquet(str(path))
+    rows = parquet_rows(path)
+    print(f"[quarantine] {rows:,} rows broke the dataset spec's value rules", flush=True)
+    return rows
+
+
+def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path: Path, expected: int,
+                  progress_seconds: float) -> int:
+    from pyspark.sql import functions as F
+
+    model = plan.model
+    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
+    inputs = model_inputs(checked, model)
+    scored = (
+        checked.filter(F.col(REASON) == "")
+        .select(_applicant_id(checked, APPLICANT_ID).alias("applicant_id"),
+                udf(F.struct(*[c.alias(n) for n, c in inputs.items()])).alias("p"))
+        .select("applicant_id", "p.probability", "p.decision", "p.reason_codes",
+                *[F.lit(v).alias(k) for k, v in model.lineage.items()],
+                F.lit(plan.scored_at).alias("scored_at"))
+    )
+    started = time.perf_counter()
+    with _spark_errors("scoring"), _progress(spark, f"score-{plan.batch_id}", expected, progress_seconds):
+        scored.write.mode("overwrite").parquet(str(path))
+    rows, seconds = parquet_rows(path), time.perf_counter() - started
+    print(f"[score] {rows:,} rows scored in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s)", flush=True)
+    return rows
+
+
+def _publish(plan: BatchPlan, stage: Path, scored: int) -> None:
+    """SQL rows first (one transaction), then the Parquet partitions (directory renames)."""
+    lineage = {**plan.model.lineage, "scored_at": plan.scored_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    table = PredictionTable(plan.table_url)
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        print(f"[table] {done:,} of {total:,} rows loaded", flush=True)
+
+    table.replace_batch(plan.batch_id, stage / SCORED_DIR, lineage, report if scored > 100_000 else None)
+    print(f"[table] batch {plan.batch_id}: {scored:,} rows in {safe_url(table.url)} "
+          f"({time.perf_counter() - started:.1f} s)", flush=True)
+    for name in (SCORED_DIR, QUARANTINE_DIR):
+        publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
+
+
+@contextmanager
+def _spark_errors(step: str) -> Iterator[None]:
+    """A failed Spark job as one line (the Python worker's last error line), not a JVM stack trace."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JJavaError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith(("at ", "File "))]
+        detail = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1] if lines else "")
+        raise BatchError(f"{step} failed: {detail[:300]}") from None
+
+
+@contextmanager
+def _progress(spark: SparkSession, group: str, expected: int, every: float) -> Iterator[None]:
+    """Print rows scored (from finished tasks of the job) and throughput every `every` seconds."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, f"creditflow batch scoring ({expected} rows)")
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def report() -> None:
+        tracker = sc.statusTracker()
+        while not stop.wait(every):
+            done = total = 0
+            for job in tracker.getJobIdsForGroup(group):
+                info = tracker.getJobInfo(job)
+                for stage_id in info.stageIds if info else ():
+                    stage = tracker.getStageInfo(stage_id)
+                    if stage:
+                        done, total = done + stage.numCompletedTasks, total + stage.numTasks
+            if total:
+                rows = expected * done // total
+                rate = rows / (time.perf_counter() - start)
+                print(f"[score] ~{rows:,} of {expected:,} rows scored ({done}/{total} tasks), "
+                      f"{rate:,.0f} rows/s", flush=True)
+
+    thread = threading.Thread(target=report, name="batch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
+        sc.setLocalProperty("spark.jobGroup.id", None)
+
+
+def score_batch(spark: SparkSession, model_uri: str, input_path: str | Path, output: str | Path,
+                **options: Any) -> BatchResult:
+    """Score a file or directory of applicants with the model into `output` (the one-call library entry).
+
+    Options: batch_id, id_column, table (plan_batch) and progress_seconds (run_batch).
+    """
+    every = options.pop("progress_seconds", 5.0)
+    return run_batch(spark, plan_batch(model_uri, input_path, output, **options), every)
+
+
+def log_batch(run_id: str | None, result: BatchResult) -> None:
+    """Under `mlflow run`, record the batch on the project's run: which batch, which model, counts, speed."""
+    if not run_id:
+        return
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({"batch_id": result.batch_id, "scored_model_uri": result.model_uri,
+                           "scored_path": str(result.scored_path), "table": safe_url(result.table_url)})
+        mlflow.log_metrics({"rows_in": result.rows_in, "rows_scored": result.rows_scored,
+                            "rows_quarantined": result.rows_quarantined, "batch_seconds": result.seconds})
+
+
+# ---------------------------------------------------------------- the demo's last step
+
+
+def champion_or_best(outcomes: list[Any], alias: str = "champion") -> str:
+    """models:/<name>@champion when the alias exists, else the best outcome's registered version (or its URI)."""
+    client = mlflow.MlflowClient()
+    best = outcomes[0]
+    versions = client.search_model_versions(f"run_id = '{best.run_id}'")
+    if not versions:
+        return best.model_uri
+    name = versions[0].name
+    try:
+        client.get_model_version_by_alias(name, alias)
+        return f"models:/{name}@{alias}"
+    except MlflowException:
+        return f"models:/{name}/{versions[0].version}"
+
+
+def score_sample(outcomes: list[Any], rows: int, output: str | Path = "predictions",
+                 spark: SparkSession | None = None) -> BatchResult:
+    """Generate `rows` new applicants (no target) and batch-score them with the champion.
+
+    Starts (and stops) its own Spark session unless one is given.
+    """
+    from creditflow.synthetic import TARGET, generate_credit_data
+
+    sample = Path("data") / "demo-applicants.parquet"
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    generate_credit_data(rows, seed=2026).frame.drop(columns=[TARGET]).to_parquet(sample, index=False)
+    model_uri = champion_or_best(outcomes)
+    print(f"\n== batch scoring {rows:,} new applicants ({sample}) with {model_uri}", flush=True)
+    plan = plan_batch(model_uri, sample, output)
+    own = spark is None
+    spark = start_spark(SparkConfig()) if own else spark
+    try:
+        result = run_batch(spark, plan)
+    finally:
+        if own:
+            spark.stop()
+    print(result.summary(), flush=True)
+    print(f"look one up: creditflow predictions get --id 1 --output {output}", flush=True)
+    return result

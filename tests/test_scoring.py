@@ -1,0 +1,270 @@
+"""Batch scoring on a real Spark local[2] session: parity with the online model, quarantine, reruns, kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+
+from creditflow.cli import main
+from creditflow.data import CreditData, rule_violations
+from creditflow.predictions import PredictionNotFound, PredictionTable, default_table_url, parquet_rows
+from creditflow.scoring import BatchError, champion_or_best, plan_batch, score_batch, score_sample, violation_reason
+from creditflow.specs import DatasetSpec
+from creditflow.tracking import TrainingOutcome, train_and_log
+from tests.conftest import VENV_BIN, small_experiment, subprocess_env
+
+CHAMPION = "models:/credit-default@champion"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
+          small_data: CreditData) -> Iterator[tuple[str, TrainingOutcome]]:
+    """One tracking store for the module with a logistic model registered and promoted to @champion."""
+    root = tmp_path_factory.mktemp("scoring-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        outcome = train_and_log(small_experiment(**{"explain.enabled": False}), small_spec, small_data)
+        mlflow.MlflowClient().set_registered_model_alias("credit-default", "champion", outcome.registered_version)
+    yield uri, outcome
+
+
+@pytest.fixture
+def model(store: tuple[str, TrainingOutcome], monkeypatch: pytest.MonkeyPatch) -> TrainingOutcome:
+    """Point this test at the module's store; returns the champion's training outcome."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
+    mlflow.set_tracking_uri(store[0])
+    return store[1]
+
+
+def applicants(data: CreditData, rows: int, first_id: int = 1000, offset: int = 0) -> pd.DataFrame:
+    """Raw applicant rows with an integer Id column, as a client's file holds them."""
+    X = data.X.iloc[offset:offset + rows].reset_index(drop=True)
+    return X.assign(Id=np.arange(first_id, first_id + len(X)))[["Id", *X.columns]]
+
+
+def partition(output: Path, kind: str, batch_id: str) -> pd.DataFrame:
+    return pd.read_parquet(output / kind / f"batch_id={batch_id}")
+
+
+# ---------------------------------------------------------------- the value rules
+
+
+def rule_breakers(spec: DatasetSpec, valid: pd.Series) -> pd.DataFrame:
+    """One row per (column, broken rule) plus rows breaking two rules and rows using allowed sentinels."""
+    rows = [valid.copy()]
+    for raw, col in spec.columns.items():
+        values = [np.nan, np.inf, -np.inf, -1.0, 0.5 + (col.min or 0), *col.sentinels, (col.max or 1e6) + 1]
+        for value in values:
+            row = valid.copy()
+            row[raw] = value
+            rows.append(row)
+    double = valid.copy()
+    double[spec.raw_columns[0]], double[spec.raw_columns[-1]] = -5.0, np.nan
+    rows.append(double)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+@pytest.mark.spark
+def test_spark_rules_match_rule_violations(spark, small_spec: DatasetSpec, small_data: CreditData) -> None:
+    frame = pd.concat([rule_breakers(small_spec, small_data.X.iloc[0]), small_data.X.head(200)], ignore_index=True)
+    expected = rule_violations(frame, small_spec).tolist()
+    df = spark.createDataFrame(frame.assign(Id=np.arange(len(frame))))
+    got = [r[0] for r in df.select(violation_reason(df, small_spec, "Id")).collect()]
+    assert got == expected
+    assert sum(r != "" for r in expected) > 40  # the frame really breaks many rules
+
+
+@pytest.mark.spark
+def test_text_cells_are_numbers_missing_markers_or_quarantined(spark, small_spec: DatasetSpec) -> None:
+    cells = ["45", " 45 ", "NA", "", "abc", "4.5e1", "-1"]
+    rows = [{c: "1" for c in small_spec.raw_columns} | {"Id": str(i), "age": v} for i, v in enumerate(cells)]
+    rows.append({c: "1" for c in small_spec.raw_columns} | {"Id": None})
+    df = spark.createDataFrame(pd.DataFrame(rows).astype(object))
+    got = [r[0] for r in df.select(violation_reason(df, small_spec, "Id")).collect()]
+    assert got == ["", "", "age is missing", "age is missing", "age is not a number", "", "age below 0",
+                   "Id is missing"]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@pytest.mark.spark
+def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, small_data: CreditData,
+                                             tmp_path: Path) -> None:
+    frame = applicants(small_data, 300)
+    frame.to_parquet(tmp_path / "in.parquet", index=False)
+    result = score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="parity",
+                         progress_seconds=1)
+    assert (result.rows_in, result.rows_scored, result.rows_quarantined) == (300, 300, 0)
+
+    batch = partition(tmp_path / "out", "scored", "parity").set_index("applicant_id").loc[frame.Id.astype(str)]
+    online_model = mlflow.pyfunc.load_model(CHAMPION)  # what `mlflow models serve` loads
+    X = frame.drop(columns="Id")
+    whole = online_model.predict(X)
+    one_by_one = pd.concat([online_model.predict(X.iloc[[i]]) for i in range(0, 300, 15)], ignore_index=True)
+    for online, rows in ((whole, slice(None)), (one_by_one, slice(0, 300, 15))):
+        part = batch.iloc[rows]
+        np.testing.assert_allclose(part.probability.to_numpy(), online.probability.to_numpy(), rtol=1e-12, atol=0)
+        assert part.decision.tolist() == online.decision.tolist()
+        assert [list(c) for c in part.reason_codes] == [list(c) for c in online.reason_codes]
+    assert set(batch.decision) == {"approve", "decline"}  # both outcomes exercised
+    assert sum(len(c) > 0 for c in batch.reason_codes) > 0
+
+    assert set(batch.model_name) == {"credit-default"} and set(batch.model_version) == {model.registered_version}
+    assert set(batch.run_id) == {model.run_id} and batch.scored_at.notna().all()
+    stored = PredictionTable(result.table_url).get_latest("1007")
+    assert stored["probability"] == pytest.approx(batch.loc["1007"].probability, rel=1e-15)
+    assert stored["reason_codes"] == list(batch.loc["1007"].reason_codes)
+    assert (stored["batch_id"], stored["model_version"]) == ("parity", model.registered_version)
+
+
+@pytest.mark.spark
+def test_rule_breakers_go_to_quarantine_and_counts_add_up(spark, model: TrainingOutcome, small_data: CreditData,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    frame = applicants(small_data, 60).astype(object)
+    frame.loc[3, "age"] = "-4"
+    frame.loc[7, "DebtRatio"] = "abc"
+    frame.loc[9, "Id"] = ""
+    frame.loc[11, "MonthlyIncome"] = "NA"  # missing allowed: scored
+    frame.loc[13, "NumberOfTime30-59DaysPastDueNotWorse"] = "96"  # the sentinel: allowed, scored
+    frame.loc[15, "NumberOfDependents"] = "2.5"
+    frame.to_csv(tmp_path / "in.csv", index=False)
+
+    result = score_batch(spark, CHAMPION, tmp_path / "in.csv", tmp_path / "out", batch_id="csv")
+    assert (result.rows_in, result.rows_scored, result.rows_quarantined) == (60, 56, 4)
+    assert "rows in 60 = scored 56 + quarantined 4" in result.summary()
+    assert "[quarantine] 4 rows broke" in capsys.readouterr().out
+
+    bad = partition(tmp_path / "out", "quarantine", "csv").set_index("reason")
+    assert sorted(bad.index) == ["DebtRatio is not a number", "Id is missing",
+                                 "NumberOfDependents is not a whole number", "age below 0"]
+    assert bad.loc["DebtRatio is not a number", "DebtRatio"] == "abc"  # the row as it came, unchanged
+    scored = partition(tmp_path / "out", "scored", "csv").set_index("applicant_id")
+    assert {"1011", "1013"} <= set(scored.index) and not {"1003", "1007", "1015"} & set(scored.index)
+
+
+@pytest.mark.spark
+def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data: CreditData, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    applicants(small_data, 200).to_parquet(tmp_path / "a.parquet", index=False)
+    applicants(small_data, 50, first_id=5000).to_parquet(tmp_path / "b.parquet", index=False)
+    applicants(small_data, 120, first_id=1100, offset=100).to_parquet(tmp_path / "c.parquet", index=False)
+    score_batch(spark, CHAMPION, tmp_path / "a.parquet", out, batch_id="daily")
+    score_batch(spark, CHAMPION, tmp_path / "b.parquet", out, batch_id="other")
+    score_batch(spark, CHAMPION, tmp_path / "c.parquet", out, batch_id="daily")
+
+    readers_see = pads.dataset(out / "scored", partitioning="hive").to_table().to_pandas()
+    assert readers_see.groupby("batch_id").size().to_dict() == {"daily": 120, "other": 50}
+    assert readers_see.applicant_id.is_unique
+    table = PredictionTable(default_table_url(out))
+    assert (table.count("daily"), table.count("other")) == (120, 50)
+    with pytest.raises(PredictionNotFound, match="applicant 1000"):
+        table.get_latest("1000")  # only in the replaced version of "daily"
+    assert not list((out / "_staging").iterdir())
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutcome, small_data: CreditData,
+                                                     store: tuple[str, TrainingOutcome], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    applicants(small_data, 100).to_parquet(tmp_path / "first.parquet", index=False)
+    big = pd.concat([applicants(small_data, 6000, first_id=10_000 + 6000 * k) for k in range(2)], ignore_index=True)
+    big.to_parquet(tmp_path / "second.parquet", index=False, row_group_size=2000)
+    score_batch(spark, CHAMPION, tmp_path / "first.parquet", out, batch_id="k")
+
+    (tmp_path / "job.yaml").write_text("master: local[1]\narrow_batch_rows: 100\nprogress_seconds: 0.5\n"
+                                       "max_partition_bytes: 64k\ndriver_memory: 1g\n")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "creditflow"), "score", "batch", "--model-uri", CHAMPION, "--input",
+         str(tmp_path / "second.parquet"), "--output", str(out), "--batch-id", "k",
+         "--config", str(tmp_path / "job.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        env=subprocess_env(MLFLOW_TRACKING_URI=store[0]),
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # wait until it is scoring, then kill the job and its JVM and workers
+            seen.append(line)
+            if line.startswith("[score] ~"):
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert seen and seen[-1].startswith("[score] ~"), f"the job ended before it was killed: {seen}"
+    time.sleep(0.5)
+
+    assert parquet_rows(out / "scored" / "batch_id=k") == 100  # the earlier batch, whole
+    table = PredictionTable(default_table_url(out))
+    assert table.count("k") == 100 and table.get_latest("1050")["batch_id"] == "k"
+    assert list((out / "_staging").iterdir()), "the killed attempt's staging area should be left behind"
+
+    result = score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="k")
+    assert result.rows_scored + result.rows_quarantined == 12_000
+    assert parquet_rows(out / "scored" / "batch_id=k") == result.rows_scored == table.count("k") == table.count()
+    assert not list((out / "_staging").iterdir())
+
+
+# ---------------------------------------------------------------- bad input, before Spark
+
+
+def test_bad_input_is_one_line_before_spark_starts(model: TrainingOutcome, small_data: CreditData, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    def no_spark(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Spark started before the input was checked")
+
+    monkeypatch.setattr("creditflow.scoring.start_spark", no_spark)
+    frame = applicants(small_data, 10)
+    frame.drop(columns=["age", "DebtRatio"]).to_parquet(tmp_path / "cols.parquet", index=False)
+    frame.drop(columns=["Id"]).to_csv(tmp_path / "noid.csv", index=False)
+    frame.assign(age=frame.age.astype(bool)).to_parquet(tmp_path / "bool.parquet", index=False)
+    cases = {
+        "cols.parquet": "missing column(s) the model needs: age, DebtRatio",
+        "noid.csv": "missing id column 'Id' (pass --id-column NAME)",
+        "bool.parquet": "column type(s) the model cannot take: age (bool)",
+        "nothing.csv": "no such file or directory",
+    }
+    for name, message in cases.items():
+        code = main(["score", "batch", "--model-uri", CHAMPION, "--input", str(tmp_path / name),
+                     "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, (name, err)
+    code = main(["score", "batch", "--model-uri", "models:/credit-default@nobody", "--input",
+                 str(tmp_path / "cols.parquet"), "--output", str(tmp_path / "out"), "--batch-id", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "models:/credit-default@nobody" in err
+    with pytest.raises(BatchError, match="batch id"):
+        plan_batch(CHAMPION, tmp_path / "noid.csv", tmp_path / "out", batch_id="../etc", id_column="age")
+    assert not (tmp_path / "out").exists()
+
+
+def test_champion_or_best_falls_back_to_the_best_version(model: TrainingOutcome) -> None:
+    client = mlflow.MlflowClient()
+    assert champion_or_best([model]) == CHAMPION
+    client.delete_registered_model_alias("credit-default", "champion")
+    try:
+        assert champion_or_best([model]) == f"models:/credit-default/{model.registered_version}"
+    finally:
+        client.set_registered_model_alias("credit-default", "champion", model.registered_version)
+
+
+@pytest.mark.spark
+def test_the_demo_sample_is_scored_with_the_champion(spark, model: TrainingOutcome, tmp_path: Path) -> None:
+    result = score_sample([model], 2000, output=tmp_path / "predictions", spark=spark)
+    assert result.rows_in == 2000 == result.rows_scored + result.rows_quarantined
+    assert result.model_uri == f"models:/credit-default/{model.registered_version}"  # @champion, pinned
+    assert PredictionTable(default_table_url(tmp_path / "predictions")).count() == result.rows_scored
