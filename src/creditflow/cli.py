@@ -81,6 +81,14 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from creditflow.serve import load_serving_config, serve
+
+    serve(load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
+                              workers=args.workers))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
     p.set_defaults(handler=_cmd_explain)
+
+    p = sub.add_parser("serve", help="the REST endpoint: MLflow's scoring app with request limits and safe errors")
+    p.add_argument("--config", default="", help="serving config YAML, e.g. serving/online.yaml")
+    p.add_argument("-m", "--model-uri", default=None, help="model to serve (default models:/credit-default@champion)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("-p", "--port", type=int, default=None, help="port (default 5001)")
+    p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
+    p.set_defaults(handler=_cmd_serve)
+
     p = sub.add_parser("score", help="batch scoring")
     score = p.add_subparsers(dest="score_command", required=True)
     p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
