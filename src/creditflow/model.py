@@ -73,6 +73,7 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
     return {
         "threshold": exp.threshold,
         "reason_codes": exp.reason_codes,
+        "reason_codes_for": exp.reason_codes_for,
         "display_names": ds.display_names(),
         "family": exp.family,
         "dataset_spec": ds.model_dump(mode="json"),
@@ -116,6 +117,7 @@ class Scoring:
     threshold: float
     k: int
     labels: list[str]
+    declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -131,16 +133,29 @@ class Scoring:
         except ValueError:
             rules = None
         labels = [ds.columns[c].label for c in ds.raw_columns]
-        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels)
+        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels,
+                   config.get("reason_codes_for", "all") == "declined")
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
         check_rules(R, self.spec, self.rules)
-        scored = self.scorer.score(R)
+        if not self.declined_only:
+            scored = self.scorer.score(R)
+            return self._frame(scored.probability, top_reasons(scored.contributions, self.labels, self.k))
+        probability = self.scorer.probability(R)  # SHAP only where a decline owes reasons: the costly part
+        declined = np.flatnonzero(probability >= self.threshold)
+        codes: list[list[str]] = [[] for _ in range(len(R))]
+        if len(declined):
+            explained = top_reasons(self.scorer.score(R[declined]).contributions, self.labels, self.k)
+            for row, reasons in zip(declined, explained, strict=True):
+                codes[row] = reasons
+        return self._frame(probability, codes)
+
+    def _frame(self, probability: np.ndarray, codes: list[list[str]]) -> pd.DataFrame:
         return pd.DataFrame({
-            "probability": scored.probability,
-            "decision": np.where(scored.probability >= self.threshold, "decline", "approve"),
-            "reason_codes": top_reasons(scored.contributions, self.labels, self.k),
+            "probability": probability,
+            "decision": np.where(probability >= self.threshold, "decline", "approve"),
+            "reason_codes": codes,
         })
 
 

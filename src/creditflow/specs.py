@@ -210,6 +210,7 @@ class ExperimentSpec(_Frozen):
     metric: Literal["roc_auc", "average_precision", "neg_log_loss", "neg_brier_score"] = "roc_auc"
     threshold: float = Field(0.2, gt=0, lt=1)
     reason_codes: int = Field(3, ge=1)
+    reason_codes_for: Literal["all", "declined"] = "all"  # "declined": adverse-action reasons only (fast batches)
     explain: ExplainSpec = ExplainSpec()
     register_as: str | None = "credit-default"
 
