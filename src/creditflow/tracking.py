@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> Tra
     """One experiment as one MLflow run (trials as nested runs); returns what it produced."""
     mlflow.set_experiment(exp.name)
     timings: dict[str, float] = {}
-    with mlflow.start_run(run_name=f"{exp.family}-{exp.search.type}") as run:
+    with mlflow.start_run(run_name=f"{exp.family}-{exp.search.type}") as run, ends_failed(run.info.run_id):
         data_digest = log_dataset(data, ds)
         mlflow.set_tags({
             "model_family": exp.family, "search_type": exp.search.type, "git_commit": git_commit(),
@@ -156,6 +156,26 @@ def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> Tra
         mlflow.log_metrics(timings)
         version = register(info, exp, test, data_digest) if exp.register_as else None
     return TrainingOutcome(run.info.run_id, exp.name, exp.family, info.model_uri, result.best_cv, test, version)
+
+
+@contextmanager
+def ends_failed(run_id: str) -> Iterator[None]:
+    """A run that breaks ends FAILED with the reason as a tag; tracking/artifact-store failures become one line.
+
+    Nothing after the failure runs, so a model whose upload failed is never registered. When the server
+    itself is gone, recording the failure is best effort: what was logged before stays on the server.
+    """
+    try:
+        yield
+    except Exception as exc:
+        reason = (str(getattr(exc, "message", "") or exc).strip().splitlines() or [type(exc).__name__])[0][:1000]
+        with suppress(MlflowException, requests.RequestException):
+            mlflow.MlflowClient().set_tag(run_id, "failure_reason", reason)
+        with suppress(MlflowException, requests.RequestException):
+            mlflow.end_run("FAILED")
+        if isinstance(exc, MlflowException | requests.RequestException):
+            raise TrackingError(f"run {run_id} failed: {reason}") from None
+        raise
 
 
 def log_explanations(pipe: Any, exp: ExperimentSpec, ds: DatasetSpec, X: Any, y: Any) -> None:

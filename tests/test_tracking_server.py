@@ -1,0 +1,465 @@
+"""The production tracking stack, for real: `mlflow server` on PostgreSQL with an S3 bucket (moto's server), basic auth.
+
+Everything goes over HTTP: the server is scripts/start_tracking_server.sh, the bucket is read back with boto3
+and the runs with psycopg2. Faults are real too: the server is stopped mid-run, PostgreSQL is a closed port,
+and S3 goes away behind a TCP relay the test cuts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import mlflow
+import psycopg2
+import pytest
+import requests
+
+from creditflow import server as tracking_server
+from creditflow import tracking
+from creditflow.errors import TrackingError
+from creditflow.tracking import train_and_log
+from tests.conftest import ROOT, VENV_BIN, free_port, small_experiment, subprocess_env, wait_for_http
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = ROOT / "scripts" / "start_tracking_server.sh"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password-for-tests"
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+# --- the pieces: a throwaway database, moto's S3 server, a relay that can cut S3 off, the tracking server ---
+
+def admin_sql(statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on the local PostgreSQL."""
+    conn = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database, dropped afterwards."""
+    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
+    admin_sql(f"CREATE DATABASE {name}")
+    yield f"{POSTGRES}/{name}"
+    admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone S3 server on a free port; its endpoint URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(**S3_KEYS))
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", proc, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Relay:
+    """A TCP relay in front of S3 that a test can cut (an S3 outage: every connection refused) and restore."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                self._close(s)
+
+    def _close(self, s: socket.socket) -> None:
+        with self.lock:
+            self.open.discard(s)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self.lock:
+            live = list(self.open)
+        for s in live:
+            self._close(s)
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def s3_relay(moto_s3: str) -> Iterator[Relay]:
+    relay = Relay(int(moto_s3.rsplit(":", 1)[1]))
+    yield relay
+    relay.close()
+
+
+class TrackingServer:
+    """scripts/start_tracking_server.sh as a process group that a test can stop and start again (same port)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.args = [str(SCRIPT), *args, "--port", str(self.port)]
+        self.env, self.cwd = env, cwd
+        self.proc: subprocess.Popen | None = None
+        self.logs: list[Path] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> None:
+        log = self.cwd / f"server-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        try:
+            wait_for_http(f"{self.url}/health", self.proc, timeout=120)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}; server log:\n{self.logs[-1].read_text()[-3000:]}") from None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log(self, n: int = -1) -> str:
+        return self.logs[n].read_text()
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_s3: str) -> Iterator[str]:
+    """A unique bucket name; the bucket (created by the server's --create-bucket) is emptied and deleted after."""
+    name = f"creditflow-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    s3 = s3_client(moto_s3)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+def s3_client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_KEYS.items()
+                                                        if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+
+
+def production_env(database: str, bucket: str, endpoint: str, **extra: str) -> dict[str, str]:
+    return subprocess_env(
+        MLFLOW_BACKEND_STORE_URI=database, MLFLOW_ARTIFACTS_DESTINATION=f"s3://{bucket}",
+        MLFLOW_S3_ENDPOINT_URL=endpoint, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        MLFLOW_FLASK_SERVER_SECRET_KEY="tests-secret-key", AWS_MAX_ATTEMPTS="2", **S3_KEYS, **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def production(database: str, bucket: str, s3_relay: Relay, tmp_path_factory) -> Iterator[TrackingServer]:
+    """The production profile with auth, its S3 traffic through the relay; one server for the module."""
+    srv = TrackingServer(["--profile", "production", "--auth", "--create-bucket"],
+                         production_env(database, bucket, f"http://127.0.0.1:{s3_relay.port}"),
+                         tmp_path_factory.mktemp("production"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def client_env(url: str, **extra: str) -> dict[str, str]:
+    """What a user sets to work against the server: the URI and their credentials."""
+    return {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, **FAST_CLIENT, **extra}
+
+
+@pytest.fixture
+def as_admin(production: TrackingServer, monkeypatch: pytest.MonkeyPatch) -> TrackingServer:
+    """This test's MLflow client talks to the production server as the admin user."""
+    for key, value in client_env(production.url).items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(production.url)
+    production.wait_ready()  # a previous fault test may have left it restarting
+    return production
+
+
+@pytest.fixture(scope="module")
+def trained(production: TrackingServer, small_spec, small_data):
+    """The whole flow's first step against the server: one run with explanations, registered."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in client_env(production.url).items():
+            mp.setenv(key, value)
+        mlflow.set_tracking_uri(production.url)
+        try:
+            return train_and_log(small_experiment("logistic_baseline.yaml"), small_spec, small_data)
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def bucket_keys(endpoint: str, bucket: str) -> list[str]:
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def query(database: str, sql: str, *params: object) -> list[tuple]:
+    conn = psycopg2.connect(database, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def quick_experiment(name: str):
+    """The baseline without explanations, in an experiment of its own: for the fault tests."""
+    return small_experiment("logistic_baseline.yaml", **{"explain.enabled": False}).with_overrides(name=name)
+
+
+def inject_before_model_upload(monkeypatch: pytest.MonkeyPatch, fault: Callable[[], None]) -> None:
+    """Run `fault` in the middle of a training run: after params/metrics/specs, before the model upload."""
+    real = tracking.log_credit_model
+
+    def faulty(*args, **kwargs):
+        fault()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "log_credit_model", faulty)
+
+
+# --- start-up ---
+
+def test_production_start_migrates_the_database_and_creates_the_bucket(production, database, bucket, moto_s3):
+    log = production.log(0)
+    assert "schema migrated from empty to the current one" in log
+    assert f"bucket s3://{bucket}" in log and ": created" in log
+    assert "starting mlflow server (production, auth)" in log
+    (revision,) = query(database, "SELECT version_num FROM alembic_version")[0]
+    assert revision and s3_client(moto_s3).head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    anonymous = requests.get(f"{production.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert anonymous.status_code == 401
+
+
+def test_postgres_unreachable_at_start_is_one_clear_line(tmp_path):
+    port = free_port()  # nothing listens there
+    env = production_env(f"postgresql://postgres@127.0.0.1:{free_port()}/mlflow", "any-bucket", "http://127.0.0.1:9")
+    out = subprocess.run([str(SCRIPT), "--profile", "production", "--port", str(port)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: database postgresql+psycopg2://postgres@127.0.0.1:")
+    assert "is unreachable" in lines[0] and "Connection refused" in lines[0]
+    with socket.socket() as s:  # no server was started behind the error
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "endpoint down", "not postgres", "no artifact bucket"])
+def test_start_up_checks_refuse_bad_stores(case, database, moto_s3, monkeypatch, capsys):
+    settings = {"MLFLOW_BACKEND_STORE_URI": database, "MLFLOW_ARTIFACTS_DESTINATION": "s3://no-such-bucket",
+                "MLFLOW_S3_ENDPOINT_URL": moto_s3, **S3_KEYS}
+    expected = {"missing bucket": "bucket 'no-such-bucket' does not exist", "endpoint down": "does not answer",
+                "not postgres": "MLFLOW_BACKEND_STORE_URI must be postgresql://",
+                "no artifact bucket": "MLFLOW_ARTIFACTS_DESTINATION must be s3://BUCKET"}[case]
+    if case == "endpoint down":
+        settings["MLFLOW_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+    elif case == "not postgres":
+        settings["MLFLOW_BACKEND_STORE_URI"] = "sqlite:///mlflow.db"
+    elif case == "no artifact bucket":
+        settings["MLFLOW_ARTIFACTS_DESTINATION"] = "./mlartifacts"
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    assert tracking_server.main(["--profile", "production", "--check-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert "no-such-bucket" not in [b["Name"] for b in s3_client(moto_s3).list_buckets().get("Buckets", [])]
+
+
+# --- the whole flow against the server ---
+
+def test_runs_are_rows_in_postgres_and_artifacts_are_objects_in_s3(trained, database, bucket, moto_s3):
+    keys = bucket_keys(moto_s3, bucket)
+    run_keys = [k for k in keys if f"/{trained.run_id}/artifacts/" in k]
+    assert any(k.endswith("/specs.json") for k in run_keys)
+    assert sum("/explanations/" in k and k.endswith(".png") for k in run_keys) >= 3
+    model_id = trained.model_uri.removeprefix("models:/")
+    model_keys = [k for k in keys if f"/models/{model_id}/artifacts/" in k]
+    assert any(k.endswith("/MLmodel") for k in model_keys) and any(k.endswith(".skops") for k in model_keys), keys
+
+    [(status, experiment)] = query(database, "SELECT r.status, e.name FROM runs r JOIN experiments e "
+                                             "ON e.experiment_id = r.experiment_id WHERE r.run_uuid = %s",
+                                   trained.run_id)
+    assert (status, experiment) == ("FINISHED", trained.experiment)
+    [(auc,)] = query(database, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'test_roc_auc'",
+                     trained.run_id)
+    assert auc == pytest.approx(trained.test["test_roc_auc"])
+    [(name, version)] = query(database, "SELECT name, version FROM model_versions WHERE run_id = %s", trained.run_id)
+    assert (name, str(version)) == ("credit-default", trained.registered_version)
+    [(location,)] = query(database, "SELECT artifact_location FROM experiments WHERE name = %s", trained.experiment)
+    assert location.startswith("mlflow-artifacts:/")  # proxied: clients never hold S3 credentials
+
+
+def test_client_without_s3_credentials_loads_the_registered_model_through_the_server(trained, as_admin, monkeypatch,
+                                                                                      small_data):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    specs = mlflow.artifacts.load_dict(f"runs:/{trained.run_id}/specs.json")
+    assert specs["experiment"]["name"] == trained.experiment
+    model = mlflow.pyfunc.load_model(f"models:/credit-default/{trained.registered_version}")
+    scored = model.predict(small_data.X.head(5))
+    assert list(scored.columns[:3]) == ["probability", "decision", "reason_codes"]
+    assert scored["probability"].between(0, 1).all() and scored["probability"].nunique() == 5
+
+
+# --- authentication ---
+
+def test_user_with_read_on_one_experiment(as_admin):
+    url, admin = as_admin.url, (ADMIN, ADMIN_PASSWORD)
+    ids = {}
+    for name in ("auth-shared", "auth-private"):
+        r = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": name}, auth=admin, timeout=10)
+        assert r.status_code == 200, r.text
+        ids[name] = r.json()["experiment_id"]
+    analyst = ("analyst", "analyst-password-1")
+    r = requests.post(f"{url}/api/2.0/mlflow/users/create", json={"username": analyst[0], "password": analyst[1]},
+                      auth=admin, timeout=10)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", auth=admin, timeout=10, json={
+        "username": analyst[0], "resource_type": "experiment", "resource_id": ids["auth-shared"],
+        "permission": "READ"})
+    assert r.status_code == 200, r.text
+
+    def get(exp_id: str, who=analyst) -> requests.Response:
+        return requests.get(f"{url}/api/2.0/mlflow/experiments/get", params={"experiment_id": exp_id},
+                            auth=who, timeout=10)
+
+    assert get(ids["auth-shared"]).json()["experiment"]["name"] == "auth-shared"
+    write = requests.post(f"{url}/api/2.0/mlflow/runs/create", auth=analyst, timeout=10,
+                          json={"experiment_id": ids["auth-shared"]})
+    assert write.status_code == 403
+    assert get(ids["auth-private"]).status_code == 403
+    assert get(ids["auth-shared"], who=(analyst[0], "wrong-password")).status_code == 401
+    assert get(ids["auth-shared"], who=None).status_code == 401
+    runs = requests.post(f"{url}/api/2.0/mlflow/runs/search", auth=admin, timeout=10,
+                         json={"experiment_ids": [ids["auth-shared"]]}).json()
+    assert runs.get("runs", []) == []  # the refused write left nothing behind
+
+
+# --- faults ---
+
+def test_artifact_store_down_mid_run_fails_the_run_and_registers_nothing(as_admin, s3_relay, monkeypatch,
+                                                                          small_spec, small_data):
+    inject_before_model_upload(monkeypatch, s3_relay.cut)
+    exp = quick_experiment("s3-outage")
+    try:
+        with pytest.raises(TrackingError) as failure:
+            train_and_log(exp, small_spec, small_data)
+    finally:
+        s3_relay.restore()
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("run ")
+    run_id = message.split()[1]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] in message
+    assert run.data.params["family"] == "logistic"  # what was logged before the outage is kept
+    assert mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'") == []
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert [m.status.name for m in models if m.source_run_id == run_id] == ["FAILED"]
+
+
+def test_server_stopped_mid_run_fails_with_a_clear_message_and_keeps_what_was_logged(
+        as_admin, database, monkeypatch, small_spec, small_data):
+    inject_before_model_upload(monkeypatch, as_admin.stop)
+    exp = quick_experiment("server-outage")
+    try:
+        with pytest.raises(TrackingError) as failure:
+            train_and_log(exp, small_spec, small_data)
+    finally:
+        as_admin.start()
+    message = str(failure.value)
+    assert "\n" not in message and as_admin.url in message
+    assert "schema current" in as_admin.log()  # the restart found the database already migrated
+    [(run_id,)] = query(database, "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+                                  "r.experiment_id WHERE e.name = 'server-outage'")
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.params["family"] == "logistic" and "test_roc_auc" in run.data.metrics
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/specs.json")["experiment"]["name"] == "server-outage"
+    assert mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'") == []
+
+
+def test_server_restarted_mid_run_client_retries_and_the_run_completes(as_admin, monkeypatch, small_spec,
+                                                                      small_data):
+    def restart() -> None:
+        as_admin.stop()
+        as_admin.start(wait=False)
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # backoff 0, 2, 4, ... 64 s: covers a restart
+    inject_before_model_upload(monkeypatch, restart)
+    exp = quick_experiment("server-restart")
+    outcome = train_and_log(exp, small_spec, small_data)
+    assert len(as_admin.logs) >= 2
+    run = mlflow.MlflowClient().get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["family"] == "logistic"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(outcome.test["test_roc_auc"])
+    [version] = mlflow.MlflowClient().search_model_versions(f"run_id = '{outcome.run_id}'")
+    assert version.version == outcome.registered_version
