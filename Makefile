@@ -27,6 +27,10 @@ test: setup ## run every test (unit, integration, spark)
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest -q -m "not integration and not spark and not slow"
 
+.PHONY: tracking-server
+tracking-server: setup ## tracking server on 127.0.0.1:5000 over ./mlflow.db (README: production profile)
+	scripts/start_tracking_server.sh --profile local
+
 lint: setup ## ruff over the code and tests
 	$(VENV)/bin/ruff check src tests scripts
 

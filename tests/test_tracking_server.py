@@ -8,9 +8,11 @@ and S3 goes away behind a TCP relay the test cuts.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import uuid
@@ -288,6 +290,23 @@ def inject_before_model_upload(monkeypatch: pytest.MonkeyPatch, fault: Callable[
 
 
 # --- start-up ---
+
+def test_local_profile_serves_the_sqlite_store_and_local_artifacts(tmp_path: Path):
+    srv = TrackingServer(["--profile", "local"], subprocess_env(), tmp_path)
+    srv.start()
+    try:
+        mlflow.set_tracking_uri(srv.url)
+        with mlflow.start_run() as run:
+            mlflow.log_param("profile", "local")
+            mlflow.log_dict({"hello": "server"}, "note.json")
+    finally:
+        srv.stop()
+    assert "schema migrated from empty" in srv.log() and "starting mlflow server (local)" in srv.log()
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run.info.run_id,)).fetchone() == ("FINISHED",)
+    [note] = (tmp_path / "mlartifacts").rglob("note.json")
+    assert run.info.run_id in str(note) and json.loads(note.read_text()) == {"hello": "server"}
+
 
 def test_production_start_migrates_the_database_and_creates_the_bucket(production, database, bucket, moto_s3):
     log = production.log(0)

@@ -25,12 +25,6 @@ from creditflow.errors import CreditflowError
 
 LEGACY_ADMIN_PASSWORD = "password1234"  # shipped by old MLflow versions; refused here as by MLflow
 MIN_PASSWORD = 12  # MLflow's basic-auth password policy
-ENV_KEYS = (
-    "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-    "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY",
-)
 
 
 class ServerError(CreditflowError):
@@ -111,16 +105,16 @@ def shown(uri: str) -> str:
 
 
 def read_settings(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
-    """MLflow's variables from the `.env` file, overridden by the process environment."""
+    """The variables of the `.env` file under the process environment (the server gets them all, e.g. pool sizes)."""
     from dotenv import dotenv_values
 
     from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file else {}
-    merged = {**from_file, **environ}
-    return {k: merged[k] for k in ENV_KEYS if merged.get(k)}
+    return {**from_file, **environ}
 
 
 def build_config(args: argparse.Namespace, settings: Mapping[str, str]) -> ServerConfig:
     """The one validated config object for this start (profile decides where metadata and artifacts go)."""
+    settings = {k: v for k, v in settings.items() if v}  # an empty variable counts as unset
     state_dir = Path(args.state_dir).resolve()
     if args.profile == "local":
         stores = {"backend_store_uri": f"sqlite:///{Path('mlflow.db').resolve()}",
@@ -262,9 +256,9 @@ def server_command(cfg: ServerConfig) -> list[str]:
     return [*cmd, "--app-name", "basic-auth"] if cfg.auth else cmd
 
 
-def server_env(cfg: ServerConfig, environ: Mapping[str, str], settings: Mapping[str, str]) -> dict[str, str]:
+def server_env(cfg: ServerConfig, settings: Mapping[str, str]) -> dict[str, str]:
     """The server's environment: ours plus the `.env` settings (S3 credentials stay on the server)."""
-    env = {**environ, **settings}
+    env = dict(settings)
     env.pop("MLFLOW_DEFAULT_ARTIFACT_ROOT", None)  # would bypass --artifacts-destination
     # MLflow's GenAI job runner (three extra processes of ~250 MB each) is not used by classic models
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -308,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = build_config(args, settings)
         for line in prepare(cfg):
             print(line, flush=True)
-        env = server_env(cfg, os.environ, settings)
+        env = server_env(cfg, settings)
     except CreditflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
