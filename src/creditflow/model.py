@@ -144,7 +144,7 @@ class Scoring:
             return self._frame(scored.probability, top_reasons(scored.contributions, self.labels, self.k))
         probability = self.scorer.probability(R)  # SHAP only where a decline owes reasons: the costly part
         declined = np.flatnonzero(probability >= self.threshold)
-        codes: list[list[str]] = [[] for _ in range(len(R))]
+        codes: list[list[str]] = [[]] * len(R)  # one shared empty list: no per-row allocation (and GC passes)
         if len(declined):
             explained = top_reasons(self.scorer.score(R[declined]).contributions, self.labels, self.k)
             for row, reasons in zip(declined, explained, strict=True):
