@@ -39,10 +39,11 @@ def test_env_file_fills_in_and_the_environment_wins(tmp_path: Path) -> None:
 def test_production_command_proxies_artifacts_and_binds_locally() -> None:
     cfg = config(["--profile", "production", "--auth", "--workers", "3"], {**PRODUCTION, **AUTH})
     cmd = server.server_command(cfg)
-    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert cmd[1:4] == ["-m", "mlflow", "server"] and "--serve-artifacts" in cmd
-    assert flags["--backend-store-uri"] == "postgresql+psycopg2://mlflow:pw@db.internal:5432/mlflow"
-    assert flags["--artifacts-destination"] == "s3://team-artifacts/mlflow"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == "s3://team-artifacts/mlflow"
+    assert "pw" not in " ".join(cmd)  # the database password goes by environment, not the process list
+    env = server.server_env(cfg, {**PRODUCTION, **AUTH})
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://mlflow:pw@db.internal:5432/mlflow"
     assert (cmd[cmd.index("--host") + 1], cmd[cmd.index("--port") + 1]) == ("127.0.0.1", "5000")
     assert cmd[cmd.index("--workers") + 1] == "3" and cmd[-2:] == ["--app-name", "basic-auth"]
     assert "--app-name" not in server.server_command(config(["--profile", "production"], PRODUCTION))
@@ -51,6 +52,7 @@ def test_production_command_proxies_artifacts_and_binds_locally() -> None:
 def test_local_profile_ignores_production_settings(tmp_path: Path) -> None:
     cfg = config(["--profile", "local", "--host", "0.0.0.0", "--port", "5055"], PRODUCTION)
     assert cfg.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # tests run in tmp_path
+    assert server.server_env(cfg, PRODUCTION)["MLFLOW_BACKEND_STORE_URI"] == cfg.backend_store_uri
     assert cfg.artifacts_destination == str(tmp_path / "mlartifacts") and cfg.url == "http://0.0.0.0:5055"
 
 
@@ -59,6 +61,7 @@ def test_local_profile_ignores_production_settings(tmp_path: Path) -> None:
     ({"MLFLOW_BACKEND_STORE_URI": "sqlite:///mlflow.db"}, "MLFLOW_BACKEND_STORE_URI must be postgresql://"),
     ({**PRODUCTION, "MLFLOW_ARTIFACTS_DESTINATION": ""}, "MLFLOW_ARTIFACTS_DESTINATION must be s3://BUCKET"),
     ({**PRODUCTION, "MLFLOW_ARTIFACTS_DESTINATION": "/srv/artifacts"}, "got '/srv/artifacts'"),
+    ({"MLFLOW_BACKEND_STORE_URI": "mysql://root:hunter2@db/mlflow"}, r"got 'mysql://root:\*\*\*@db/mlflow'"),
 ])
 def test_production_never_falls_back_to_local_storage(settings: dict[str, str], message: str) -> None:
     with pytest.raises(ServerError, match=message):

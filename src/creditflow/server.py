@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,7 +58,7 @@ class ServerConfig(BaseModel):
         if self.profile == "production":
             if not self.backend_store_uri.startswith("postgresql"):
                 raise ValueError("MLFLOW_BACKEND_STORE_URI must be postgresql://USER:PASSWORD@HOST:PORT/DB "
-                                 f"for the production profile (got '{self.backend_store_uri or 'nothing'}')")
+                                 f"for the production profile (got '{shown(self.backend_store_uri) or 'nothing'}')")
             if not self.bucket:
                 raise ValueError("MLFLOW_ARTIFACTS_DESTINATION must be s3://BUCKET[/prefix] for the production "
                                  f"profile (got '{self.artifacts_destination or 'nothing'}')")
@@ -100,8 +99,12 @@ def driver_uri(uri: str) -> str:
 def shown(uri: str) -> str:
     """A database URI safe to print (password masked)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(uri).render_as_string(hide_password=True)
+    try:
+        return make_url(uri).render_as_string(hide_password=True) if uri else ""
+    except ArgumentError:
+        return "an unparsable URI"
 
 
 def read_settings(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
@@ -162,15 +165,17 @@ def database_revision(cfg: ServerConfig) -> str | None:
 
 def migrate_database(cfg: ServerConfig, current: str | None) -> str:
     """Bring the schema to this MLflow's head with `mlflow db upgrade`, only where needed."""
+    from mlflow.db import upgrade
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     uri = cfg.backend_store_uri
     if current == _get_latest_schema_revision():
         return f"database {shown(uri)}: reachable, schema current"
-    upgrade = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
-    if upgrade.returncode != 0:
-        tail = (upgrade.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ServerError(f"database {shown(uri)}: `mlflow db upgrade` failed: {tail}")
+    try:  # in this process, so the URI (and its password) never shows in a process list
+        upgrade.main([uri], standalone_mode=False)
+    except Exception as exc:  # any migration failure stops the start, in one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServerError(f"database {shown(uri)}: `mlflow db upgrade` failed: {reason}") from None
     return f"database {shown(uri)}: reachable, schema migrated from {current or 'empty'} to the current one"
 
 
@@ -249,8 +254,8 @@ def auth_config_file(cfg: ServerConfig) -> Path:
 
 
 def server_command(cfg: ServerConfig) -> list[str]:
+    """`mlflow server` (the backend store URI goes by environment, keeping its password out of process lists)."""
     cmd = [sys.executable, "-m", "mlflow", "server",
-           "--backend-store-uri", cfg.backend_store_uri,
            "--artifacts-destination", cfg.artifacts_destination, "--serve-artifacts",
            "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
     return [*cmd, "--app-name", "basic-auth"] if cfg.auth else cmd
@@ -258,7 +263,7 @@ def server_command(cfg: ServerConfig) -> list[str]:
 
 def server_env(cfg: ServerConfig, settings: Mapping[str, str]) -> dict[str, str]:
     """The server's environment: ours plus the `.env` settings (S3 credentials stay on the server)."""
-    env = dict(settings)
+    env = {**settings, "MLFLOW_BACKEND_STORE_URI": cfg.backend_store_uri}
     env.pop("MLFLOW_DEFAULT_ARTIFACT_ROOT", None)  # would bypass --artifacts-destination
     # MLflow's GenAI job runner (three extra processes of ~250 MB each) is not used by classic models
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
