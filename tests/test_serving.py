@@ -333,7 +333,7 @@ def broken_app(served, spec):
     python_model.pipeline[-1].coef_ = python_model.pipeline[-1].coef_[:, :-1]
     python_model.scoring = Scoring.build(python_model.pipeline, python_model.dataset, python_model.config)
     servers, urls = [], []
-    for app in (scoring_server.init(model), RequestGuard(scoring_server.init(model), spec, ServingConfig())):
+    for app in (scoring_server.init(model), RequestGuard(scoring_server.init(model), model, ServingConfig())):
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()

@@ -3,7 +3,7 @@
 One fitted pipeline, three endpoints started at once, each with the same number of uvicorn workers:
   stock  `mlflow models serve` of `mlflow.sklearn.log_model(pipe, pyfunc_predict_fn="predict_proba")`
   plain  `mlflow models serve` of our pyfunc (probability + decision + reason codes)
-  ours   `creditflow serve` of our pyfunc (MLflow's scoring app + request guard + TCP_NODELAY fix)
+  ours   `creditflow serve` of our pyfunc (one strict parse, the pyfunc, MLflow's app for the rest)
 For 1-row and 100-row requests at concurrency 1, 8 and 32, `wrk` (a separate process; Debian package
 `wrk`) posts held-out applicants for `--seconds` to each endpoint in turn; this repeats `--runs` times
 and the medians are printed: requests/s, p50 and p99 latency, errors, and the ratios to stock.
@@ -68,12 +68,12 @@ def free_port() -> int:
 
 
 def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
-    """Train once; register our pyfunc and the stock sklearn model of the same fitted pipeline."""
+    """Train once; register our pyfunc and the stock sklearn model of the same fitted pipeline (same signature)."""
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
 
-    sys.path.insert(0, str(ROOT))
     from creditflow.data import load_dataset, split_data
+    from creditflow.model import input_schema
     from creditflow.specs import load_experiment_spec
     from creditflow.tracking import train_and_log
 
@@ -87,9 +87,11 @@ def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
     split = split_data(data, exp.test_size, exp.seed)
     with mlflow.start_run(run_name="stock-sklearn"):
         X = split.X_train[ds.raw_columns]
+        outputs = infer_signature(X, pipe.predict_proba(X)).outputs
         info = mlflow.sklearn.log_model(
             pipe, name="model", pyfunc_predict_fn="predict_proba",
-            signature=infer_signature(X.head(200), pipe.predict_proba(X.head(200))), input_example=X.head(5),
+            signature=ModelSignature(inputs=input_schema(ds), outputs=outputs),
+            input_example=X.head(5),
             skops_trusted_types=["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
                                  "creditflow.pipeline.CreditFeatures"],
             registered_model_name="credit-default-stock",

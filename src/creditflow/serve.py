@@ -1,15 +1,15 @@
-"""`creditflow serve`: MLflow's own scoring app for a registered model, behind a thin ASGI guard.
+"""`creditflow serve`: the registered pyfunc behind MLflow's scoring app, with a request guard.
 
-`mlflow models serve` runs `mlflow.pyfunc.scoring_server` under uvicorn. We run that same app
-(`scoring_server.init(model)`: /invocations, /ping, /health, /version, its JSON and CSV parsing,
-signature enforcement, request timeout) and add what it lacks for credit data:
+`mlflow models serve` runs `mlflow.pyfunc.scoring_server` under uvicorn. We load the model the
+same way and build that same app (`scoring_server.init(model)`: /ping, /health, /version), and put
+`RequestGuard` in front of it for POST /invocations:
 
-- a body-size limit (413) and a row limit (413), checked before anything is parsed;
-- the request's shape checked first (`validation.check_body`), so a bad request gets a 4xx naming
-  the problem instead of MLflow's message, which repeats the whole input; booleans are refused
-  rather than read as 1.0;
-- every other error body MLflow produces replaced by a message without the input (the model's own
-  errors, marked `source: creditflow`, are already safe and pass unchanged);
+- a body-size limit and a row limit (413), the first checked before the body is read;
+- one strict parse (`validation.parse_body`) instead of MLflow's parser, whose errors repeat the
+  whole input and which reads `true` as 1.0: a bad request gets a 4xx naming the problem;
+- the typed frame goes to the pyfunc (MLflow's signature enforcement, then our model) and
+  MLflow's `predictions_to_json` writes the answer, so answers are those of `mlflow models serve`;
+- error bodies keep the model's status (400 for the client, 500 for a model fault), never the input;
 - TCP_NODELAY on every connection, with any number of workers (uvicorn's multi-worker listener
   loses it: uvicorn issue 3149, ~40 ms per keep-alive request).
 
@@ -19,6 +19,8 @@ prints how long that took.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import os
@@ -34,7 +36,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from creditflow.errors import CreditflowError, SpecError
-from creditflow.validation import BadRequest, check_body
+from creditflow.model import ERROR_SOURCE
+from creditflow.validation import BadRequest, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+INLINE_ROWS = 100  # requests up to this many applicants are scored on the event loop, larger ones in a thread
 WORKER_ENV = "CREDITFLOW_SERVE_WORKER"  # how the parent hands the worker its settings (uvicorn imports the app)
 ERROR_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
                500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -115,25 +119,28 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def sanitised(status: int, body: bytes) -> bytes:
-    """An error body from MLflow's app with the input kept out; the model's own errors pass unchanged."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict) and doc.get("source") == "creditflow":
-        return json.dumps({"error_code": doc.get("error_code"), "message": doc.get("message")}).encode()
-    if status == 504:
-        return error_body(status, "scoring took longer than the request timeout")
-    return error_body(status, WITHHELD[500] if status >= 500 else WITHHELD[400])
+def safe_error(exc: Any) -> tuple[int, bytes]:
+    """Status and body for an MlflowException from `predict`: the model's own errors (marked
+    `source: creditflow`) keep their message; MLflow's own, which may hold the input, are withheld."""
+    status = exc.get_http_status_code()
+    if exc.json_kwargs.get("source") == ERROR_SOURCE:
+        return status, json.dumps({"error_code": exc.error_code, "message": exc.message}).encode()
+    return status, error_body(status, WITHHELD[500] if status >= 500 else WITHHELD[400])
 
 
 class RequestGuard:
-    """ASGI middleware in front of MLflow's scoring app: limits, shape checks, safe error bodies."""
+    """ASGI app in front of MLflow's scoring app: limits, one strict parse, the pyfunc, safe error bodies.
 
-    def __init__(self, app: ASGIApp, spec: Any, config: ServingConfig):
+    POST /invocations is parsed once, by `validation.parse_body`, and the typed frame goes to the
+    loaded pyfunc (MLflow's signature enforcement, then our model); MLflow's `predictions_to_json`
+    writes the answer. Requests of more than INLINE_ROWS applicants run in a worker thread under the
+    request timeout. Every other route is MLflow's app.
+    """
+
+    def __init__(self, app: ASGIApp, model: Any, config: ServingConfig):
         self.app = app
-        self.spec = spec
+        self.model = model
+        self.spec = model.unwrap_python_model().dataset
         self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,59 +150,42 @@ class RequestGuard:
         headers = dict(scope["headers"])
         limit = self.config.max_body_bytes
         declared = headers.get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > limit:
-            await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
-            return
-        body = await read_body(receive, limit)
+        body = await read_body(receive, limit) if declared.isdigit() and int(declared) <= limit else None
         if body is None:
             await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
         try:
-            check_body(body, content_type, self.spec, self.config.max_rows)
+            frame = parse_body(body, headers.get(b"content-type", b"").decode("latin-1"), self.spec,
+                               self.config.max_rows)
         except BadRequest as exc:
             await respond(send, exc.status, error_body(exc.status, exc.message))
             return
-        await self.app(scope, _replay(body, receive), _sanitising(send))
+        status, payload = await self.score(frame)
+        await respond(send, status, payload)
 
+    async def score(self, frame: Any) -> tuple[int, bytes]:
+        """(status, body) for a parsed request; errors from the model keep their status, never the input."""
+        from mlflow.exceptions import MlflowException
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that gives the inner app the body already read, then the real channel."""
-    sent = False
+        try:
+            if len(frame) <= INLINE_ROWS:  # ~1 ms of work: a thread hand-off would cost more than it saves
+                return 200, self.predict(frame)
+            work = asyncio.to_thread(self.predict, frame)
+            return 200, await asyncio.wait_for(work, timeout=self.config.timeout_seconds)
+        except MlflowException as exc:
+            return safe_error(exc)
+        except TimeoutError:
+            return 504, error_body(504, "scoring took longer than the request timeout")
+        except Exception:
+            logger.exception("internal error while scoring")
+            return 500, error_body(500, WITHHELD[500])
 
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+    def predict(self, frame: Any) -> bytes:
+        from mlflow.pyfunc import scoring_server
 
-    return replay
-
-
-def _sanitising(send: Send) -> Send:
-    """A send channel that rewrites error responses (status >= 400) with `sanitised`."""
-    state: dict[str, Any] = {"start": None, "chunks": []}
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            if message["status"] < 400:
-                await send(message)
-                return
-            state["start"] = message
-            return
-        if state["start"] is None or message["type"] != "http.response.body":
-            await send(message)
-            return
-        state["chunks"].append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        status = state["start"]["status"]
-        body = sanitised(status, b"".join(state["chunks"]))
-        logger.info("invocation answered %s", status)
-        await respond(send, status, body)
-
-    return wrapped
+        out = io.StringIO()
+        scoring_server.predictions_to_json(self.model.predict(frame), out)
+        return out.getvalue().encode()
 
 
 # ---------------------------------------------------------------- the worker app and the server
@@ -211,12 +201,11 @@ def create_app() -> ASGIApp:
     model = load_model(settings["model_path"])
     seconds = time.perf_counter() - start
     python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
-    spec = getattr(python_model, "dataset", None)
-    if spec is None:
+    if getattr(python_model, "dataset", None) is None:
         raise CreditflowError(f"{config.model_uri} is not a creditflow model (no dataset spec in its config)")
     print(f"creditflow serve: worker {os.getpid()} loaded {config.model_uri} in {seconds:.2f} s", file=sys.stderr,
           flush=True)
-    return RequestGuard(scoring_server.init(model), spec, config)
+    return RequestGuard(scoring_server.init(model), model, config)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -1,11 +1,11 @@
 """Scoring requests checked at the edge: every problem becomes a `BadRequest` naming it, never the data.
 
 Two layers, both used by the served model:
-- `check_body` reads a raw `/invocations` body (JSON `dataframe_split`/`dataframe_records` or CSV)
-  and checks its shape: content type, UTF-8, JSON syntax, format keys, duplicated, unknown and
-  missing columns, value types (no booleans, text or nested objects in numeric columns), row count.
-  `creditflow serve` runs it before MLflow's parser, which would echo the input in its errors and
-  silently turn `true` into 1.0.
+- `parse_body` reads a raw `/invocations` body (JSON `dataframe_split`/`dataframe_records` or CSV)
+  into a typed frame, checking its shape: content type, UTF-8, JSON syntax, format keys,
+  duplicated, unknown and missing columns, value types (no booleans, text or nested objects in
+  numeric columns), row count. `creditflow serve` uses it instead of MLflow's parser, which
+  repeats the input in its errors and silently turns `true` into 1.0.
 - `applicant_matrix` turns the DataFrame MLflow hands the model into the raw float matrix the fast
   path scores, and `RuleCheck` applies the dataset spec's value rules (the same rules as
   `data.rule_violations`, compiled to array code). The model runs these on every call, so plain
@@ -81,8 +81,8 @@ def media_type(content_type: str | None) -> str:
     return mime
 
 
-def check_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int) -> int:
-    """Check a raw scoring body's shape against the model's raw columns; return its row count."""
+def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int) -> pd.DataFrame:
+    """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem."""
     mime = media_type(content_type)
     try:
         text = body.decode("utf-8")
@@ -90,17 +90,26 @@ def check_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_row
         raise BadRequest("the body is not UTF-8 text") from None
     if not text.strip():
         raise BadRequest("the body is empty: send applicants as dataframe_split, dataframe_records or CSV")
-    if mime in CSV_TYPES:
-        columns, rows = _csv_rows(text)
-    else:
-        columns, rows = _json_rows(text)
+    csv_text = mime in CSV_TYPES
+    columns, rows = _csv_rows(text) if csv_text else _json_rows(text)
     if not rows:
         raise BadRequest("the request holds no applicants")
     if len(rows) > max_rows:
         raise BadRequest(f"too many applicants in one request: {len(rows)} (at most {max_rows})", 413)
     _check_columns(columns, spec)
-    _check_values(columns, rows, spec, text_cells=mime in CSV_TYPES)
-    return len(rows)
+    _check_values(columns, rows, spec, text_cells=csv_text)
+    return _frame(columns, rows, spec, csv_text)
+
+
+def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool) -> pd.DataFrame:
+    """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None."""
+    if csv_text:
+        rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
+    numeric = [spec.columns[c].group != "categorical" for c in columns]
+    if all(numeric):
+        return pd.DataFrame(np.array(rows, dtype="float64").reshape(len(rows), len(columns)), columns=columns)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
+    return frame.astype({c: "float64" for c, num in zip(columns, numeric, strict=True) if num})
 
 
 def _no_constants(name: str) -> None:
