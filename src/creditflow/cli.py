@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from creditflow.errors import CreditflowError
+from creditflow.promotion import add_promote_arguments
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,6 +53,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     check_tracking_server()
     rebuild_explanations(args.run_id, args.data or None)
     return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from creditflow.registry import promote_command
+
+    return promote_command(args)
+
+
+def _cmd_registry_history(args: argparse.Namespace) -> int:
+    from creditflow.registry import history_command
+
+    return history_command(args)
 
 
 def _cmd_score_batch(args: argparse.Namespace) -> int:
@@ -143,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="predictions", help="the batch job's output directory (its SQLite table)")
     p.add_argument("--table", default="", help="SQL table URL instead (sqlite:///... or postgresql://...)")
     p.set_defaults(handler=_cmd_predictions_get)
+
+    p = sub.add_parser("promote", help="promote a model version through the gates (exit 0 promoted, 3 refused)")
+    add_promote_arguments(p).set_defaults(handler=_cmd_promote)
+
+    p = sub.add_parser("registry", help="read the model registry")
+    reg = p.add_subparsers(dest="registry_command", required=True)
+    p = reg.add_parser("history", help="the champion history of a registered model (from the audit runs)")
+    p.add_argument("--name", default="credit-default", help="registered model name")
+    p.add_argument("--all", action="store_true", help="every audited decision, refusals and challengers included")
+    p.set_defaults(handler=_cmd_registry_history)
     return parser
 
 

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from creditflow.data import load_dataset
+from creditflow.promotion import load_policy
+from creditflow.registry import promote_best
 from creditflow.specs import ExperimentSpec, load_experiment_spec
 from creditflow.tracking import TrainingOutcome, check_tracking_server, train_and_log
 
+PROMOTION_POLICY = "promotion.yaml"  # in the experiments folder
 DEMO_SPECS = (
     "logistic_baseline.yaml",
     "logistic_bayes.yaml",
@@ -33,8 +36,9 @@ def budgeted(exp: ExperimentSpec, budget: Budget) -> ExperimentSpec:
 
 
 def run_main(experiments_dir: Path, data_path: str | None, budget: Budget) -> list[TrainingOutcome]:
-    """Every demo experiment on the same data; returns outcomes best first (by CV ROC AUC)."""
+    """Every demo experiment on the same data, the best promoted to @champion; returns outcomes best first."""
     specs = [load_experiment_spec(experiments_dir / name) for name in DEMO_SPECS]
+    policy = load_policy(experiments_dir / PROMOTION_POLICY)
     check_tracking_server()
     data = load_dataset(specs[0][1], data_path)
     print(f"data: {len(data.X)} rows from {data.source} ({data.n_rule_violations} broke value rules)", flush=True)
@@ -47,4 +51,9 @@ def run_main(experiments_dir: Path, data_path: str | None, budget: Budget) -> li
     for o in outcomes:
         print(f"{o.experiment:<24} {o.cv['cv_roc_auc_mean']:.4f}      {o.test['test_roc_auc']:.4f}"
               f"        {o.test['test_ks']:.3f}    {o.registered_version or '-'}")
+    best = outcomes[0]
+    if best.registered_version:  # to @champion through the gates; a refusal is printed, not raised
+        print(f"\n== promotion of the best model ({best.experiment})", flush=True)
+        name = next(exp.register_as for exp, _ in specs if exp.name == best.experiment)
+        promote_best(name, best.registered_version, policy, data_path)
     return outcomes

@@ -1,0 +1,344 @@
+"""Registry promotion against real tracking servers, with SQLite and with PostgreSQL as the backend store.
+
+Gates with real models (a better and a deliberately weaker one), aliases and stages in step, audit runs,
+forced promotion, rollback, dry run, a kill between any two registry calls, and two promotions racing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import psycopg2
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from creditflow import registry
+from creditflow.cli import main as cli
+from creditflow.promotion import PromotionPolicy, PromotionRequest, load_policy
+from creditflow.tracking import train_and_log
+from tests.conftest import EXPERIMENTS, ROOT, VENV_BIN, free_port, small_experiment, subprocess_env, wait_for_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DRIVER = Path(__file__).with_name("registry_driver.py")
+PG = "postgresql://postgres@127.0.0.1:5432"
+TAG = registry.TAG
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second `mlflow server` whose backend store is a throwaway PostgreSQL database."""
+    db = f"creditflow_registry_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"{PG}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{db}"')
+    root = tmp_path_factory.mktemp("mlflow-postgres")
+    port = free_port()
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
+             "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", proc, timeout=120)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
+@dataclass(frozen=True)
+class Models:
+    url: str
+    name: str
+    base: str  # logistic baseline: the first champion
+    better: str  # XGBoost: higher AUC on the same rows
+    weak: str  # a one-split XGBoost stump: deliberately weaker
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def models(request: pytest.FixtureRequest, small_spec, small_data) -> Models:
+    """Three versions of a model registered by real training runs on a server with each backend store."""
+    url = request.getfixturevalue("mlflow_server" if request.param == "sqlite" else "postgres_server")
+    name = f"registry-test-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(url)
+    try:
+        def train(spec: str, **changes: object) -> str:
+            exp = small_experiment(spec, **{"explain.enabled": False, "cv_folds": 2, "register_as": name, **changes})
+            return train_and_log(exp, small_spec, small_data).registered_version
+
+        trees = {"search.type": "none"}
+        base = train("logistic_baseline.yaml")
+        better = train("xgboost_bayes.yaml", **trees, params={"model__n_estimators": 60, "model__max_depth": 3})
+        weak = train("xgboost_bayes.yaml", **trees, params={"model__n_estimators": 1, "model__max_depth": 1})
+    finally:
+        mlflow.set_tracking_uri(None)
+    return Models(url, name, base, better, weak)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[PromotionPolicy, Path]:
+    """The shipped policy with a CI floor suited to 1,200 held-out rows, and a smaller bootstrap."""
+    shipped = load_policy(EXPERIMENTS / "promotion.yaml").model_dump()
+    policy = PromotionPolicy(**{**shipped, "min_auc_gain_ci_low": -0.02, "bootstrap_samples": 200})
+    path = tmp_path_factory.mktemp("policy") / "promotion.yaml"
+    path.write_text(yaml.safe_dump(policy.model_dump()))
+    return policy, path
+
+
+@pytest.fixture
+def client(models: Models, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """Point this test (library and CLI) at the module's server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", models.url)
+    mlflow.set_tracking_uri(models.url)
+    return MlflowClient(models.url)
+
+
+def promote_cli(models: Models, policy: tuple[PromotionPolicy, Path], *args: str) -> int:
+    return cli(["promote", "--name", models.name, "--policy", str(policy[1]), *args])
+
+
+def snapshot(client: MlflowClient, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(aliases, version → stage)."""
+    return registry.require_model(client, name), registry._versions(client, name)
+
+
+def audits(client: MlflowClient, name: str) -> list[Run]:
+    found = client.get_experiment_by_name(registry.AUDIT_EXPERIMENT)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id],
+                              f"tags.`{TAG}kind` = 'audit' and tags.`{TAG}registered_model` = '{name}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def reset(client: MlflowClient, models: Models, champion: str, challenger: str | None = None) -> None:
+    """Test set-up: a champion that passed its gates, an optional challenger, stages in step, no other marks."""
+    aliases = registry.require_model(client, models.name)
+    if "challenger" in aliases:
+        client.delete_registered_model_alias(models.name, "challenger")
+    for version in (models.base, models.better, models.weak):
+        for key in ("previous_champion", "champion_gates"):
+            client.delete_model_version_tag(models.name, version, f"{TAG}{key}")
+    client.set_model_version_tag(models.name, champion, f"{TAG}champion_gates", "passed")
+    client.set_registered_model_alias(models.name, "champion", champion)
+    if challenger:
+        client.set_registered_model_alias(models.name, "challenger", challenger)
+    registry.reconcile(client, models.name)
+
+
+def assert_safe(client: MlflowClient, name: str, allowed: set[str]) -> None:
+    """@champion points at a version, one of `allowed`, that passed its champion gates."""
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) in allowed
+    assert champion.tags.get(f"{TAG}champion_gates") == "passed"
+
+
+def assert_in_step(client: MlflowClient, name: str, champion: str) -> None:
+    """The end state of any promotion: aliases, stages, URIs, lease and audit runs all agree."""
+    aliases, stages = snapshot(client, name)
+    assert aliases == {"champion": champion}
+    assert [v for v, s in stages.items() if s == "Production"] == [champion]
+    assert [v for v, s in stages.items() if s == "Staging"] == []
+    run_id = client.get_model_version(name, champion).run_id
+    assert mlflow.models.get_model_info(f"models:/{name}@champion").run_id == run_id
+    assert mlflow.models.get_model_info(f"models:/{name}/Production").run_id == run_id
+    assert registry.lease_is_free(client, name)
+    assert [r.info.status for r in audits(client, name) if r.info.status == "RUNNING"] == []
+
+
+def test_promotion_story(client, models, policy, capsys) -> None:
+    """Dry run, first champion, challenger, better champion, weaker refused, forced, rolled back, history."""
+    name = models.name
+    assert promote_cli(models, policy, "--version", models.base, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "decision: would promote" in out and "no champion to beat" in out
+    assert snapshot(client, name)[0] == {} and audits(client, name) == []
+
+    assert promote_cli(models, policy, "--version", models.base) == 0
+    assert "decision: promoted" in capsys.readouterr().out
+    assert_in_step(client, name, models.base)
+
+    run_id = client.get_model_version(name, models.better).run_id
+    assert promote_cli(models, policy, "--run-id", run_id, "--alias", "challenger") == 0
+    aliases, stages = snapshot(client, name)
+    assert aliases == {"champion": models.base, "challenger": models.better}
+    assert (stages[models.base], stages[models.better]) == ("Production", "Staging")
+
+    capsys.readouterr()
+    assert promote_cli(models, policy, "--version", models.better) == 0
+    out = capsys.readouterr().out
+    assert "gate (b) beats champion         PASS" in out and "decision: promoted" in out
+    audit = audits(client, name)[-1]
+    assert audit.data.tags[f"{TAG}decision"] == "promoted" and audit.data.tags[f"{TAG}gate.b"] == "pass"
+    assert audit.data.metrics["b.auc_gain"] > 0
+    assert audit.data.metrics["b.auc_gain_ci_low"] < audit.data.metrics["b.auc_gain"] < audit.data.metrics[
+        "b.auc_gain_ci_high"]
+    assert audit.data.metrics["a.roc_auc"] == pytest.approx(
+        audit.data.metrics["b.champion_roc_auc"] + audit.data.metrics["b.auc_gain"])
+    assert_in_step(client, name, models.better)
+    tags = client.get_model_version(name, models.better).tags
+    assert tags[f"{TAG}previous_champion"] == models.base and tags[f"{TAG}champion_gates"] == "passed"
+    assert snapshot(client, name)[1][models.base] == "Archived"
+
+    before = snapshot(client, name)
+    assert promote_cli(models, policy, "--version", models.weak) == 3
+    out = capsys.readouterr().out
+    assert "gate (a) floors                 FAIL" in out and "gate (b) beats champion         FAIL" in out
+    assert "decision: refused" in out
+    audit = audits(client, name)[-1]
+    assert audit.data.tags[f"{TAG}decision"] == "refused"
+    assert audit.data.metrics["a.roc_auc"] < policy[0].min_roc_auc
+    assert audit.data.metrics["b.auc_gain_ci_high"] < 0
+    assert snapshot(client, name) == before
+    assert client.get_model_version(name, models.weak).tags[f"{TAG}last_decision"] == "refused"
+
+    assert promote_cli(models, policy, "--version", models.weak, "--force", "--reason", "risk committee, ticket 7") == 0
+    assert "decision: forced" in capsys.readouterr().out
+    assert_in_step(client, name, models.weak)
+    assert client.get_model_version(name, models.weak).tags[f"{TAG}champion_gates"] == "forced"
+    assert "ticket 7" in audits(client, name)[-1].data.tags[f"{TAG}reason"]
+
+    assert promote_cli(models, policy, "--rollback") == 0
+    assert "decision: rolled back" in capsys.readouterr().out
+    assert_in_step(client, name, models.better)
+    assert snapshot(client, name)[1][models.weak] == "Archived"
+
+    assert cli(["registry", "history", "--name", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    moves = [(line.split()[3], line.split()[4]) for line in lines if " UTC " in line]
+    assert moves == [("promoted", models.base), ("promoted", models.better), ("forced", models.weak),
+                     ("rolled_back", models.better)]
+    assert lines[-1] == f"now: @champion = v{models.better} (Production); stages in step with aliases"
+
+
+def test_refusal_through_the_script(client, models, policy) -> None:
+    """scripts/promote_model.py: exit 3 and the failed gates with their figures; a dry run changes nothing."""
+    reset(client, models, champion=models.better)
+    before, n_audits = snapshot(client, models.name), len(audits(client, models.name))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "promote_model.py"), "--name", models.name, "--version", models.weak,
+         "--policy", str(policy[1]), "--dry-run"],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "gate (b) beats champion         FAIL  auc_gain=-0." in proc.stdout
+    assert "decision: would refuse" in proc.stdout
+    assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
+
+
+class Killed(BaseException):
+    """Raised by the step hook: the process 'dies' between two registry calls."""
+
+
+def kill_at(step: str):
+    def on_step(name: str) -> None:
+        if name == step:
+            raise Killed(step)
+
+    return on_step
+
+
+def test_a_kill_between_any_two_registry_calls_is_safe_and_repaired(client, models, policy) -> None:
+    """At every step: @champion stays on a gate-passing version; the next promotion completes the work."""
+    req = PromotionRequest(name=models.name, version=models.better)
+    reset(client, models, champion=models.base, challenger=models.better)
+    steps: list[str] = []
+    assert registry.promote(req, policy[0], steps.append).outcome == "promoted"
+    assert steps[:4] == ["acquiring", "lease", "evaluated", "tagged"] and steps[-2:] == ["audited", "released"]
+    assert {"alias", "challenger", "production", "archived"} <= set(steps)
+    committed = steps.index("alias")
+    for i, step in enumerate(steps):
+        reset(client, models, champion=models.base, challenger=models.better)
+        with pytest.raises(Killed):
+            registry.promote(req, policy[0], kill_at(step))
+        assert_safe(client, models.name, {models.base, models.better})
+        if i < committed:
+            assert client.get_model_version_by_alias(models.name, "champion").version == models.base
+        rerun = registry.promote(req, policy[0])
+        expected = "promoted" if i < committed else "repaired" if step not in ("audited", "released") else "unchanged"
+        assert rerun.outcome == expected, step
+        assert_in_step(client, models.name, models.better)
+
+
+@pytest.mark.parametrize("step", ["lease", "alias"])
+def test_a_killed_process_leaves_a_safe_champion(client, models, policy, step) -> None:
+    """A real kill (os._exit) holding the lease: the next promotion breaks the dead lease and repairs."""
+    reset(client, models, champion=models.base, challenger=models.better)
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "--die-at", step, "--", "--name", models.name, "--version", models.better,
+         "--policy", str(policy[1])],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert_safe(client, models.name, {models.base, models.better})
+    if step == "alias":  # committed, but the stages and @challenger were left behind
+        assert client.get_model_version_by_alias(models.name, "champion").version == models.better
+        assert not registry.in_step(client, models.name)
+    else:  # the lease is still held, by a process that is gone
+        assert client.get_model_version_by_alias(models.name, "champion").version == models.base
+    assert promote_cli(models, policy, "--version", models.better) == 0
+    assert_in_step(client, models.name, models.better)
+
+
+def test_two_promotions_race_and_exactly_one_wins(client, models, policy, tmp_path) -> None:
+    """Two processes released together at the lease: one promotes, the other is refused; one Production."""
+    reset(client, models, champion=models.weak)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = {
+        version: subprocess.Popen(
+            [sys.executable, str(DRIVER), "--barrier", str(barrier), "--", "--name", models.name,
+             "--version", version, "--policy", str(policy[1])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
+        for version in (models.base, models.better)
+    }
+    results = {version: (*p.communicate(timeout=180), p.returncode) for version, p in procs.items()}
+    codes = sorted(code for _, _, code in results.values())
+    assert codes == [0, 3], {v: (out[-1500:], err[-1500:]) for v, (out, err, _) in results.items()}
+    winner = next(v for v, (_, _, code) in results.items() if code == 0)
+    loser_out = next(out for _, (out, _, code) in results.items() if code == 3)
+    assert f"another promotion of '{models.name}'" in loser_out and "nothing changed" in loser_out
+    assert_in_step(client, models.name, winner)
+    last = audits(client, models.name)[-1].data.tags
+    assert (last[f"{TAG}decision"], last[f"{TAG}version"]) == ("promoted", winner)
+
+
+class _NoSignature(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_bad_input_is_one_line_and_changes_nothing(client, models, policy, capsys) -> None:
+    reset(client, models, champion=models.better)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=_NoSignature(), pip_requirements=[])
+    unsigned = mlflow.register_model(info.model_uri, models.name).version
+    before, n_audits = snapshot(client, models.name), len(audits(client, models.name))
+    capsys.readouterr()
+    cases = [
+        (["--version", "999"], f"model '{models.name}' has no version 999"),
+        (["--run-id", "0" * 32], f"no version of '{models.name}' was registered from run"),
+        (["--version", str(unsigned)], "has no signature"),
+        (["--version", models.weak, "--force"], "--force needs --reason"),
+        (["--version", models.weak, "--rollback"], "give exactly one of --version, --run-id or --rollback"),
+    ]
+    for args, message in cases:
+        assert promote_cli(models, policy, *args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, repr(err)
+    assert cli(["promote", "--name", "no-such-model", "--version", "1", "--policy", str(policy[1])]) == 2
+    assert "no registered model named 'no-such-model'" in capsys.readouterr().err
+    assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
