@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit lint ui clean
+.PHONY: help setup demo test test-unit lint ui serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: setup ## ruff over the code and tests
 
 ui: setup ## the MLflow UI over the local tracking store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+serve: setup ## REST endpoint for models:/credit-default@champion on port 5001 (serving/README.md)
+	$(VENV)/bin/creditflow serve --config serving/online.yaml
 
 clean: ## remove local tracking state and outputs (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db spark-warehouse outputs
