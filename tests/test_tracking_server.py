@@ -553,7 +553,9 @@ def test_server_restarted_mid_run_client_retries_and_the_run_completes(as_admin,
         as_admin.stop()
         as_admin.start(wait=False)
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # backoff 0, 2, 4, ... 64 s: covers a restart
+    # MLflow's own retries, deterministic: after 0, 2, 6, 14, 30, 62 ... s (10 at most, MLflow's limit)
+    for key, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}.items():
+        monkeypatch.setenv(key, value)
     inject_before_model_upload(monkeypatch, restart)
     exp = quick_experiment("server-restart")
     outcome = train_and_log(exp, small_spec, small_data)
