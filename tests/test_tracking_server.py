@@ -393,24 +393,30 @@ def test_client_without_s3_credentials_loads_the_registered_model_through_the_se
 CHAMPION = "models:/credit-default@champion"
 
 
-@pytest.fixture(scope="module")
-def champion(trained, production: TrackingServer):
-    """The trained version as @champion on the production server."""
-    # issue 3's promotion script (scripts/promote_model.py) has not landed: the alias is set directly
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in client_env(production.url).items():
-            mp.setenv(key, value)
-        mlflow.MlflowClient(production.url).set_registered_model_alias("credit-default", "champion",
-                                                                       trained.registered_version)
-    return trained
-
-
 def user_env(url: str) -> dict[str, str]:
-    """A scoring user's subprocess environment: the server and a login, no S3 credentials at all."""
+    """A user's subprocess environment: the server and a login, no S3 credentials at all."""
     env = subprocess_env(**client_env(url))
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(key, None)
     return env
+
+
+@pytest.fixture(scope="module")
+def champion(trained, production: TrackingServer):
+    """The trained version promoted to @champion through the gates by scripts/promote_model.py."""
+    out = subprocess.run([str(VENV_BIN / "python"), str(ROOT / "scripts" / "promote_model.py"), "--name",
+                          "credit-default", "--version", trained.registered_version], cwd=ROOT,
+                         env=user_env(production.url), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "decision: promoted" in out.stdout
+    return trained
+
+
+def test_promotion_through_the_server_is_recorded_in_postgres(champion, database):
+    [(version, stage)] = query(database, "SELECT m.version, v.current_stage FROM registered_model_aliases m "
+                                         "JOIN model_versions v ON v.name = m.name AND v.version = m.version "
+                                         "WHERE m.name = 'credit-default' AND m.alias = 'champion'")
+    assert (str(version), stage) == (champion.registered_version, "Production")
 
 
 def applicants(small_data, rows: int = 40):
