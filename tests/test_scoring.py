@@ -19,7 +19,15 @@ from conftest import VENV_BIN, small_experiment, subprocess_env
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
 from creditflow.predictions import PredictionNotFound, PredictionTable, default_table_url, parquet_rows
-from creditflow.scoring import BatchError, champion_or_best, plan_batch, score_batch, score_sample, violation_reason
+from creditflow.scoring import (
+    BatchError,
+    breaks_a_rule,
+    champion_or_best,
+    plan_batch,
+    score_batch,
+    score_sample,
+    violation_reason,
+)
 from creditflow.specs import DatasetSpec
 from creditflow.tracking import TrainingOutcome, train_and_log
 
@@ -82,8 +90,9 @@ def test_spark_rules_match_rule_violations(spark, small_spec: DatasetSpec, small
     frame = pd.concat([rule_breakers(small_spec, small_data.X.iloc[0]), small_data.X.head(200)], ignore_index=True)
     expected = rule_violations(frame, small_spec).tolist()
     df = spark.createDataFrame(frame.assign(Id=np.arange(len(frame))))
-    got = [r[0] for r in df.select(violation_reason(df, small_spec, "Id")).collect()]
-    assert got == expected
+    rows = df.select(violation_reason(df, small_spec, "Id"), breaks_a_rule(df, small_spec, "Id")).collect()
+    assert [r[0] for r in rows] == expected
+    assert [r[1] for r in rows] == [r != "" for r in expected]  # the filter agrees with the reasons
     assert sum(r != "" for r in expected) > 40  # the frame really breaks many rules
 
 

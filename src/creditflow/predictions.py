@@ -40,6 +40,7 @@ COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes"
            "model_name", "model_version", "run_id", "scored_at")
 PER_BATCH = ("model_name", "model_version", "run_id", "scored_at")  # one value for a whole batch
 LOAD_ROWS = 100_000  # rows per insert chunk: bounds the loader's memory
+LOAD_CACHE_KB = 262_144  # SQLite page cache of the loading connection (a bound, not an allocation)
 UNSAFE_FOR_JSON_JOIN = r'["\\\x00-\x1f]'
 
 Progress = Callable[[int, int], None]
@@ -153,6 +154,8 @@ class PredictionTable:
         conn = self._connect(create=True)
         try:
             cur = conn.cursor()
+            if self.dialect is SQLITE:
+                cur.execute(f"PRAGMA cache_size=-{LOAD_CACHE_KB}")  # index pages stay in memory while loading
             cur.execute("BEGIN IMMEDIATE" if self.dialect is SQLITE else "BEGIN")
             for statement in _ddl(self.dialect):
                 cur.execute(statement)

@@ -1,0 +1,337 @@
+"""Batch scoring benchmark: in-process pyfunc, stock spark_udf, our spark_udf, our batch job end to end.
+
+For each input size (generated applicants, Parquet in 100,000-row row groups) and model family (the
+course logistic pipeline; a 300-tree, depth-6 XGBoost), all logged with `reason_codes_for: declined`:
+  inproc  the loaded pyfunc's predict on the whole frame, in a child process (the in-process
+          reference); also read + predict + write Parquet
+  noop    Spark reading and writing the same Parquet, no UDF at all
+  stock   `spark_udf` of the plain scikit-learn-flavour model (`pyfunc_predict_fn="predict_proba"`,
+          P(default) = element 1), 10,000-row Arrow batches (logistic only)
+  ours    `spark_udf` of our pyfunc (probability, decision, reason codes struct), our Arrow batch size
+  job     `creditflow.scoring.run_batch`: read, value rules, quarantine, score, Parquet and SQLite table
+Spark phases run in one child process per size (a fresh JVM, so memory peaks belong to that size);
+Spark start-up is timed on its own. UDF phases run `--repeats` times: the first run is reported as
+cold, the median of the others as warm. Peak resident memory is sampled every 0.2 s for the Python
+driver, the JVM and the Python workers. At the end: rows/s, the ratios, and the issue's goals.
+
+    .venv/bin/python scripts/bench/batch.py                                   # 1M and 5M rows (~15 min)
+    .venv/bin/python scripts/bench/batch.py --sizes 200000 --families logistic --repeats 2   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT = "RESULT "
+STOCK_ARROW_ROWS = 10_000
+FAMILIES = {
+    "logistic": ("logistic_baseline.yaml", {}),
+    "xgboost": ("xgboost_bayes.yaml", {"search.type": "none",
+                                       "params": {"model__n_estimators": 300, "model__max_depth": 6}}),
+}
+
+
+# ---------------------------------------------------------------- set-up (parent)
+
+
+def prepare_models(work: Path, families: list[str], train_rows: int) -> dict[str, str]:
+    """Train each family once (explanations off) into a store under `work`; log the stock sklearn model."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from creditflow.data import load_dataset, split_data
+    from creditflow.specs import load_experiment_spec
+    from creditflow.tracking import train_and_log
+
+    models = {}
+    for family in families:
+        name, overrides = FAMILIES[family]
+        exp, ds = load_experiment_spec(ROOT / "experiments" / name)
+        exp = exp.with_overrides(**{"explain.enabled": False, "cv_folds": 2, "reason_codes_for": "declined",
+                                    **overrides})
+        ds = ds.model_copy(update={"generated": ds.generated.model_copy(update={"rows": train_rows})})
+        data = load_dataset(ds)
+        outcome = train_and_log(exp, ds, data)
+        models[family] = f"models:/{exp.register_as}/{outcome.registered_version}"
+        if family == "logistic":
+            pipe = mlflow.pyfunc.load_model(models[family]).unwrap_python_model().pipeline
+            X = split_data(data, exp.test_size, exp.seed).X_train[ds.raw_columns]
+            with mlflow.start_run(run_name="stock-sklearn"):
+                info = mlflow.sklearn.log_model(
+                    pipe, name="model", pyfunc_predict_fn="predict_proba",
+                    signature=infer_signature(X.head(200), pipe.predict_proba(X.head(200))),
+                    skops_trusted_types=["numpy.dtype", "creditflow.pipeline.CreditFeatures"],
+                    registered_model_name="credit-default-stock",
+                )
+            models["stock"] = f"models:/credit-default-stock/{info.registered_model_version}"
+    return models
+
+
+def write_input(path: Path, rows: int, chunk: int = 250_000) -> None:
+    """Generated applicants (no target), written chunk by chunk: the parent never holds them all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from creditflow.synthetic import ID_COLUMN, TARGET, generate_credit_data
+
+    writer = None
+    for start in range(0, rows, chunk):
+        frame = generate_credit_data(min(chunk, rows - start), seed=1000 + start // chunk).frame.drop(columns=[TARGET])
+        frame[ID_COLUMN] = frame[ID_COLUMN] + start
+        frame = frame.astype({c: "float64" for c in frame.columns if c != ID_COLUMN})
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=100_000)
+    writer.close()
+
+
+def child(phase: str, **kwargs: object) -> dict:
+    """Run a phase of this script in a fresh Python process; its last RESULT line is the answer."""
+    cmd = [sys.executable, __file__, "--phase", phase, "--args", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"error: phase {phase} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+# ---------------------------------------------------------------- phases (children)
+
+
+def phase_inproc(data: str, model: str, out: str) -> dict:
+    """The in-process reference: the loaded pyfunc on the whole frame."""
+    import mlflow
+    import pandas as pd
+
+    pyfunc = mlflow.pyfunc.load_model(model)
+    t0 = time.perf_counter()
+    frame = pd.read_parquet(data)
+    t1 = time.perf_counter()
+    scored = pyfunc.predict(frame.drop(columns=["Id"]))
+    t2 = time.perf_counter()
+    scored.assign(Id=frame["Id"].to_numpy()).to_parquet(out, index=False)
+    t3 = time.perf_counter()
+    return {"rows": len(frame), "predict_s": t2 - t1, "end_to_end_s": t3 - t0,
+            "coded_share": float((scored.reason_codes.str.len() > 0).mean()),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class MemorySampler:
+    """Peak RSS of this process (the driver), its JVM and the JVM's Python workers, per phase."""
+
+    def __init__(self) -> None:
+        self.peaks = {"driver": 0.0, "jvm": 0.0, "workers": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import os
+
+        while not self._stop.wait(0.2):
+            now = {"driver": 0.0, "jvm": 0.0, "workers": 0.0}
+            for pid, depth, name in _tree(os.getpid()):
+                kind = "driver" if depth == 0 else "jvm" if name == "java" else "workers" if "python" in name else ""
+                if kind:
+                    now[kind] += _rss_mb(pid)
+            for k, v in now.items():
+                self.peaks[k] = max(self.peaks[k], v)
+
+
+def _tree(root: int) -> list[tuple[int, int, str]]:
+    out, todo = [], [(root, 0)]
+    while todo:
+        pid, depth = todo.pop()
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            children = [c for task in Path(f"/proc/{pid}/task").iterdir()  # the JVM forks from other threads
+                        for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        out.append((pid, depth, name))
+        todo += [(int(c), depth + 1) for c in children]
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _timed(fn, repeats: int) -> dict:
+    with MemorySampler() as memory:
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    warm = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    return {"cold_s": seconds[0], "warm_s": warm, "memory_mb": memory.peaks}
+
+
+def phase_spark(data: str, models: dict[str, str], families: list[str], work: str, arrow_rows: int,
+                repeats: int) -> dict:
+    import mlflow
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from pyspark.sql import functions as F
+
+    from creditflow.scoring import RESULT_TYPE, SparkConfig, plan_batch, run_batch, start_spark
+
+    work_dir = Path(work)
+    start = time.perf_counter()
+    spark = start_spark(SparkConfig(master="local[2]", arrow_batch_rows=arrow_rows, driver_memory="2g"))
+    results: dict = {"spark_start_s": time.perf_counter() - start}
+    df = spark.read.parquet(data)
+    rows = df.count()
+    cols = [c for c in df.columns if c != "Id"]
+    results["rows"] = rows
+
+    def write(frame, name: str) -> None:
+        frame.write.mode("overwrite").parquet(str(work_dir / name))
+
+    results["noop"] = _timed(lambda: write(df, "noop"), 1)
+    if "stock" in models:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(STOCK_ARROW_ROWS))
+        stock = mlflow.pyfunc.spark_udf(spark, models["stock"], result_type="array<double>", env_manager="local")
+        results["stock"] = _timed(
+            lambda: write(df.select("Id", stock(F.struct(*cols))[1].alias("probability")), "stock"), repeats)
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows))
+    for family in families:
+        ours = mlflow.pyfunc.spark_udf(spark, models[family], result_type=RESULT_TYPE, env_manager="local")
+        results[f"ours_{family}"] = _timed(
+            lambda ours=ours: write(df.select("Id", ours(F.struct(*cols)).alias("p")).select("Id", "p.*"), "ours"),
+            repeats)
+        plan = plan_batch(models[family], data, work_dir / f"job-{family}", batch_id="bench")
+        job = _timed(lambda plan=plan: run_batch(spark, plan, progress_seconds=30), 1)
+        scored = pads.dataset(work_dir / f"job-{family}" / "scored", partitioning="hive").to_table(
+            columns=["reason_codes"])
+        job["coded_share"] = pc.mean(pc.greater(pc.list_value_length(scored["reason_codes"]), 0)).as_py()
+        results[f"job_{family}"] = job
+    spark.stop()
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(sizes: list[int], families: list[str], runs: dict) -> None:
+    print("\nrows/s (warm = median after the first run; cold = first run); peak MB driver/JVM/workers")
+    print(f"{'size':>10} {'what':<18} {'cold s':>8} {'warm s':>8} {'rows/s':>12}  {'peak MB':>20}")
+    for size in sizes:
+        spark, inproc = runs[size]["spark"], runs[size]["inproc"]
+        print(f"{size:>10,} {'spark start-up':<18} {spark['spark_start_s']:>8.1f}")
+        for family in families:
+            r = inproc[family]
+            print(f"{size:>10,} {'inproc ' + family:<18} {'':>8} {r['predict_s']:>8.2f} "
+                  f"{size / r['predict_s']:>12,.0f}  {r['peak_mb']:>20,.0f}")
+            print(f"{size:>10,} {'  +read/write':<18} {'':>8} {r['end_to_end_s']:>8.2f} "
+                  f"{size / r['end_to_end_s']:>12,.0f}")
+        for key in ["noop", "stock", *[f"{k}_{f}" for f in families for k in ("ours", "job")]]:
+            if key in spark:
+                r, m = spark[key], spark[key]["memory_mb"]
+                mem = f"{m['driver']:.0f}/{m['jvm']:.0f}/{m['workers']:.0f}"
+                print(f"{size:>10,} {key:<18} {r['cold_s']:>8.1f} {r['warm_s']:>8.1f} {size / r['warm_s']:>12,.0f}  "
+                      f"{mem:>20}")
+        for family in families:
+            job = spark.get(f"job_{family}")
+            if job:
+                print(f"{size:>10,} {family}: reason codes on {job['coded_share']:.1%} of rows (declined only)")
+    print("\nratios and goals (2 cores)")
+    for size in sizes:
+        spark = runs[size]["spark"]
+        for family in families:
+            ours, job = spark[f"ours_{family}"], spark[f"job_{family}"]
+            inproc = runs[size]["inproc"][family]
+            if "stock" in spark:
+                ratio = spark["stock"]["warm_s"] / ours["warm_s"]
+                print(f"{size:>10,} {family}: our spark_udf / stock spark_udf = {ratio:.2f}x (goal >= 4x)")
+            print(f"{size:>10,} {family}: job {size / job['warm_s']:,.0f} rows/s (goal >= 250,000 at 5M); "
+                  f"job / in-process predict = {inproc['predict_s'] / job['warm_s']:.2f}; "
+                  f"job / Spark no-UDF read+write = {spark['noop']['warm_s'] / job['warm_s']:.2f}")
+    if len(sizes) > 1:
+        small, large = min(sizes), max(sizes)
+        for family in families:
+            a = runs[small]["spark"][f"job_{family}"]["memory_mb"]
+            b = runs[large]["spark"][f"job_{family}"]["memory_mb"]
+            growth = {k: b[k] / a[k] for k in a if a[k]}
+            shown = ", ".join(f"{k} {v:.2f}x" for k, v in growth.items())
+            print(f"job {family} peak memory {large:,} vs {small:,} rows: {shown} (goal <= 1.2x)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,5000000", help="comma-separated row counts")
+    parser.add_argument("--families", default="logistic,xgboost", help="comma-separated: logistic, xgboost")
+    parser.add_argument("--train-rows", type=int, default=30_000, help="generated rows each model is trained on")
+    parser.add_argument("--arrow-rows", type=int, default=100_000, help="our Arrow batch size (rows)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each UDF phase (first = cold)")
+    parser.add_argument("--work", default="", help="working directory (default: a temporary one)")
+    parser.add_argument("--phase", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        fn = {"inproc": phase_inproc, "spark": phase_spark}[args.phase]
+        print(RESULT + json.dumps(fn(**json.loads(args.args))), flush=True)
+        return 0
+
+    import mlflow
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    families = [f for f in args.families.split(",") if f]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"error: unknown famil(ies): {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    work = Path(args.work or tempfile.mkdtemp(prefix="creditflow-bench-batch-")).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = store  # the child phases read the same store
+    os.chdir(work)  # artifacts next to the store
+    print(f"work directory {work}; training {', '.join(families)} on {args.train_rows:,} rows", flush=True)
+    models = prepare_models(work, families, args.train_rows)
+    runs: dict = {}
+    for size in sizes:
+        data = work / f"applicants-{size}.parquet"
+        if not data.exists():
+            print(f"generating {size:,} applicants", flush=True)
+            write_input(data, size)
+        print(f"[{size:,}] in-process reference", flush=True)
+        inproc = {f: child("inproc", data=str(data), model=models[f], out=str(work / f"inproc-{f}.parquet"))
+                  for f in families}
+        print(f"[{size:,}] Spark phases (fresh JVM)", flush=True)
+        spark = child("spark", data=str(data), models=models, families=families, work=str(work / f"spark-{size}"),
+                      arrow_rows=args.arrow_rows, repeats=args.repeats)
+        runs[size] = {"inproc": inproc, "spark": spark}
+        (work / "results.json").write_text(json.dumps(runs, indent=1))
+    report(sizes, families, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
