@@ -354,3 +354,20 @@ def test_model_bug_is_a_5xx_with_a_generic_message(served, broken_app) -> None:
         assert "internal error" in response.json()["message"] and "31337" not in response.text
         bad = post(url, split_body(X.assign(age=-1.0)))  # the client's own mistakes stay 4xx
         assert bad.status_code == 400 and "age below 0" in bad.json()["message"]
+
+
+# ---------------------------------------------------------------- start-up mistakes: one line, exit 2
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["serve", "-m", "models:/no-such-model@champion"], "cannot load model models:/no-such-model@champion"),
+    (["serve", "--config", "missing.yaml"], "serving config not found: missing.yaml"),
+    (["serve", "-p", "70000"], "invalid field 'port'"),
+])
+def test_serve_mistakes_are_one_line_and_exit_2(argv, words, capsys, tmp_path) -> None:
+    from creditflow.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # MLflow may log INFO lines too
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in err

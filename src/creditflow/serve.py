@@ -200,9 +200,6 @@ def create_app() -> ASGIApp:
     start = time.perf_counter()
     model = load_model(settings["model_path"])
     seconds = time.perf_counter() - start
-    python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
-    if getattr(python_model, "dataset", None) is None:
-        raise CreditflowError(f"{config.model_uri} is not a creditflow model (no dataset spec in its config)")
     print(f"creditflow serve: worker {os.getpid()} loaded {config.model_uri} in {seconds:.2f} s", file=sys.stderr,
           flush=True)
     return RequestGuard(scoring_server.init(model), model, config)
@@ -223,16 +220,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def download_model(model_uri: str, into: Path) -> Path:
-    """The model's files, fetched once; one-line error for an unknown model, alias or version."""
+    """The model's files, fetched once; one-line error for an unknown model, alias or version, or not ours."""
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
     from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
     try:
-        return Path(_download_artifact_from_uri(model_uri, output_path=str(into)))
+        path = Path(_download_artifact_from_uri(model_uri, output_path=str(into)))
+        flavor = Model.load(str(path)).flavors.get("python_function", {})
     except MlflowException as exc:
         raise CreditflowError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}") from None
     except OSError as exc:
         raise CreditflowError(f"cannot load model {model_uri}: {exc}") from None
+    if "dataset_spec" not in (flavor.get("config") or {}):
+        raise CreditflowError(f"{model_uri} is not a creditflow model (no dataset spec in its config); "
+                              "serve it with `mlflow models serve`")
+    return path
 
 
 def serve(config: ServingConfig) -> None:
@@ -243,7 +246,6 @@ def serve(config: ServingConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp:
         path = download_model(config.model_uri, Path(tmp))
         os.environ[WORKER_ENV] = json.dumps({"model_path": str(path), "config": config.model_dump()})
-        os.environ.setdefault("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", str(config.timeout_seconds))
         sock = listening_socket(config.host, config.port)
         uv = uvicorn.Config("creditflow.serve:create_app", factory=True, host=config.host, port=config.port,
                             workers=config.workers, timeout_worker_healthcheck=60, log_level="info")

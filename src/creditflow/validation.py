@@ -61,6 +61,8 @@ def _kind(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, int):
+        return "a number out of range"
     return type(value).__name__
 
 
