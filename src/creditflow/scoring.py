@@ -456,7 +456,9 @@ class BatchResult:
 def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.0) -> BatchResult:
     """Score a planned batch and publish it (quarantine, Parquet, SQL table) only when it is complete."""
     start = time.perf_counter()
-    raw, id_column = read_input(spark, plan.source), plan.id_column
+    with _spark_errors("reading the input"):
+        raw, id_column = read_input(spark, plan.source), plan.id_column
+        rows_in = raw.count()
     if id_column in UNNAMED_FIRST:  # a blank first header (Spark calls it _c0): give it the spec's id name
         id_column = plan.model.dataset.id_column
         raw = raw.withColumnRenamed(raw.columns[0], id_column)
@@ -464,7 +466,6 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     reason = violation_reason(raw, plan.model.dataset, id_column)
     stage = staging_dir(plan.output, plan.batch_id)
     try:
-        rows_in = raw.count()
         print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
         quarantined = _write_quarantine(checked, reason, stage / QUARANTINE_DIR)
         scored = _write_scored(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage / SCORED_DIR,
@@ -595,8 +596,8 @@ def log_batch(run_id: str | None, result: BatchResult) -> None:
     if not run_id:
         return
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_params({"batch_id": result.batch_id, "scored_model_uri": result.model_uri,
-                           "scored_path": str(result.scored_path), "table": safe_url(result.table_url)})
+        mlflow.log_params({"batch.id": result.batch_id, "batch.model_uri": result.model_uri,
+                           "batch.scored_path": str(result.scored_path), "batch.table": safe_url(result.table_url)})
         mlflow.log_metrics({"rows_in": result.rows_in, "rows_scored": result.rows_scored,
                             "rows_quarantined": result.rows_quarantined, "batch_seconds": result.seconds})
 
