@@ -312,6 +312,17 @@ def test_two_promotions_race_and_exactly_one_wins(client, models, policy, tmp_pa
     assert [(t[f"{TAG}decision"], t[f"{TAG}version"]) for t in new] == [("promoted", models.better)]
 
 
+@pytest.mark.parametrize("models", ["sqlite"], indirect=True)
+def test_main_pipeline_promotes_the_best_version_that_passes(client, models, policy, capsys) -> None:
+    """`creditflow main` ends with promote_best: a refused best is printed, then the next best is tried."""
+    reset(client, models, champion=models.better)
+    decision = registry.promote_best(models.name, [models.weak, models.better], policy[0], None)
+    out = capsys.readouterr().out
+    assert f"promotion of {models.name} v{models.weak} to @champion:" in out and "decision: refused" in out
+    assert (decision.outcome, decision.version) == ("unchanged", models.better)
+    assert_in_step(client, models.name, models.better)
+
+
 class _NoSignature(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return model_input

@@ -51,9 +51,11 @@ def run_main(experiments_dir: Path, data_path: str | None, budget: Budget) -> li
     for o in outcomes:
         print(f"{o.experiment:<24} {o.cv['cv_roc_auc_mean']:.4f}      {o.test['test_roc_auc']:.4f}"
               f"        {o.test['test_ks']:.3f}    {o.registered_version or '-'}")
-    best = outcomes[0]
-    if best.registered_version:  # to @champion through the gates; a refusal is printed, not raised
-        print(f"\n== promotion of the best model ({best.experiment})", flush=True)
-        name = next(exp.register_as for exp, _ in specs if exp.name == best.experiment)
-        promote_best(name, best.registered_version, policy, data_path)
+    name_of = {exp.name: exp.register_as for exp, _ in specs}
+    registered = [o for o in outcomes if o.registered_version]
+    if registered:  # best first to @champion through the gates; a refusal is printed, not raised
+        name = name_of[registered[0].experiment]
+        versions = [o.registered_version for o in registered if name_of[o.experiment] == name]
+        print(f"\n== promotion of the best model ({registered[0].experiment}) to {name}@champion", flush=True)
+        promote_best(name, versions, policy, data_path)
     return outcomes

@@ -299,9 +299,10 @@ def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion
             p_old = probabilities(mlflow.pyfunc.load_model(model_uri(name, champion)), X)
         except Exception as exc:  # a champion that no longer scores cannot be compared against
             versus = Gate("b", "beats champion", False, f"champion v{champion} does not score: {str(exc)[:200]}")
-    if p_old is not None:
-        versus = versus_champion_gate(y, p_new, p_old, policy) if alias == "champion" else \
-            Gate("b", "beats champion", None, "checked when a challenger is promoted to champion")
+    if alias == "challenger":
+        versus = Gate("b", "beats champion", None, "checked when a challenger is promoted to champion")
+    elif p_old is not None:
+        versus = versus_champion_gate(y, p_new, p_old, policy)
     return Evaluation((floors_gate(y, p_new, p_old, policy), versus, signature, loads), champion, source, len(X))
 
 
@@ -757,10 +758,17 @@ def history_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def promote_best(name: str, version: str, policy: PromotionPolicy, data_path: str | None) -> Decision:
-    """The `main` pipeline's last step: the best new version to @champion through the gates, decision printed."""
-    decision = promote(PromotionRequest(name=name, version=version, data=data_path), policy)
-    print(decision.report(), flush=True)
+def promote_best(name: str, versions: list[str], policy: PromotionPolicy, data_path: str | None) -> Decision:
+    """The `main` pipeline's last step: the best version (first) to @champion through the gates.
+
+    When the gates refuse it, the next best is tried; every decision is printed and audited, none raised.
+    """
+    for version in versions:
+        decision = promote(PromotionRequest(name=name, version=version, data=data_path), policy)
+        print(decision.report(), flush=True)
+        if decision.exit_code == 0:
+            return decision
+    print(f"no new version of '{name}' passed the gates; @champion unchanged", flush=True)
     return decision
 
 
