@@ -139,3 +139,21 @@ def spark():
                           app_name="creditflow-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (127.0.0.1:5432, user postgres), dropped afterwards."""
+    import uuid
+
+    import psycopg2
+
+    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=5)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

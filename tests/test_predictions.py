@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,8 +23,6 @@ from creditflow.predictions import (
     reason_codes_json,
     safe_url,
 )
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def staged(path: Path, ids: list[str], probability: float, files: int = 1) -> Path:
@@ -73,25 +69,9 @@ def test_sqlite_replace_batch_and_latest(tmp_path: Path) -> None:
     check_replace_and_latest(PredictionTable(f"sqlite:///{tmp_path / 'p.db'}"), tmp_path)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL, dropped afterwards."""
-    import psycopg2
-
-    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(PG_ADMIN, connect_timeout=5)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 @pytest.mark.integration
-def test_postgres_replace_batch_and_latest(pg_url: str, tmp_path: Path) -> None:
-    table = PredictionTable(pg_url)
+def test_postgres_replace_batch_and_latest(postgres_db: str, tmp_path: Path) -> None:
+    table = PredictionTable(postgres_db)
     check_replace_and_latest(table, tmp_path)
     assert table.get_latest("8")["scored_at"] == "2026-01-03T00:00:00Z"  # TIMESTAMPTZ back as ISO UTC
 

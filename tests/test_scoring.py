@@ -186,6 +186,22 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
 
 
 @pytest.mark.spark
+@pytest.mark.integration
+def test_the_production_profile_loads_postgresql(spark, model: TrainingOutcome, small_data: CreditData,
+                                                 tmp_path: Path, postgres_db: str) -> None:
+    applicants(small_data, 80).to_parquet(tmp_path / "in.parquet", index=False)
+    for _ in range(2):  # a rerun replaces the batch in PostgreSQL too
+        result = score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="pg",
+                             table=postgres_db)
+    table = PredictionTable(postgres_db)
+    assert result.rows_scored == 80 == table.count("pg") == table.count()
+    stored = table.get_latest("1040")
+    batch = partition(tmp_path / "out", "scored", "pg").set_index("applicant_id").loc["1040"]
+    assert stored["probability"] == batch.probability and stored["reason_codes"] == list(batch.reason_codes)
+    assert not (tmp_path / "out" / "predictions.db").exists()
+
+
+@pytest.mark.spark
 @pytest.mark.slow
 def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutcome, small_data: CreditData,
                                                      store: tuple[str, TrainingOutcome], tmp_path: Path) -> None:
