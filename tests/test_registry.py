@@ -272,7 +272,7 @@ def test_a_kill_between_any_two_registry_calls_is_safe_and_repaired(client, mode
         assert_in_step(client, models.name, models.better)
 
 
-@pytest.mark.parametrize("step", ["lease", "alias"])
+@pytest.mark.parametrize(("models", "step"), [("sqlite", "lease"), ("postgresql", "alias")], indirect=["models"])
 def test_a_killed_process_leaves_a_safe_champion(client, models, policy, step) -> None:
     """A real kill (os._exit) holding the lease: the next promotion breaks the dead lease and repairs."""
     reset(client, models, champion=models.weak, challenger=models.better)
