@@ -272,22 +272,34 @@ def test_a_kill_between_any_two_registry_calls_is_safe_and_repaired(client, mode
         assert_in_step(client, models.name, models.better)
 
 
-@pytest.mark.parametrize(("models", "step"), [("sqlite", "lease"), ("postgresql", "alias")], indirect=["models"])
-def test_a_killed_process_leaves_a_safe_champion(client, models, policy, step) -> None:
-    """A real kill (os._exit) holding the lease: the next promotion breaks the dead lease and repairs."""
-    reset(client, models, champion=models.weak, challenger=models.better)
+def kill_process_at(models: Models, policy: tuple[PromotionPolicy, Path], step: str) -> None:
+    """Promote `better` in a subprocess that a real os._exit ends at `step`."""
     proc = subprocess.run(
         [sys.executable, str(DRIVER), "--die-at", step, "--", "--name", models.name, "--version", models.better,
          "--policy", str(policy[1])],
         capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
     assert proc.returncode == 137, proc.stderr[-2000:]
-    assert_safe(client, models.name, {models.weak, models.better})
-    if step == "alias":  # committed, but the stages and @challenger were left behind
-        assert client.get_model_version_by_alias(models.name, "champion").version == models.better
-        assert not registry.in_step(client, models.name)
-    else:  # the lease is still held, by a process that is gone
-        assert client.get_model_version_by_alias(models.name, "champion").version == models.weak
+
+
+@pytest.mark.parametrize("models", ["sqlite"], indirect=True)
+def test_a_process_killed_holding_the_lease_is_taken_over(client, models, policy) -> None:
+    """The lease of a process that is gone is broken at once; the promotion then goes through."""
+    reset(client, models, champion=models.weak, challenger=models.better)
+    kill_process_at(models, policy, "lease")
+    assert_safe(client, models.name, {models.weak})
     assert promote_cli(models, policy, "--version", models.better) == 0
+    assert_in_step(client, models.name, models.better)
+
+
+@pytest.mark.parametrize("models", ["postgresql"], indirect=True)
+def test_a_process_killed_after_the_alias_moved_is_repaired(client, models, policy, capsys) -> None:
+    """Committed but left out of step (stages, @challenger, audit run): the next promotion completes it."""
+    reset(client, models, champion=models.weak, challenger=models.better)
+    kill_process_at(models, policy, "alias")
+    assert_safe(client, models.name, {models.better})
+    assert not registry.in_step(client, models.name)
+    assert promote_cli(models, policy, "--version", models.better) == 0
+    assert "decision: repaired" in capsys.readouterr().out
     assert_in_step(client, models.name, models.better)
 
 
