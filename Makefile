@@ -22,7 +22,7 @@ demo: setup ## run the main pipeline (generated data, SQLite tracking in ./mlflo
 	$(VENV)/bin/mlflow run . -e main --env-manager local
 
 test: setup ## run every test (unit, integration, spark)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest -q -m "not integration and not spark and not slow"

@@ -297,6 +297,7 @@ def test_local_profile_serves_the_sqlite_store_and_local_artifacts(tmp_path: Pat
     srv.start()
     try:
         mlflow.set_tracking_uri(srv.url)
+        mlflow.set_experiment("local-profile")  # not whichever experiment an earlier test left active
         with mlflow.start_run() as run:
             mlflow.log_param("profile", "local")
             mlflow.log_dict({"hello": "server"}, "note.json")
