@@ -10,6 +10,7 @@ import json
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -118,7 +119,9 @@ def _log_trial(exp: ExperimentSpec) -> train.TrialCallback:
 def log_dataset(data: CreditData, ds: DatasetSpec) -> str:
     """Log the data set as an MLflow input (name, digest, source); return the digest."""
     frame = data.X.assign(**{ds.target.column: data.y})
-    dataset = mlflow.data.from_pandas(frame, source=data.source, name=ds.name, targets=ds.target.column)
+    with warnings.catch_warnings():  # MLflow's hints on integer targets and string sources do not apply here
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=data.source, name=ds.name, targets=ds.target.column)
     mlflow.log_input(dataset, context="training")
     return digest(frame)
 
