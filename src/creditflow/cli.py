@@ -38,7 +38,8 @@ def _cmd_main(args: argparse.Namespace) -> int:
     from creditflow.tracking import detach_project_run, link_to_project_run
 
     launcher = detach_project_run()
-    outcomes = run_main(Path(args.experiments), args.data or None, Budget(args.trials, args.cv_folds))
+    budget = Budget(args.trials, args.cv_folds, args.search_seconds)
+    outcomes = run_main(Path(args.experiments), args.data or None, budget)
     link_to_project_run(launcher, outcomes)
     if args.batch_sample:  # the demo ends by batch-scoring a sample with the champion
         from creditflow.scoring import score_sample
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the generated default")
     p.add_argument("--trials", type=int, default=4, help="trials per Bayesian search")
     p.add_argument("--cv-folds", type=int, default=3, help="cross-validation folds")
+    p.add_argument("--search-seconds", type=float, default=90.0,
+                   help="a Bayesian search starts no new trial after this many seconds")
     p.add_argument("--batch-sample", type=int, default=2000,
                    help="applicants batch-scored with the champion at the end, into predictions/ (0: skip)")
     p.set_defaults(handler=_cmd_main)

@@ -22,16 +22,18 @@ DEMO_SPECS = (
 
 @dataclass(frozen=True)
 class Budget:
-    """Small budgets that keep the demo within minutes: trials per search, CV folds."""
+    """Small budgets that keep the demo within minutes: trials and seconds per search, CV folds."""
 
     trials: int = 4
     cv_folds: int = 3
+    search_seconds: float = 90.0  # a search starts no new trial after this (the first always runs)
 
 
 def budgeted(exp: ExperimentSpec, budget: Budget) -> ExperimentSpec:
     changes: dict = {"cv_folds": budget.cv_folds}
     if exp.search.type == "bayesian":
         changes["search.trials"] = min(exp.search.trials, budget.trials)
+        changes["search.timeout_seconds"] = budget.search_seconds
     return exp.with_overrides(**changes)
 
 
