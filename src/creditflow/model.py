@@ -17,6 +17,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,15 @@ class CreditModel(mlflow.pyfunc.PythonModel):
             raise ServingError("internal error while scoring; the server log has the details", internal=True) from None
 
 
+SERVING_PACKAGES = ("mlflow", "scikit-learn", "xgboost", "shap", "skops", "pandas", "numpy", "scipy", "pydantic",
+                    "PyYAML")
+
+
+def pip_requirements() -> list[str]:
+    """This environment's pins of what the model imports (MLflow's own inference reloads the model: slow)."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
 def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_train: pd.DataFrame) -> ModelInfo:
     """Log the fitted pipeline as our pyfunc under the active run, with signature and input example.
 
@@ -230,4 +240,5 @@ def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_tra
             model_config=config,
             signature=signature,
             input_example=example,
+            pip_requirements=pip_requirements(),
         )
