@@ -13,6 +13,7 @@ a client's mistake with status 400 and a message naming the problem, anything el
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -75,6 +76,7 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "threshold": exp.threshold,
         "reason_codes": exp.reason_codes,
         "reason_codes_for": exp.reason_codes_for,
+        "reason_codes_as": "list",  # "json": one JSON text per row; batch scoring overrides it (see scoring.py)
         "display_names": ds.display_names(),
         "family": exp.family,
         "dataset_spec": ds.model_dump(mode="json"),
@@ -119,6 +121,7 @@ class Scoring:
     k: int
     labels: list[str]
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
+    codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -135,7 +138,7 @@ class Scoring:
             rules = None
         labels = [ds.columns[c].label for c in ds.raw_columns]
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels,
-                   config.get("reason_codes_for", "all") == "declined")
+                   config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json")
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
@@ -153,6 +156,8 @@ class Scoring:
         return self._frame(probability, codes)
 
     def _frame(self, probability: np.ndarray, codes: list[list[str]]) -> pd.DataFrame:
+        if self.codes_as_json:
+            codes = [json.dumps(c) if c else "[]" for c in codes]
         return pd.DataFrame({
             "probability": probability,
             "decision": np.where(probability >= self.threshold, "decline", "approve"),

@@ -47,11 +47,14 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 RESULT_TYPE = "probability double, decision string, reason_codes array<string>"
+JSON_RESULT_TYPE = "probability double, decision string, reason_codes string"
+JSON_CODES = {"reason_codes_as": "json"}  # model-config override: spark_udf converts lists row by row, text not
 BROKEN = "_breaks_a_rule"
 APPLICANT_ID = "_applicant_id"
 NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
+HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
 
 
 class BatchError(CreditflowError):
@@ -79,6 +82,8 @@ class SparkConfig(BaseModel):
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
+            # Spark 4 hands pandas UDFs the Parquet reader's 4,096-row batches unless this is off
+            "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
             "spark.sql.files.maxPartitionBytes": self.max_partition_bytes,
             "spark.driver.memory": self.driver_memory,
             **self.conf,
@@ -135,6 +140,7 @@ class ModelRef:
     dataset: DatasetSpec
     columns: tuple[str, ...]  # signature input names, in order
     required: tuple[str, ...]
+    json_codes: bool = False  # the model can return reason codes as JSON text (model config reason_codes_as)
 
     @property
     def lineage(self) -> dict[str, str]:
@@ -179,6 +185,7 @@ def resolve_model(model_uri: str) -> ModelRef:
         uri=pinned, requested=model_uri, name=name, version=version, run_id=info.run_id or "",
         dataset=DatasetSpec.model_validate(config["dataset_spec"]),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
+        json_codes="reason_codes_as" in config,
     )
 
 
@@ -498,13 +505,19 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     from pyspark.sql import functions as F
 
     model = plan.model
-    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
+    if model.json_codes:  # same pyfunc, reason codes as JSON text, parsed back in the JVM
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
+                                      model_config=JSON_CODES)
+        codes = F.from_json("p.reason_codes", "array<string>")
+    else:
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
+        codes = F.col("p.reason_codes")
     inputs = model_inputs(checked, model)
     scored = (
         checked.filter(~F.col(BROKEN))
         .select(_applicant_id(checked, APPLICANT_ID).alias("applicant_id"),
                 udf(F.struct(*[c.alias(n) for n, c in inputs.items()])).alias("p"))
-        .select("applicant_id", "p.probability", "p.decision", "p.reason_codes",
+        .select("applicant_id", "p.probability", "p.decision", codes.alias("reason_codes"),
                 *[F.lit(v).alias(k) for k, v in model.lineage.items()],
                 F.lit(plan.scored_at).alias("scored_at"))
     )
@@ -549,7 +562,10 @@ def _spark_errors(step: str) -> Iterator[None]:
 
 @contextmanager
 def _progress(spark: SparkSession, group: str, expected: int, every: float) -> Iterator[None]:
-    """Print rows scored (from finished tasks of the job) and throughput every `every` seconds."""
+    """Every `every` seconds, rows scored (from finished tasks of the job) and throughput, when they moved.
+
+    Without news for HEARTBEAT_SECONDS, a line says the job is still at it.
+    """
     sc = spark.sparkContext
     sc.setJobGroup(group, f"creditflow batch scoring ({expected} rows)")
     stop = threading.Event()
@@ -557,6 +573,7 @@ def _progress(spark: SparkSession, group: str, expected: int, every: float) -> I
 
     def report() -> None:
         tracker = sc.statusTracker()
+        shown, shown_at = -1, start
         while not stop.wait(every):
             done = total = 0
             for job in tracker.getJobIdsForGroup(group):
@@ -565,11 +582,12 @@ def _progress(spark: SparkSession, group: str, expected: int, every: float) -> I
                     stage = tracker.getStageInfo(stage_id)
                     if stage:
                         done, total = done + stage.numCompletedTasks, total + stage.numTasks
-            if total:
+            now = time.perf_counter()
+            if total and (done != shown or now - shown_at >= HEARTBEAT_SECONDS):
                 rows = expected * done // total
-                rate = rows / (time.perf_counter() - start)
                 print(f"[score] ~{rows:,} of {expected:,} rows scored ({done}/{total} tasks), "
-                      f"{rate:,.0f} rows/s", flush=True)
+                      f"{rows / (now - start):,.0f} rows/s, {now - start:.0f} s", flush=True)
+                shown, shown_at = done, now
 
     thread = threading.Thread(target=report, name="batch-progress", daemon=True)
     thread.start()
