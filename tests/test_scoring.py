@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,7 @@ from creditflow.scoring import (
     breaks_a_rule,
     champion_or_best,
     plan_batch,
+    run_batch,
     score_batch,
     score_sample,
     violation_reason,
@@ -183,6 +185,21 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
     with pytest.raises(PredictionNotFound, match="applicant 1000"):
         table.get_latest("1000")  # only in the replaced version of "daily"
     assert not list((out / "_staging").iterdir())
+
+
+@pytest.mark.spark
+def test_models_without_text_reason_codes_take_the_array_result(spark, model: TrainingOutcome,
+                                                                small_data: CreditData, tmp_path: Path) -> None:
+    """Models logged before `reason_codes_as` existed: spark_udf returns the lists themselves; same rows out."""
+    applicants(small_data, 60).to_parquet(tmp_path / "in.parquet", index=False)
+    plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="text")
+    assert plan.model.json_codes
+    run_batch(spark, plan)
+    run_batch(spark, replace(plan, batch_id="lists", model=replace(plan.model, json_codes=False)))
+    text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id") for b in ("text", "lists"))
+    lists = lists.loc[text.index]
+    assert text.probability.tolist() == lists.probability.tolist()
+    assert [list(c) for c in text.reason_codes] == [list(c) for c in lists.reason_codes]
 
 
 @pytest.mark.spark

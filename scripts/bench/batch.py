@@ -99,6 +99,8 @@ def child(phase: str, **kwargs: object) -> dict:
     """Run a phase of this script in a fresh Python process; its last RESULT line is the answer."""
     cmd = [sys.executable, __file__, "--phase", phase, "--args", json.dumps(kwargs)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = Path.cwd() / f"{phase}-{kwargs.get('model', '').split('/')[-1] or 'spark'}-{time.time():.0f}.log"
+    log.write_text(proc.stdout + proc.stderr)  # the job's own progress lines, for reading after
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -199,7 +201,7 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
     import pyarrow.dataset as pads
     from pyspark.sql import functions as F
 
-    from creditflow.scoring import RESULT_TYPE, SparkConfig, plan_batch, run_batch, start_spark
+    from creditflow.scoring import SparkConfig, plan_batch, resolve_model, run_batch, score_rows, start_spark
 
     work_dir = Path(work)
     start = time.perf_counter()
@@ -221,10 +223,9 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
             lambda: write(df.select("Id", stock(F.struct(*cols))[1].alias("probability")), "stock"), repeats)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows))
     for family in families:
-        ours = mlflow.pyfunc.spark_udf(spark, models[family], result_type=RESULT_TYPE, env_manager="local")
+        model = resolve_model(models[family])  # our scoring step, as the job runs it, without the job around it
         results[f"ours_{family}"] = _timed(
-            lambda ours=ours: write(df.select("Id", ours(F.struct(*cols)).alias("p")).select("Id", "p.*"), "ours"),
-            repeats)
+            lambda model=model: write(score_rows(spark, df, model, [F.col("Id")]), "ours"), repeats)
         plan = plan_batch(models[family], data, work_dir / f"job-{family}", batch_id="bench")
         job = _timed(lambda plan=plan: run_batch(spark, plan, progress_seconds=30), 1)
         scored = pads.dataset(work_dir / f"job-{family}" / "scored", partitioning="hive").to_table(

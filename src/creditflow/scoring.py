@@ -54,6 +54,7 @@ APPLICANT_ID = "_applicant_id"
 NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
+ROW_GROUP_BYTES = str(16 * 2**20)  # row groups of the scored Parquet: what the table loader holds at once
 HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
 
 
@@ -500,30 +501,34 @@ def _write_quarantine(checked: DataFrame, reason: Column, path: Path) -> int:
     return rows
 
 
+def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[Column]) -> DataFrame:
+    """`keep` plus probability, decision and reason_codes of every row of `df`, from the model's spark_udf."""
+    from pyspark.sql import functions as F
+
+    if model.json_codes:  # same pyfunc, reason codes as JSON text, parsed back in the JVM
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
+                                      model_config=JSON_CODES)
+        codes = F.from_json("_p.reason_codes", "array<string>")
+    else:
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
+        codes = F.col("_p.reason_codes")
+    inputs = model_inputs(df, model)
+    predicted = df.select(*keep, udf(F.struct(*[c.alias(n) for n, c in inputs.items()])).alias("_p"))
+    kept = [c for c in predicted.columns if c != "_p"]
+    return predicted.select(*kept, "_p.probability", "_p.decision", codes.alias("reason_codes"))
+
+
 def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path: Path, expected: int,
                   progress_seconds: float) -> int:
     from pyspark.sql import functions as F
 
-    model = plan.model
-    if model.json_codes:  # same pyfunc, reason codes as JSON text, parsed back in the JVM
-        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
-                                      model_config=JSON_CODES)
-        codes = F.from_json("p.reason_codes", "array<string>")
-    else:
-        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
-        codes = F.col("p.reason_codes")
-    inputs = model_inputs(checked, model)
-    scored = (
-        checked.filter(~F.col(BROKEN))
-        .select(_applicant_id(checked, APPLICANT_ID).alias("applicant_id"),
-                udf(F.struct(*[c.alias(n) for n, c in inputs.items()])).alias("p"))
-        .select("applicant_id", "p.probability", "p.decision", codes.alias("reason_codes"),
-                *[F.lit(v).alias(k) for k, v in model.lineage.items()],
-                F.lit(plan.scored_at).alias("scored_at"))
-    )
+    valid = checked.filter(~F.col(BROKEN))
+    scored = score_rows(spark, valid, plan.model, [_applicant_id(valid, APPLICANT_ID).alias("applicant_id")])
+    scored = scored.select(*scored.columns, *[F.lit(v).alias(k) for k, v in plan.model.lineage.items()],
+                           F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
     with _spark_errors("scoring"), _progress(spark, f"score-{plan.batch_id}", expected, progress_seconds):
-        scored.write.mode("overwrite").parquet(str(path))
+        scored.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES).parquet(str(path))
     rows, seconds = parquet_rows(path), time.perf_counter() - started
     print(f"[score] {rows:,} rows scored in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s)", flush=True)
     return rows
