@@ -155,6 +155,7 @@ class PredictionTable:
             cur = conn.cursor()
             if self.dialect is SQLITE:
                 cur.execute(f"PRAGMA cache_size=-{LOAD_CACHE_KB}")  # index pages stay in memory while loading
+                cur.execute("PRAGMA synchronous=NORMAL")  # WAL: atomic and never corrupt; fsync at checkpoints
             cur.execute("BEGIN IMMEDIATE" if self.dialect is SQLITE else "BEGIN")
             for statement in _ddl(self.dialect):
                 cur.execute(statement)

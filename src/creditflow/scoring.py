@@ -481,7 +481,7 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
         if scored + quarantined != rows_in:
             raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored and {quarantined} "
                              "quarantined; nothing published")
-        _publish(plan, stage, scored)
+        _publish(plan, stage, scored, progress_seconds)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return BatchResult(plan.batch_id, plan.model.uri, rows_in, scored, quarantined, time.perf_counter() - start,
@@ -534,16 +534,19 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     return rows
 
 
-def _publish(plan: BatchPlan, stage: Path, scored: int) -> None:
+def _publish(plan: BatchPlan, stage: Path, scored: int, progress_seconds: float) -> None:
     """SQL rows first (one transaction), then the Parquet partitions (directory renames)."""
     lineage = {**plan.model.lineage, "scored_at": plan.scored_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
     table = PredictionTable(plan.table_url)
-    started = time.perf_counter()
+    started = last = time.perf_counter()
 
     def report(done: int, total: int) -> None:
-        print(f"[table] {done:,} of {total:,} rows loaded", flush=True)
+        nonlocal last
+        if time.perf_counter() - last >= progress_seconds and done < total:
+            last = time.perf_counter()
+            print(f"[table] {done:,} of {total:,} rows loaded, {done / (last - started):,.0f} rows/s", flush=True)
 
-    table.replace_batch(plan.batch_id, stage / SCORED_DIR, lineage, report if scored > 100_000 else None)
+    table.replace_batch(plan.batch_id, stage / SCORED_DIR, lineage, report)
     print(f"[table] batch {plan.batch_id}: {scored:,} rows in {safe_url(table.url)} "
           f"({time.perf_counter() - started:.1f} s)", flush=True)
     for name in (SCORED_DIR, QUARANTINE_DIR):
