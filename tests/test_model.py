@@ -90,6 +90,8 @@ def test_rule_check_agrees_with_the_data_rules(small_spec, small_data) -> None:
     kinds = {"is missing", "below", "above", "not a whole number", "is infinite"}
     assert all(any(kind in reason for reason in expected) for kind in kinds)  # every kind of rule is broken
     assert list(compiled) == list(expected)
+    rules, R = RuleCheck.from_spec(small_spec), X.to_numpy(dtype="float64")  # the quick yes/no agrees row by row
+    assert [rules.any_broken(R[i:i + 1]) for i in range(len(R))] == [reason != "" for reason in expected]
 
 
 def test_applicant_matrix_accepts_null_and_absent_nullable_columns(small_spec, small_data) -> None:

@@ -73,13 +73,15 @@ def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], 
     caps = [(names.index(col), float(ceiling)) for col, ceiling in (step.caps or {}).items()]
 
     def apply(R: np.ndarray) -> np.ndarray:
-        F = np.array(R, dtype="float64")  # a copy: sentinels are written in place
+        F = np.empty((len(R), len(names) + len(derived)), order="F")  # column-major: every step works by column
+        F[:, :len(names)] = R  # a copy: sentinels are written in place
         for j, values in sentinels:
             F[np.isin(F[:, j], values), j] = np.nan
-        flags = [np.isnan(F[:, j]) if op == "isnull" else _OPS[op](F[:, j], value) for j, op, value in derived]
+        for i, (j, op, value) in enumerate(derived, start=len(names)):
+            F[:, i] = np.isnan(F[:, j]) if op == "isnull" else _OPS[op](F[:, j], value)
         for j, ceiling in caps:  # after the indicators, which see the uncapped values
-            F[:, j] = np.minimum(F[:, j], ceiling)
-        return np.column_stack([F, *flags]).astype("float64") if flags else F
+            np.minimum(F[:, j], ceiling, out=F[:, j])
+        return F
 
     return names + list(step.derived or {}), apply
 
@@ -93,10 +95,17 @@ def _imputer(step: SimpleImputer) -> Block:
         raise NotCompilable("imputer with a missing-value marker other than NaN")
     flagged = None if step.indicator_ is None else np.asarray(step.indicator_.features_)
 
+    kept = np.flatnonzero(keep)
+    flags = [] if flagged is None else list(flagged)
+
     def apply(B: np.ndarray) -> np.ndarray:
-        missing = np.isnan(B)
-        out = np.where(missing, stats, B)[:, keep]
-        return out if flagged is None else np.hstack([out, missing[:, flagged].astype("float64")])
+        out = np.empty((len(B), len(kept) + len(flags)), order="F")
+        for o, c in enumerate(kept):
+            out[:, o] = B[:, c]
+            np.copyto(out[:, o], stats[c], where=np.isnan(B[:, c]))
+        for o, c in enumerate(flags, start=len(kept)):
+            out[:, o] = np.isnan(B[:, c])
+        return out
 
     return apply
 
@@ -104,8 +113,14 @@ def _imputer(step: SimpleImputer) -> Block:
 def _yeo_johnson(x: np.ndarray, lmbda: float) -> np.ndarray:
     """scipy.stats.yeojohnson with a fixed lambda, written out (same operations, same numbers)."""
     eps = np.finfo(np.float64).eps
-    out = np.zeros_like(x)
     pos = x >= 0
+    if abs(lmbda) >= eps and pos.all():  # the usual case here (amounts and ratios): no masks, no gathers
+        out = np.log1p(x)
+        out *= lmbda
+        np.expm1(out, out=out)
+        out /= lmbda
+        return out
+    out = np.zeros_like(x)
     out[pos] = np.log1p(x[pos]) if abs(lmbda) < eps else np.expm1(lmbda * np.log1p(x[pos])) / lmbda
     neg = ~pos
     if abs(lmbda - 2) > eps:
@@ -120,8 +135,10 @@ def _scaler(step: StandardScaler) -> Block:
     scale = step.scale_ if step.with_std else None
 
     def apply(B: np.ndarray) -> np.ndarray:
-        B = B - mean if mean is not None else B
-        return B / scale if scale is not None else B
+        B = B - mean if mean is not None else np.array(B)
+        if scale is not None:
+            B /= scale
+        return B
 
     return apply
 
@@ -133,8 +150,10 @@ def _power(step: PowerTransformer) -> Block:
     standardize = _scaler(step._scaler) if step.standardize else None
 
     def apply(B: np.ndarray) -> np.ndarray:
-        B = np.column_stack([_yeo_johnson(B[:, i], lam) for i, lam in enumerate(lambdas)])
-        return standardize(B) if standardize else B
+        out = np.empty(B.shape, order="F")
+        for i, lam in enumerate(lambdas):
+            out[:, i] = _yeo_johnson(B[:, i], lam)
+        return standardize(out) if standardize else out
 
     return apply
 
@@ -172,7 +191,13 @@ def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
         parts.append(([names.index(c) for c in cols], _step(transformer)))
 
     def apply(F: np.ndarray) -> np.ndarray:
-        return np.hstack([block(F[:, idx]) for idx, block in parts])
+        blocks = [block(F[:, idx]) for idx, block in parts]
+        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")
+        start = 0
+        for b in blocks:
+            Z[:, start:start + b.shape[1]] = b
+            start += b.shape[1]
+        return Z
 
     return apply
 
@@ -303,9 +328,32 @@ def compile_scorer(
     return FastScorer(spec.raw_columns, features, preprocess, probability, contributions, to_raw)
 
 
+def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Per row, the up-to-k raw columns raising risk most (positive SHAP), largest first.
+
+    Returned as the distinct column sets and, per row, the index of its set: rows share few sets, so
+    callers format labels once per set instead of once per row.
+    """
+    n, m = contributions.shape
+    k = min(k, m)
+    work = np.where(np.isnan(contributions), -np.inf, contributions)
+    rows = np.arange(n)
+    digits = np.zeros((n, k), dtype=np.int64)  # column + 1 of the i-th largest raising value; 0: none
+    for i in range(k):  # k argmax passes: cheaper than sorting every row, same order (ties: first column)
+        j = work.argmax(axis=1) if m else np.zeros(n, dtype=np.int64)
+        digits[:, i] = np.where(work[rows, j] > 0, j + 1, 0)
+        work[rows, j] = -np.inf
+    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D unique is far cheaper than a row-wise one
+        keys = digits @ ((m + 1) ** np.arange(k, dtype=np.int64))
+        _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+        sets = digits[first]
+    else:
+        sets, which = np.unique(digits, axis=0, return_inverse=True)
+    return [tuple(int(d) - 1 for d in row if d) for row in sets], which.reshape(-1)
+
+
 def top_reasons(contributions: np.ndarray, labels: list[str], k: int) -> list[list[str]]:
     """Per row, labels of the up-to-k raw columns that raise risk most (positive SHAP), largest first."""
-    top = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
-    raising = np.take_along_axis(contributions, top, axis=1) > 0
-    names = np.asarray(labels, dtype=object)[top]
-    return [list(row[keep]) for row, keep in zip(names, raising, strict=True)]
+    sets, which = reason_sets(contributions, k)
+    named = [[labels[j] for j in columns] for columns in sets]
+    return [list(named[i]) for i in which.tolist()]

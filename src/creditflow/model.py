@@ -34,7 +34,7 @@ from mlflow.types.schema import Array, ColSpec, Schema
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
-from creditflow.fastpath import FastScorer, NotCompilable, compile_scorer, top_reasons
+from creditflow.fastpath import FastScorer, NotCompilable, compile_scorer, reason_sets
 from creditflow.specs import DatasetSpec, ExperimentSpec
 from creditflow.validation import BadRequest, RuleCheck, applicant_matrix, check_rules
 
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(__file__).parent
 OUTPUT_COLUMNS = ("probability", "decision", "reason_codes")
+DECISIONS = np.asarray(["approve", "decline"], dtype=object)  # indexed by probability >= threshold
 TRUSTED_PREFIXES = ("creditflow.", "sklearn.", "xgboost.", "numpy.", "scipy.")
 ERROR_SOURCE = "creditflow"  # marks our error bodies, so `creditflow serve` knows they are safe to pass on
 
@@ -143,26 +144,30 @@ class Scoring:
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
         check_rules(R, self.spec, self.rules)
-        if not self.declined_only:
+        if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
+            probability = self.scorer.probability(R)
+            explained = np.flatnonzero(probability >= self.threshold)
+            contributions = (self.scorer.score(R[explained]).contributions if len(explained)
+                             else np.empty((0, len(self.labels))))
+        else:
             scored = self.scorer.score(R)
-            return self._frame(scored.probability, top_reasons(scored.contributions, self.labels, self.k))
-        probability = self.scorer.probability(R)  # SHAP only where a decline owes reasons: the costly part
-        declined = np.flatnonzero(probability >= self.threshold)
-        codes: list[list[str]] = [[]] * len(R)  # one shared empty list: no per-row allocation (and GC passes)
-        if len(declined):
-            explained = top_reasons(self.scorer.score(R[declined]).contributions, self.labels, self.k)
-            for row, reasons in zip(declined, explained, strict=True):
-                codes[row] = reasons
-        return self._frame(probability, codes)
-
-    def _frame(self, probability: np.ndarray, codes: list[list[str]]) -> pd.DataFrame:
-        if self.codes_as_json:
-            codes = [json.dumps(c) if c else "[]" for c in codes]
+            probability, explained, contributions = scored.probability, np.arange(len(R)), scored.contributions
+        sets, which = reason_sets(contributions, self.k)
+        per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
+        per_row[explained] = which + 1
         return pd.DataFrame({
             "probability": probability,
-            "decision": np.where(probability >= self.threshold, "decline", "approve"),
-            "reason_codes": codes,
+            "decision": pd.Series(DECISIONS[(probability >= self.threshold).astype(np.intp)], dtype=object),
+            "reason_codes": self._codes([[self.labels[j] for j in columns] for columns in sets], per_row),
         })
+
+    def _codes(self, named: list[list[str]], per_row: np.ndarray) -> pd.Series:
+        """Each row's reason codes, formatted once per distinct set (object columns: MLflow casts them cheaply)."""
+        if self.codes_as_json:
+            texts = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
+            return pd.Series(texts[per_row], dtype=object)
+        pool = [[], *named]
+        return pd.Series([list(pool[i]) for i in per_row.tolist()], dtype=object)
 
 
 def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:

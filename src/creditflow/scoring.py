@@ -508,7 +508,8 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     if model.json_codes:  # same pyfunc, reason codes as JSON text, parsed back in the JVM
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
                                       model_config=JSON_CODES)
-        codes = F.from_json("_p.reason_codes", "array<string>")
+        text = F.col("_p.reason_codes")  # "[]" for most rows: only the others go through the JSON parser
+        codes = F.when(text == "[]", F.array().cast("array<string>")).otherwise(F.from_json(text, "array<string>"))
     else:
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
         codes = F.col("_p.reason_codes")
