@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -109,25 +111,33 @@ def fitted_xgboost(small_spec: DatasetSpec, small_data: CreditData):
     return exp, build_pipeline(exp, small_spec).fit(split.X_train, split.y_train), split
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` subprocess (SQLite backend, proxied artifacts) on a free port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextmanager
+def running_mlflow_server(backend_store_uri: str, root: Path, timeout: float = 120) -> Iterator[str]:
+    """A real `mlflow server` subprocess over `backend_store_uri` (SQLite file or PostgreSQL database), proxied
+    artifacts under `root`, on a free port; its URL once /health answers. Stopped on exit."""
     port = free_port()
     with open(root / "server.log", "wb") as log:
         proc = subprocess.Popen(
             [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--backend-store-uri", backend_store_uri,
              "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/health", proc, timeout=90)
+        wait_for_http(f"{url}/health", proc, timeout=timeout)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifacts) for the session."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root, timeout=90) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -142,19 +152,36 @@ def spark():
     session.stop()
 
 
-@pytest.fixture
-def postgres_db() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL (127.0.0.1:5432, user postgres), dropped afterwards."""
-    import uuid
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
+
+def postgres_admin(statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on the local PostgreSQL (trust auth)."""
     import psycopg2
 
-    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=5)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
+    conn = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=5)
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
     finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+        conn.close()
+
+
+@contextmanager
+def throwaway_postgres_database() -> Iterator[str]:
+    """A fresh, uniquely named database on the local PostgreSQL (127.0.0.1:5432, user postgres), dropped on exit
+    (connections still open to it included); its postgresql:// URI."""
+    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
+    postgres_admin(f"CREATE DATABASE {name}")
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL for one test, dropped afterwards."""
+    with throwaway_postgres_database() as uri:
+        yield uri

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import psycopg2
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -24,40 +23,28 @@ from creditflow import registry
 from creditflow.cli import main as cli
 from creditflow.promotion import PromotionPolicy, PromotionRequest, load_policy
 from creditflow.tracking import train_and_log
-from tests.conftest import EXPERIMENTS, ROOT, VENV_BIN, free_port, small_experiment, subprocess_env, wait_for_http
+from tests.conftest import (
+    EXPERIMENTS,
+    ROOT,
+    running_mlflow_server,
+    small_experiment,
+    subprocess_env,
+    throwaway_postgres_database,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DRIVER = Path(__file__).with_name("registry_driver.py")
-PG = "postgresql://postgres@127.0.0.1:5432"
 TAG = registry.TAG
 
 
 @pytest.fixture(scope="module")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second `mlflow server` whose backend store is a throwaway PostgreSQL database."""
-    db = f"creditflow_registry_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"{PG}/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{db}"')
     root = tmp_path_factory.mktemp("mlflow-postgres")
-    port = free_port()
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-             "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", proc, timeout=120)
+    with (throwaway_postgres_database() as db,
+          running_mlflow_server(db.replace("postgresql://", "postgresql+psycopg2://", 1), root) as url):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,15 @@ import psycopg2
 import pytest
 import requests
 
-from conftest import ROOT, VENV_BIN, free_port, small_experiment, subprocess_env, wait_for_http
+from conftest import (
+    ROOT,
+    VENV_BIN,
+    free_port,
+    small_experiment,
+    subprocess_env,
+    throwaway_postgres_database,
+    wait_for_http,
+)
 from creditflow import server as tracking_server
 from creditflow import tracking
 from creditflow.errors import TrackingError
@@ -35,7 +43,6 @@ from creditflow.tracking import train_and_log
 pytestmark = pytest.mark.integration
 
 SCRIPT = ROOT / "scripts" / "start_tracking_server.sh"
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-for-tests"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -44,24 +51,11 @@ FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACK
 
 # --- the pieces: a throwaway database, moto's S3 server, a relay that can cut S3 off, the tracking server ---
 
-def admin_sql(statement: str) -> None:
-    """One statement outside a transaction (CREATE/DROP DATABASE) on the local PostgreSQL."""
-    conn = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database, dropped afterwards."""
-    name = f"creditflow_test_{uuid.uuid4().hex[:10]}"
-    admin_sql(f"CREATE DATABASE {name}")
-    yield f"{POSTGRES}/{name}"
-    admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    """A uniquely named PostgreSQL database for the module, dropped afterwards."""
+    with throwaway_postgres_database() as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
