@@ -507,17 +507,25 @@ def test_user_with_read_on_one_experiment(as_admin):
 
 # --- faults ---
 
-def test_artifact_store_down_mid_run_fails_the_run_and_registers_nothing(as_admin, s3_relay, monkeypatch,
-                                                                          small_spec, small_data):
-    inject_before_model_upload(monkeypatch, s3_relay.cut)
-    exp = quick_experiment("s3-outage")
+def fails_mid_run(monkeypatch: pytest.MonkeyPatch, fault: Callable[[], None], recover: Callable[[], None],
+                  experiment: str, small_spec, small_data) -> str:
+    """Train in `experiment` with `fault` injected before the model upload: the run must end in a TrackingError
+    whose message is one line (returned). `recover` undoes the fault whatever happens."""
+    inject_before_model_upload(monkeypatch, fault)
     try:
         with pytest.raises(TrackingError) as failure:
-            train_and_log(exp, small_spec, small_data)
+            train_and_log(quick_experiment(experiment), small_spec, small_data)
     finally:
-        s3_relay.restore()
+        recover()
     message = str(failure.value)
-    assert "\n" not in message and message.startswith("run ")
+    assert "\n" not in message
+    return message
+
+
+def test_artifact_store_down_mid_run_fails_the_run_and_registers_nothing(as_admin, s3_relay, monkeypatch,
+                                                                          small_spec, small_data):
+    message = fails_mid_run(monkeypatch, s3_relay.cut, s3_relay.restore, "s3-outage", small_spec, small_data)
+    assert message.startswith("run ")
     run_id = message.split()[1]
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED"
@@ -530,15 +538,8 @@ def test_artifact_store_down_mid_run_fails_the_run_and_registers_nothing(as_admi
 
 def test_server_stopped_mid_run_fails_with_a_clear_message_and_keeps_what_was_logged(
         as_admin, database, monkeypatch, small_spec, small_data):
-    inject_before_model_upload(monkeypatch, as_admin.stop)
-    exp = quick_experiment("server-outage")
-    try:
-        with pytest.raises(TrackingError) as failure:
-            train_and_log(exp, small_spec, small_data)
-    finally:
-        as_admin.start()
-    message = str(failure.value)
-    assert "\n" not in message and as_admin.url in message
+    message = fails_mid_run(monkeypatch, as_admin.stop, as_admin.start, "server-outage", small_spec, small_data)
+    assert as_admin.url in message
     assert "schema current" in as_admin.log()  # the restart found the database already migrated
     [(run_id,)] = query(database, "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
                                   "r.experiment_id WHERE e.name = 'server-outage'")
