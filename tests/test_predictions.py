@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from creditflow.cli import main
 from creditflow.predictions import (
+    COLUMNS,
     PredictionNotFound,
     PredictionTable,
     TableError,
@@ -64,16 +66,113 @@ def check_replace_and_latest(table: PredictionTable, tmp_path: Path) -> None:
     with pytest.raises(PredictionNotFound, match="applicant 200"):
         table.get_latest("200")  # was in b1's first version only: replaced away
 
+    # b3 after b1; rerunning b1 (now between b2 and b3) leaves its neighbours' rows alone
+    assert table.replace_batch("b3", staged(tmp_path / "d", ids[:10], 0.5), lineage("3", day(4))) == 10
+    assert table.replace_batch("b1", staged(tmp_path / "e", ids[:70], 0.05), lineage("1", day(5))) == 70
+    assert (table.count("b1"), table.count("b2"), table.count("b3"), table.count()) == (70, 50, 10, 130)
+    assert table.get_latest("5")["batch_id"] == "b1" and table.get_latest("60")["batch_id"] == "b1"
+    with pytest.raises(PredictionNotFound):
+        table.get_latest("71")  # in b1's second version only
+
+
+def view_rows(table: PredictionTable, sql: str, *params: str) -> tuple[list[str], list[tuple]]:
+    """What any SQL reader of the view sees: column names and rows."""
+    conn = table._connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(sql.replace("?", table.dialect.mark), params)
+        return [c[0] for c in cur.description], cur.fetchall()
+    finally:
+        conn.close()
+
+
+def check_view(table: PredictionTable) -> None:
+    """Every row read through the view carries all 9 fields; counts kept per batch match the rows."""
+    names, rows = view_rows(table, "SELECT * FROM predictions WHERE applicant_id = ?", "8")
+    assert names == list(COLUMNS)
+    assert sorted((r[1], r[5], r[6], r[7]) for r in rows) == [
+        ("b1", "credit-default", "1", "r" * 32), ("b2", "credit-default", "2", "r" * 32),
+        ("b3", "credit-default", "3", "r" * 32)]
+    _, per_batch = view_rows(table, "SELECT batch_id, COUNT(*) FROM predictions GROUP BY batch_id ORDER BY batch_id")
+    assert per_batch == [("b1", 70), ("b2", 50), ("b3", 10)]
+
 
 def test_sqlite_replace_batch_and_latest(tmp_path: Path) -> None:
-    check_replace_and_latest(PredictionTable(f"sqlite:///{tmp_path / 'p.db'}"), tmp_path)
+    table = PredictionTable(f"sqlite:///{tmp_path / 'p.db'}")
+    check_replace_and_latest(table, tmp_path)
+    check_view(table)
 
 
 @pytest.mark.integration
 def test_postgres_replace_batch_and_latest(postgres_db: str, tmp_path: Path) -> None:
     table = PredictionTable(postgres_db)
     check_replace_and_latest(table, tmp_path)
-    assert table.get_latest("8")["scored_at"] == "2026-01-03T00:00:00Z"  # TIMESTAMPTZ back as ISO UTC
+    check_view(table)
+    assert table.get_latest("1")["scored_at"] == "2026-01-05T00:00:00Z"  # TIMESTAMPTZ back as ISO UTC
+
+
+def test_a_batch_is_stored_once_and_its_rows_are_contiguous(tmp_path: Path) -> None:
+    """The lineage lives in prediction_batches; a batch's rows are one rowid range, which a rerun deletes."""
+    db = tmp_path / "p.db"
+    table = PredictionTable(f"sqlite:///{db}")
+    ids = [str(i) for i in range(1000)]
+    table.replace_batch("b1", staged(tmp_path / "a", ids, 0.1, files=2), lineage("1", "2026-01-01T00:00:00Z"))
+    table.replace_batch("b2", staged(tmp_path / "b", ids[:333], 0.3), lineage("2", "2026-01-02T00:00:00Z"))
+    table.replace_batch("b1", staged(tmp_path / "c", ids[:401], 0.1), lineage("3", "2026-01-03T00:00:00Z"))
+    with sqlite3.connect(db) as conn:
+        batches = conn.execute("SELECT batch_id, model_version, rows, first_row, last_row FROM prediction_batches "
+                               "ORDER BY batch_id").fetchall()
+        assert batches == [("b1", "3", 401, 1334, 1734), ("b2", "2", 333, 1001, 1333)]
+        for _, _, rows, first, last in batches:
+            assert conn.execute("SELECT COUNT(*) FROM prediction_rows WHERE rowid BETWEEN ? AND ?",
+                                (first, last)).fetchone()[0] == rows
+        assert conn.execute("SELECT COUNT(*) FROM prediction_rows").fetchone()[0] == 734  # b1's first 1000 gone
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                              "AND tbl_name = 'prediction_rows'")}
+        assert indexes == {"prediction_rows_applicant_idx"}  # no batch index to maintain
+
+
+def test_an_empty_batch_replaces_the_old_one(tmp_path: Path) -> None:
+    table = PredictionTable(f"sqlite:///{tmp_path / 'p.db'}")
+    table.replace_batch("b1", staged(tmp_path / "a", ["1", "2"], 0.1), lineage("1", "2026-01-01T00:00:00Z"))
+    assert table.replace_batch("b1", staged(tmp_path / "b", [], 0.1), lineage("2", "2026-01-02T00:00:00Z")) == 0
+    assert table.count("b1") == 0 and table.count() == 0
+    with pytest.raises(PredictionNotFound):
+        table.get_latest("1")
+
+
+OLD_LAYOUT = ("CREATE TABLE predictions (applicant_id TEXT NOT NULL, batch_id TEXT NOT NULL, "
+              "probability REAL NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, "
+              "model_name TEXT NOT NULL, model_version TEXT NOT NULL, run_id TEXT NOT NULL, scored_at TEXT NOT NULL)")
+
+
+def test_a_database_in_the_old_layout_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with sqlite3.connect(tmp_path / "predictions.db") as conn:
+        conn.execute(OLD_LAYOUT)
+        conn.execute("INSERT INTO predictions VALUES ('1', 'b0', 0.1, 'approve', '[]', 'm', '1', 'r', '2025')")
+    table = PredictionTable(default_table_url(tmp_path))
+    for attempt in (lambda: table.replace_batch("b1", staged(tmp_path / "a", ["1"], 0.1), lineage("1", "2026")),
+                    lambda: table.get_latest("1"), lambda: table.count()):
+        with pytest.raises(TableError, match="old layout .* table named 'predictions'"):
+            attempt()
+    assert main(["predictions", "get", "--id", "1", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: sqlite:///") and "old layout" in err and "\n" not in err
+    with sqlite3.connect(tmp_path / "predictions.db") as conn:  # nothing was changed
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["predictions"]
+
+
+@pytest.mark.integration
+def test_postgres_old_layout_is_a_one_line_error(postgres_db: str, tmp_path: Path) -> None:
+    import psycopg2
+
+    with psycopg2.connect(postgres_db) as conn, conn.cursor() as cur:
+        cur.execute(OLD_LAYOUT)
+    table = PredictionTable(postgres_db)
+    with pytest.raises(TableError, match="old layout"):
+        table.replace_batch("b1", staged(tmp_path / "a", ["1"], 0.1), lineage("1", "2026-01-01T00:00:00Z"))
+    with pytest.raises(TableError, match="old layout"):
+        table.get_latest("1")
 
 
 def test_reason_codes_json_is_valid_json_even_with_quotes() -> None:
