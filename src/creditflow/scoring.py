@@ -513,8 +513,9 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     else:
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
         codes = F.col("_p.reason_codes")
-    inputs = model_inputs(df, model)
-    predicted = df.select(*keep, udf(F.struct(*[c.alias(n) for n, c in inputs.items()])).alias("_p"))
+    inputs = model_inputs(df, model)  # in signature order: spark_udf names unnamed columns by the signature
+    predicted = df.select(*keep, udf(*[c.alias(n) for n, c in inputs.items()]).alias("_p"))  # not a struct:
+    # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
     kept = [c for c in predicted.columns if c != "_p"]
     return predicted.select(*kept, "_p.probability", "_p.decision", codes.alias("reason_codes"))
 
