@@ -121,7 +121,8 @@ def running_mlflow_server(backend_store_uri: str, root: Path, timeout: float = 1
             [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", backend_store_uri,
              "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
+            stdout=log, stderr=subprocess.STDOUT,
+            env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # as our profiles: no huey workers
         )
     url = f"http://127.0.0.1:{port}"
     try:
