@@ -1,0 +1,241 @@
+"""Prediction table benchmark: loading a scored batch into SQLite, old single-table layout vs the current one.
+
+For each size, scored rows are generated as Parquet the way the batch job's Spark step leaves them
+(4 part files, 16 MB row groups; applicant ids "1".."N"; P(default) ~ Beta(1, 8); `decline` at 0.2,
+reason codes for declined rows only, as with `reason_codes_for: declined`), written chunk by chunk.
+Then, in this one process and interleaved run by run:
+  old  the layout before the prediction_rows/prediction_batches split: one table `predictions` with
+       all 9 columns on every row, indexes on (applicant_id, scored_at) and batch_id, one INSERT per
+       row through executemany (a copy of the former loader, kept here as the baseline)
+  new  `PredictionTable.replace_batch`
+Each run loads the batch into a fresh database (first load), then loads it again into the same
+database (rerun: the batch's rows are replaced). Medians of `--repeats` runs; also CPU seconds
+(the machine may be shared). The loader's peak resident memory is measured apart: one more load
+of each kind in a fresh child process (its VmHWM, and its resident memory just before loading).
+The Parquet is generated in a child process too.
+
+    .venv/bin/python scripts/bench/table.py                          # 1M and 5M rows (~10 min)
+    .venv/bin/python scripts/bench/table.py --sizes 200000 --repeats 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from creditflow.predictions import LOAD_CACHE_KB, PredictionTable, _chunks, reason_codes_json
+
+LABELS = ["Times 90+ days late", "Revolving utilization", "Debt ratio", "Age", "Monthly income",
+          "Times 30-59 days late", "Open credit lines"]
+LINEAGE = {"model_name": "credit-default", "model_version": "3", "run_id": "0123456789abcdef" * 2,
+           "scored_at": "2026-11-24T10:00:00.000000Z"}
+BATCH = "applicants-20261124"
+FILES = 4
+ROW_GROUP_ROWS = 400_000  # about 16 MB of these columns, the batch job's row group size
+GEN_ROWS = 250_000  # rows generated at a time
+
+
+def write_scored(path: Path, rows: int, seed: int = 0) -> None:
+    """`rows` scored rows as part files under `path`, generated GEN_ROWS at a time."""
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    labels = np.array(LABELS)
+    per_file = -(-rows // FILES)
+    for f in range(FILES):
+        lo, hi = f * per_file, min(rows, (f + 1) * per_file)
+        writer = None
+        for start in range(lo, hi, GEN_ROWS):
+            n = min(GEN_ROWS, hi - start)
+            p = rng.beta(1, 8, n)
+            declined = p >= 0.2
+            lengths = np.where(declined, 3, 0)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            picked = labels[rng.integers(0, len(LABELS), offsets[-1])]
+            codes = pa.ListArray.from_arrays(pa.array(offsets), pa.array(picked))
+            table = pa.table({
+                "applicant_id": pa.array(np.arange(start + 1, start + n + 1).astype(str)),
+                "probability": pa.array(p),
+                "decision": pa.array(np.where(declined, "decline", "approve")),
+                "reason_codes": codes,
+            })
+            writer = writer or pq.ParquetWriter(path / f"part-{f:05d}.parquet", table.schema)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        if writer:
+            writer.close()
+
+
+# ---------------------------------------------------------------- the former loader (baseline)
+
+OLD_COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes",
+               "model_name", "model_version", "run_id", "scored_at")
+OLD_DDL = [
+    "CREATE TABLE IF NOT EXISTS predictions (applicant_id TEXT NOT NULL, batch_id TEXT NOT NULL, "
+    "probability REAL NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, "
+    "model_name TEXT NOT NULL, model_version TEXT NOT NULL, run_id TEXT NOT NULL, scored_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS predictions_applicant_idx ON predictions (applicant_id, scored_at)",
+    "CREATE INDEX IF NOT EXISTS predictions_batch_idx ON predictions (batch_id)",
+]
+
+
+def old_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
+    """The loader as it was: same PRAGMAs, one transaction, delete by the batch index, executemany."""
+    conn = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA cache_size=-{LOAD_CACHE_KB}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in OLD_DDL:
+            conn.execute(statement)
+        conn.execute("DELETE FROM predictions WHERE batch_id = ?", (batch_id,))
+        loaded = 0
+        per_batch = [lineage[k] for k in ("model_name", "model_version", "run_id", "scored_at")]
+        for chunk in _chunks(parquet):
+            n = chunk.num_rows
+            rows = zip(chunk["applicant_id"].to_pylist(), repeat(batch_id, n), chunk["probability"].to_pylist(),
+                       chunk["decision"].to_pylist(), reason_codes_json(chunk["reason_codes"]).to_pylist(),
+                       *(repeat(v, n) for v in per_batch), strict=False)
+            conn.executemany(f"INSERT INTO predictions VALUES ({', '.join('?' * len(OLD_COLUMNS))})", rows)
+            loaded += n
+        conn.execute("COMMIT")
+        return loaded
+    finally:
+        conn.close()
+
+
+def new_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
+    return PredictionTable(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
+
+
+LOADERS: dict[str, Callable[[Path, str, Path, dict[str, str]], int]] = {"old": old_replace_batch,
+                                                                       "new": new_replace_batch}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM; unlike ru_maxrss, not inherited
+    from the parent across fork and exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{field}:"))
+
+
+def peak_rss(name: str, parquet: Path, db: Path) -> dict[str, int]:
+    """Load once in a fresh process: its resident memory before the load and its peak (bytes)."""
+    out = subprocess.run([sys.executable, __file__, "--rss-of", name, str(parquet), str(db)],
+                         check=True, capture_output=True, text=True).stdout
+    remove_db(db)
+    return json.loads(out.splitlines()[-1])
+
+
+def rss_child(name: str, parquet: Path, db: Path) -> None:
+    before = rss_bytes()
+    LOADERS[name](db, BATCH, parquet, LINEAGE)
+    print(json.dumps({"before": before, "peak": rss_bytes("VmHWM")}))
+
+
+def remove_db(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def timed(loader: Callable[..., int], db: Path, parquet: Path, rows: int) -> dict[str, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    loaded = loader(db, BATCH, parquet, LINEAGE)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert loaded == rows, (loaded, rows)
+    return {"seconds": wall, "cpu": cpu}
+
+
+def check(db: Path, rows: int) -> None:
+    """Both layouts answer the reader's query with the same 9 columns and hold the batch once."""
+    with sqlite3.connect(db) as conn:
+        cur = conn.execute("SELECT * FROM predictions WHERE applicant_id = ?", (str(rows // 2),))
+        found = cur.fetchall()
+        assert [c[0] for c in cur.description] == list(OLD_COLUMNS), cur.description
+        assert len(found) == 1 and found[0][1] == BATCH, found
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == rows
+
+
+Results = dict[str, dict[str, list[dict[str, float]]]]
+
+
+def bench(size: int, work: Path, repeats: int) -> tuple[Results, dict[str, dict[str, int]]]:
+    parquet = work / f"scored-{size}"
+    if not parquet.exists():
+        print(f"generating {size:,} scored rows", flush=True)
+        subprocess.run([sys.executable, __file__, "--generate", str(size), str(parquet)], check=True)
+    for _ in _chunks(parquet):  # warm up: file cache and Arrow's memory pool, so neither loader pays them
+        pass
+    results: Results = {name: {"first": [], "rerun": []} for name in LOADERS}
+    for run in range(repeats):
+        for name, loader in LOADERS.items():
+            db = work / f"{name}-{size}.db"
+            remove_db(db)
+            first = timed(loader, db, parquet, size)
+            rerun = timed(loader, db, parquet, size)
+            check(db, size)
+            results[name]["first"].append(first)
+            results[name]["rerun"].append(rerun)
+            print(f"  {size:>9,} rows  run {run + 1}  {name}: first load {first['seconds']:6.2f} s "
+                  f"(cpu {first['cpu']:.2f}), rerun {rerun['seconds']:6.2f} s (cpu {rerun['cpu']:.2f}), "
+                  f"db {db.stat().st_size / 2**20:,.0f} MiB", flush=True)
+            remove_db(db)
+    return results, {name: peak_rss(name, parquet, work / f"rss-{name}.db") for name in LOADERS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, help="where the Parquet and databases go (default: a temp dir)")
+    parser.add_argument("--generate", nargs=2, metavar=("ROWS", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--rss-of", nargs=3, metavar=("LOADER", "PARQUET", "DB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.generate:
+        write_scored(Path(args.generate[1]), int(args.generate[0]))
+        return
+    if args.rss_of:
+        rss_child(args.rss_of[0], Path(args.rss_of[1]), Path(args.rss_of[2]))
+        return
+
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+        table = {size: bench(size, work, args.repeats) for size in args.sizes}
+        print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
+
+    median = statistics.median
+    print(f"\nmedian of {args.repeats} runs: rows/s, seconds (cpu seconds)")
+    for size, (results, rss) in table.items():
+        rate = {}
+        for name, phases in results.items():
+            for phase, runs in phases.items():
+                seconds = median(r["seconds"] for r in runs)
+                rate[name, phase] = size / seconds
+                print(f"{size:>9,} {name:3} {phase:5}: {size / seconds:>10,.0f} rows/s  {seconds:6.2f} s "
+                      f"(cpu {median(r['cpu'] for r in runs):.2f} s)")
+        for name, mem in rss.items():
+            print(f"{size:>9,} {name:3} loader peak RSS {mem['peak'] / 2**20:,.0f} MiB "
+                  f"({mem['before'] / 2**20:,.0f} MiB before loading)")
+        print(f"{size:>9,} new/old: first load {rate['new', 'first'] / rate['old', 'first']:.1f}x, "
+              f"rerun {rate['new', 'rerun'] / rate['old', 'rerun']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
