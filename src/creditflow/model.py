@@ -166,8 +166,8 @@ class Scoring:
         if self.codes_as_json:
             texts = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
             return pd.Series(texts[per_row], dtype=object)
-        pool = [[], *named]
-        return pd.Series([list(pool[i]) for i in per_row.tolist()], dtype=object)
+        pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
+        return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
 
 
 def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
