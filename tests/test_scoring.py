@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,9 +18,16 @@ import pyarrow.dataset as pads
 import pytest
 
 from conftest import VENV_BIN, small_experiment, subprocess_env
+from creditflow import scoring
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
-from creditflow.predictions import PredictionNotFound, PredictionTable, default_table_url, parquet_rows
+from creditflow.predictions import (
+    PredictionNotFound,
+    PredictionTable,
+    TableError,
+    default_table_url,
+    parquet_rows,
+)
 from creditflow.scoring import (
     BatchError,
     breaks_a_rule,
@@ -216,6 +224,53 @@ def test_the_production_profile_loads_postgresql(spark, model: TrainingOutcome, 
     batch = partition(tmp_path / "out", "scored", "pg").set_index("applicant_id").loc["1040"]
     assert stored["probability"] == batch.probability and stored["reason_codes"] == list(batch.reason_codes)
     assert not (tmp_path / "out" / "predictions.db").exists()
+
+
+@pytest.mark.spark
+def test_table_loading_overlaps_scoring_and_either_failing_publishes_nothing(
+        spark, model: TrainingOutcome, small_data: CreditData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    applicants(small_data, 80).to_parquet(tmp_path / "first.parquet", index=False)
+    applicants(small_data, 3000, first_id=20_000).to_parquet(tmp_path / "second.parquet", index=False,
+                                                              row_group_size=500)
+    score_batch(spark, CHAMPION, tmp_path / "first.parquet", out, batch_id="b")
+    loaded_while_scoring: list[bool] = []
+    real_load, real_write = scoring._load_table, scoring._write_scored
+
+    def spying_load(plan, files, *args):  # notes, for each file taken, whether Spark was still at work
+        def watched():
+            for file in files:
+                loaded_while_scoring.append(not (file.parent / "_SUCCESS").exists())
+                yield file
+        return real_load(plan, watched(), *args)
+
+    def failing_write(*args):  # Spark writes every file (the loader takes them all), then the job fails
+        real_write(*args)
+        raise BatchError("scoring failed: a worker died")
+
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")  # several tasks, so several files to take
+    try:
+        monkeypatch.setattr(scoring, "_load_table", spying_load)
+        monkeypatch.setattr(scoring, "POLL_SECONDS", 0.05)
+        result = score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="overlap")
+        assert result.rows_scored == PredictionTable(default_table_url(out)).count("overlap") == 3000
+        assert len(loaded_while_scoring) > 1 and any(loaded_while_scoring), "the loader waited for the whole job"
+
+        monkeypatch.setattr(scoring, "_write_scored", failing_write)
+        with pytest.raises(BatchError, match="a worker died"):
+            score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="b")
+        monkeypatch.setattr(scoring, "_write_scored", real_write)
+        with sqlite3.connect(tmp_path / "old.db") as old:  # the table refuses to load: Spark is stopped too
+            old.execute("CREATE TABLE predictions (applicant_id TEXT)")
+        with pytest.raises(TableError, match="old layout"):
+            score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="b",
+                        table=f"sqlite:///{tmp_path / 'old.db'}")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    table = PredictionTable(default_table_url(out))
+    assert table.count("b") == 80 and parquet_rows(out / "scored" / "batch_id=b") == 80  # the first batch, whole
+    assert not list((out / "_staging").iterdir())
+    assert score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="b").rows_scored == 3000
 
 
 @pytest.mark.spark

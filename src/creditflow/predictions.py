@@ -21,7 +21,7 @@ import json
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,15 @@ class PredictionTable:
             raise TableError(f"{self._safe_url()} has the old layout (a table named '{TABLE}', not the view over "
                              f"{ROWS} and {BATCHES}): write to a new database, or rename or drop that table")
 
-    def replace_batch(self, batch_id: str, parquet: Path, lineage: dict[str, str],
-                      progress: Progress | None = None) -> int:
-        """Replace a batch's rows with those of a Parquet directory, in one transaction; return the rows."""
-        total = parquet_rows(parquet)
+    def replace_batch(self, batch_id: str, parquet: Path | Iterable[Path], lineage: dict[str, str],
+                      progress: Progress | None = None, before_commit: Callable[[int], None] | None = None) -> int:
+        """Replace a batch's rows with those of a Parquet directory, in one transaction; return the rows.
+
+        `parquet` may also be an iterable of Parquet files, read as it yields them (files still being
+        written by a running job, see `scoring`); progress then reports a total of 0 (unknown).
+        `before_commit(rows loaded)` may raise to roll the whole batch back.
+        """
+        total = parquet_rows(parquet) if isinstance(parquet, Path) else 0
         conn = self._connect(create=True)
         d, mark = self.dialect, self.dialect.mark
         try:
@@ -215,7 +220,8 @@ class PredictionTable:
                 cur.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {ROWS}")
                 first = int(cur.fetchone()[0]) + 1
             loaded = 0
-            for chunk in _chunks(parquet):
+            files = sorted(parquet.rglob("*.parquet")) if isinstance(parquet, Path) else parquet
+            for chunk in _chunks(files):
                 (self._insert_sqlite if d is SQLITE else self._insert_postgres)(cur, chunk, key)
                 loaded += chunk.num_rows
                 if progress:
@@ -229,6 +235,8 @@ class PredictionTable:
                                      f"rowids {span} do not match the {loaded} rows inserted")
             cur.execute(f"UPDATE {BATCHES} SET rows = {mark}, first_row = {mark}, last_row = {mark} "
                         f"WHERE batch_key = {mark}", (loaded, *span, key))
+            if before_commit:
+                before_commit(loaded)
             cur.execute("COMMIT")
             return loaded
         except (sqlite3.Error, _pg_error()) as exc:
@@ -322,10 +330,10 @@ def _iso(value: Any) -> str:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else str(value)
 
 
-def _chunks(parquet: Path) -> Iterator[pa.Table]:
+def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
     """The scored rows, LOAD_ROWS at a time, one file and row group after another (no read-ahead)."""
     columns = ["applicant_id", "probability", "decision", "reason_codes"]
-    for path in sorted(parquet.rglob("*.parquet")):
+    for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=LOAD_ROWS, columns=columns):
             yield pa.Table.from_batches([batch])
 

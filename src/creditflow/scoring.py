@@ -15,7 +15,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -56,6 +56,7 @@ BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
 ROW_GROUP_BYTES = str(16 * 2**20)  # row groups of the scored Parquet: what the table loader holds at once
 HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
+POLL_SECONDS = 0.5  # how often the table loader looks for scored files of finished tasks
 
 
 class BatchError(CreditflowError):
@@ -70,7 +71,7 @@ class SparkConfig(BaseModel):
     master: str = "local[*]"
     arrow_batch_rows: int = Field(100_000, gt=0)
     max_partition_bytes: str = "16m"
-    driver_memory: str = "2g"
+    driver_memory: str = "1g"
     python: str = ""
     progress_seconds: float = Field(5.0, gt=0)
     conf: dict[str, str] = {}
@@ -87,6 +88,8 @@ class SparkConfig(BaseModel):
             "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
             "spark.sql.files.maxPartitionBytes": self.max_partition_bytes,
             "spark.driver.memory": self.driver_memory,
+            # each task's output moves into place when the task ends: the table loader takes it from there
+            "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
             **self.conf,
         }
 
@@ -476,12 +479,10 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     try:
         print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
         quarantined = _write_quarantine(checked, reason, stage / QUARANTINE_DIR)
-        scored = _write_scored(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage / SCORED_DIR,
-                               rows_in - quarantined, progress_seconds)
-        if scored + quarantined != rows_in:
-            raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored and {quarantined} "
-                             "quarantined; nothing published")
-        _publish(plan, stage, scored, progress_seconds)
+        scored = _score_and_load(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage,
+                                 (rows_in, quarantined), progress_seconds)
+        for name in (SCORED_DIR, QUARANTINE_DIR):  # the SQL rows are committed: now the Parquet partitions
+            publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return BatchResult(plan.batch_id, plan.model.uri, rows_in, scored, quarantined, time.perf_counter() - start,
@@ -536,23 +537,75 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     return rows
 
 
-def _publish(plan: BatchPlan, stage: Path, scored: int, progress_seconds: float) -> None:
-    """SQL rows first (one transaction), then the Parquet partitions (directory renames)."""
+def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path,
+                    counts: tuple[int, int], progress_seconds: float) -> int:
+    """Score on Spark and load the SQL table at the same time; return the rows scored.
+
+    Spark's output committer (algorithm 2) moves each task's file into the staging directory when the
+    task ends, so the loader takes files while later tasks still score. The SQL transaction commits
+    only once Spark has finished and rows in = scored + quarantined; any failure rolls it back.
+    """
+    rows_in, quarantined = counts
+    path, group = stage / SCORED_DIR, f"score-{plan.batch_id}"
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def score() -> None:
+        try:
+            outcome["rows"] = _write_scored(spark, checked, plan, path, rows_in - quarantined, progress_seconds)
+        except BaseException as exc:  # handed to the loading thread, which raises it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    def verify(loaded: int) -> None:
+        scored = outcome["rows"]
+        if scored + quarantined != rows_in or loaded != scored:
+            raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored, {quarantined} "
+                             f"quarantined and {loaded} loaded into the table; nothing published")
+
+    thread = threading.Thread(target=score, name="batch-scoring", daemon=True)
+    thread.start()
+    try:
+        _load_table(plan, _committed_files(path, finished, outcome), rows_in - quarantined, progress_seconds, verify)
+    finally:
+        if thread.is_alive():  # the loader failed: stop scoring too
+            spark.sparkContext.cancelJobGroup(group)
+        thread.join()
+    return outcome["rows"]
+
+
+def _committed_files(path: Path, finished: threading.Event, outcome: dict[str, Any]) -> Iterator[Path]:
+    """The scored Parquet files as their tasks commit them, until the Spark job has ended (or failed)."""
+    seen: set[Path] = set()
+    while True:
+        ended = finished.wait(POLL_SECONDS)
+        if "error" in outcome:
+            raise outcome["error"]
+        for file in sorted(path.glob("*.parquet")) if path.is_dir() else []:
+            if file not in seen:
+                seen.add(file)
+                yield file
+        if ended:
+            return
+
+
+def _load_table(plan: BatchPlan, files: Iterator[Path], expected: int, progress_seconds: float,
+                verify: Callable[[int], None]) -> None:
+    """The batch's SQL rows in one transaction, with progress lines."""
     lineage = {**plan.model.lineage, "scored_at": plan.scored_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
     table = PredictionTable(plan.table_url)
     started = last = time.perf_counter()
 
-    def report(done: int, total: int) -> None:
+    def report(done: int, _: int) -> None:
         nonlocal last
-        if time.perf_counter() - last >= progress_seconds and done < total:
+        if time.perf_counter() - last >= progress_seconds and done < expected:
             last = time.perf_counter()
-            print(f"[table] {done:,} of {total:,} rows loaded, {done / (last - started):,.0f} rows/s", flush=True)
+            print(f"[table] {done:,} of {expected:,} rows loaded, {done / (last - started):,.0f} rows/s", flush=True)
 
-    table.replace_batch(plan.batch_id, stage / SCORED_DIR, lineage, report)
-    print(f"[table] batch {plan.batch_id}: {scored:,} rows in {safe_url(table.url)} "
-          f"({time.perf_counter() - started:.1f} s)", flush=True)
-    for name in (SCORED_DIR, QUARANTINE_DIR):
-        publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
+    loaded = table.replace_batch(plan.batch_id, files, lineage, report, verify)
+    print(f"[table] batch {plan.batch_id}: {loaded:,} rows in {safe_url(table.url)} "
+          f"({time.perf_counter() - started:.1f} s from the start of scoring)", flush=True)
 
 
 @contextmanager
