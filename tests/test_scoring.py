@@ -128,6 +128,8 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
     result = score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="parity",
                          progress_seconds=1)
     assert (result.rows_in, result.rows_scored, result.rows_quarantined) == (300, 300, 0)
+    clean = partition(tmp_path / "out", "quarantine", "parity")  # no second pass, but the partition is there
+    assert clean.empty and list(clean.columns) == [*frame.columns, "reason"]
 
     batch = partition(tmp_path / "out", "scored", "parity").set_index("applicant_id").loc[frame.Id.astype(str)]
     online_model = mlflow.pyfunc.load_model(CHAMPION)  # what `mlflow models serve` loads

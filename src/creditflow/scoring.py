@@ -478,9 +478,9 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     stage = staging_dir(plan.output, plan.batch_id)
     try:
         print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
-        quarantined = _write_quarantine(checked, reason, stage / QUARANTINE_DIR)
-        scored = _score_and_load(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage,
-                                 (rows_in, quarantined), progress_seconds)
+        scored, quarantined = _score_and_load(
+            spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage, rows_in,
+            lambda needed: _write_quarantine(checked, reason, stage / QUARANTINE_DIR, needed), progress_seconds)
         for name in (SCORED_DIR, QUARANTINE_DIR):  # the SQL rows are committed: now the Parquet partitions
             publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
     finally:
@@ -490,13 +490,22 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
                        partition_dir(plan.output / QUARANTINE_DIR, plan.batch_id), plan.table_url)
 
 
-def _write_quarantine(checked: DataFrame, reason: Column, path: Path) -> int:
-    """Rows breaking a value rule, as read, with the rule; a JVM-only pass (no model, no Python)."""
+def _write_quarantine(checked: DataFrame, reason: Column, path: Path, needed: bool) -> int:
+    """Rows breaking a value rule, as read, with the rule; a JVM-only pass (no model, no Python).
+
+    Not `needed` when every row was scored: then none broke a rule, and the input is not read again.
+    """
     from pyspark.sql import functions as F
 
     bad = checked.filter(F.col(BROKEN)).withColumn("reason", reason).drop(BROKEN)
-    with _spark_errors("quarantine"):
-        bad.write.mode("overwrite").parquet(str(path))
+    if needed:
+        with _spark_errors("quarantine"):
+            bad.write.mode("overwrite").parquet(str(path))
+    else:  # an empty file with the columns, as Spark writes for no rows: readers see an empty partition
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        path.mkdir(parents=True)
+        pq.write_table(to_arrow_schema(bad.schema).empty_table(), path / "part-00000-empty.parquet")
     rows = parquet_rows(path)
     print(f"[quarantine] {rows:,} rows broke the dataset spec's value rules", flush=True)
     return rows
@@ -537,22 +546,22 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     return rows
 
 
-def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path,
-                    counts: tuple[int, int], progress_seconds: float) -> int:
-    """Score on Spark and load the SQL table at the same time; return the rows scored.
+def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path, rows_in: int,
+                    quarantine: Callable[[bool], int], progress_seconds: float) -> tuple[int, int]:
+    """Score on Spark and load the SQL table at the same time; return the rows scored and quarantined.
 
     Spark's output committer (algorithm 2) moves each task's file into the staging directory when the
-    task ends, so the loader takes files while later tasks still score. The SQL transaction commits
-    only once Spark has finished and rows in = scored + quarantined; any failure rolls it back.
+    task ends, so the loader takes files while later tasks still score. Rows that break a rule are
+    written out after scoring, when fewer rows were scored than came in. The SQL transaction commits
+    only once both are done and rows in = scored + quarantined; any failure rolls it back.
     """
-    rows_in, quarantined = counts
     path, group = stage / SCORED_DIR, f"score-{plan.batch_id}"
     outcome: dict[str, Any] = {}
     finished = threading.Event()
 
     def score() -> None:
         try:
-            outcome["rows"] = _write_scored(spark, checked, plan, path, rows_in - quarantined, progress_seconds)
+            outcome["rows"] = _write_scored(spark, checked, plan, path, rows_in, progress_seconds)
         except BaseException as exc:  # handed to the loading thread, which raises it
             outcome["error"] = exc
         finally:
@@ -560,6 +569,7 @@ def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, st
 
     def verify(loaded: int) -> None:
         scored = outcome["rows"]
+        quarantined = outcome["quarantined"] = quarantine(scored < rows_in)
         if scored + quarantined != rows_in or loaded != scored:
             raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored, {quarantined} "
                              f"quarantined and {loaded} loaded into the table; nothing published")
@@ -567,12 +577,12 @@ def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, st
     thread = threading.Thread(target=score, name="batch-scoring", daemon=True)
     thread.start()
     try:
-        _load_table(plan, _committed_files(path, finished, outcome), rows_in - quarantined, progress_seconds, verify)
+        _load_table(plan, _committed_files(path, finished, outcome), rows_in, progress_seconds, verify)
     finally:
         if thread.is_alive():  # the loader failed: stop scoring too
             spark.sparkContext.cancelJobGroup(group)
         thread.join()
-    return outcome["rows"]
+    return outcome["rows"], outcome["quarantined"]
 
 
 def _committed_files(path: Path, finished: threading.Event, outcome: dict[str, Any]) -> Iterator[Path]:
