@@ -178,6 +178,18 @@ def test_rule_breakers_go_to_quarantine_and_counts_add_up(spark, model: Training
 
 
 @pytest.mark.spark
+def test_a_row_breaking_two_rules_is_quarantined_under_the_rule_online_names(
+        spark, model: TrainingOutcome, small_data: CreditData, small_spec: DatasetSpec, tmp_path: Path) -> None:
+    frame = applicants(small_data, 3)
+    frame.loc[0, ["age", "DebtRatio"]] = [-4.0, -1.0]  # age comes first in the spec, DebtRatio first alphabetically
+    frame.to_parquet(tmp_path / "in.parquet", index=False)
+    online = rule_violations(frame.drop(columns="Id"), small_spec).iloc[0]
+    assert online == "age below 0"
+    score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="two")
+    assert list(partition(tmp_path / "out", "quarantine", "two").reason) == [online]
+
+
+@pytest.mark.spark
 def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data: CreditData, tmp_path: Path) -> None:
     out = tmp_path / "out"
     applicants(small_data, 200).to_parquet(tmp_path / "a.parquet", index=False)

@@ -35,7 +35,7 @@ from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from creditflow.fastpath import FastScorer, NotCompilable, compile_scorer, reason_sets
-from creditflow.specs import DatasetSpec, ExperimentSpec
+from creditflow.specs import DatasetSpec, ExperimentSpec, spec_from_config
 from creditflow.validation import BadRequest, RuleCheck, applicant_matrix, check_rules
 
 logger = logging.getLogger(__name__)
@@ -84,13 +84,6 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "raw_columns": ds.raw_columns,  # MLflow stores the config with sorted keys: this keeps the order
         "shap_reference": reference,
     }
-
-
-def spec_from_config(config: dict[str, Any]) -> DatasetSpec:
-    """The dataset spec a model was trained with, its columns in signature order."""
-    ds = DatasetSpec.model_validate(config["dataset_spec"])
-    order = config.get("raw_columns") or ds.raw_columns
-    return ds.model_copy(update={"columns": {raw: ds.columns[raw] for raw in order}})
 
 
 def input_schema(ds: DatasetSpec) -> Schema:

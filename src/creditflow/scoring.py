@@ -41,7 +41,7 @@ from creditflow.predictions import (
     safe_url,
     staging_dir,
 )
-from creditflow.specs import DatasetSpec
+from creditflow.specs import DatasetSpec, spec_from_config
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -187,7 +187,7 @@ def resolve_model(model_uri: str) -> ModelRef:
     inputs = info.signature.inputs
     return ModelRef(
         uri=pinned, requested=model_uri, name=name, version=version, run_id=info.run_id or "",
-        dataset=DatasetSpec.model_validate(config["dataset_spec"]),
+        dataset=spec_from_config(config),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
         json_codes="reason_codes_as" in config,
     )

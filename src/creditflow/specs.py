@@ -258,3 +258,14 @@ def load_experiment_spec(path: str | Path) -> tuple[ExperimentSpec, DatasetSpec]
     spec: ExperimentSpec = _validated(ExperimentSpec, _read_yaml(path), str(path))
     dataset_path = (path.parent / spec.dataset).resolve()
     return spec, load_dataset_spec(dataset_path)
+
+
+def spec_from_config(config: dict[str, Any]) -> DatasetSpec:
+    """The dataset spec a creditflow model carries in its config, its columns in signature order.
+
+    MLflow stores the model config with sorted keys; `raw_columns` keeps the order, which decides
+    which value rule a row breaking several is reported under.
+    """
+    ds = DatasetSpec.model_validate(config["dataset_spec"])
+    order = config.get("raw_columns") or ds.raw_columns
+    return ds.model_copy(update={"columns": {raw: ds.columns[raw] for raw in order}})
