@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,34 +311,29 @@ class RuleCheck:
             sentinels=tuple(np.asarray(c.sentinels, dtype="float64") for c in cols.values()),
         )
 
+    def _broken(self, R: np.ndarray) -> Iterator[np.ndarray]:
+        """Per column, then per check (missing, below min, above max, whole number, infinite): the rows breaking it."""
+        none = np.zeros(len(R), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            for j in range(R.shape[1]):
+                col = R[:, j]
+                missing = np.isnan(col)
+                allowed = np.isin(col, self.sentinels[j]) if len(self.sentinels[j]) else none
+                yield missing if self.required[j] else none
+                yield (col < self.low[j]) & ~allowed
+                yield (col > self.high[j]) & ~allowed
+                yield ~missing & (np.remainder(col, 1) != 0) if self.whole[j] else none
+                yield np.isinf(col)
+
     def reasons(self, R: np.ndarray) -> np.ndarray:
         """Per row, the first rule it breaks ("" when none)."""
-        allowed = np.column_stack([np.isin(R[:, j], s) for j, s in enumerate(self.sentinels)])
-        with np.errstate(invalid="ignore"):
-            broken = np.stack([
-                np.isnan(R) & self.required,
-                np.less(R, self.low) & ~allowed,
-                np.greater(R, self.high) & ~allowed,
-                ~np.isnan(R) & (np.remainder(R, 1) != 0) & self.whole,
-                np.isinf(R),
-            ], axis=2).reshape(len(R), -1)
+        broken = np.column_stack(list(self._broken(R)))
         first = broken.argmax(axis=1)
         return np.where(broken.any(axis=1), self.messages[first], "")
 
     def any_broken(self, R: np.ndarray) -> bool:
-        """Whether any row breaks a rule: column-wise reductions, no per-row text (the common, clean case)."""
-        for j in range(R.shape[1]):
-            col = R[:, j]
-            with np.errstate(invalid="ignore"):
-                out = (col < self.low[j]) | (col > self.high[j])
-                if out.any() and (out & ~np.isin(col, self.sentinels[j])).any():
-                    return True
-                fraction = self.whole[j] and (np.trunc(col) != col).any()  # NaN differs from itself: look closer
-                if fraction and (np.isfinite(col) & (np.trunc(col) != col)).any():
-                    return True
-            if np.isinf(col).any() or (self.required[j] and np.isnan(col).any()):
-                return True
-        return False
+        """Whether any row breaks a rule: column by column, no per-row text (the common, clean case)."""
+        return any(rows.any() for rows in self._broken(R))
 
     def check(self, R: np.ndarray) -> None:
         """Raise BadRequest naming the first broken rule and how many applicants break one."""
