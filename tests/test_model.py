@@ -14,7 +14,7 @@ from mlflow.pyfunc import scoring_server
 
 from creditflow.data import rule_violations, split_data
 from creditflow.explain import raw_shap, reason_codes
-from creditflow.fastpath import compile_scorer, top_reasons
+from creditflow.fastpath import compile_scorer, reason_sets
 from creditflow.model import OUTPUT_COLUMNS, Scoring, ServingError, shap_reference
 from creditflow.pipeline import build_pipeline
 from creditflow.tracking import train_and_log
@@ -61,7 +61,8 @@ def test_compiled_path_equals_the_pipeline_and_its_shap(family, fitted_families,
     assert np.max(np.abs(scored.contributions - direct.values.to_numpy())) <= 1e-9
     # reason codes: the same labels as explain.reason_codes on the direct SHAP values
     labels = [small_spec.columns[c].label for c in small_spec.raw_columns]
-    assert top_reasons(scored.contributions, labels, 3) == reason_codes(direct, small_spec, 3)
+    sets, which = reason_sets(scored.contributions, 3)
+    assert [[labels[j] for j in sets[i]] for i in which] == reason_codes(direct, small_spec, 3)
 
 
 def test_compiled_preprocessing_equals_scikit_learn(fitted_logistic, small_spec) -> None:

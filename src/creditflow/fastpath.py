@@ -350,10 +350,3 @@ def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]
     else:
         sets, which = np.unique(digits, axis=0, return_inverse=True)
     return [tuple(int(d) - 1 for d in row if d) for row in sets], which.reshape(-1)
-
-
-def top_reasons(contributions: np.ndarray, labels: list[str], k: int) -> list[list[str]]:
-    """Per row, labels of the up-to-k raw columns that raise risk most (positive SHAP), largest first."""
-    sets, which = reason_sets(contributions, k)
-    named = [[labels[j] for j in columns] for columns in sets]
-    return [list(named[i]) for i in which.tolist()]
