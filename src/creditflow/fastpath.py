@@ -191,13 +191,7 @@ def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
         parts.append(([names.index(c) for c in cols], _step(transformer)))
 
     def apply(F: np.ndarray) -> np.ndarray:
-        blocks = [block(F[:, idx]) for idx, block in parts]
-        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")
-        start = 0
-        for b in blocks:
-            Z[:, start:start + b.shape[1]] = b
-            start += b.shape[1]
-        return Z
+        return np.hstack([block(F[:, idx]) for idx, block in parts])
 
     return apply
 
