@@ -119,10 +119,10 @@ def _log_trial(exp: ExperimentSpec) -> train.TrialCallback:
 def log_dataset(data: CreditData, ds: DatasetSpec) -> str:
     """Log the data set as an MLflow input (name, digest, source); return the digest."""
     frame = data.X.assign(**{ds.target.column: data.y})
-    with warnings.catch_warnings():  # MLflow's hints on integer targets and string sources do not apply here
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # MLflow's hints on integer columns and string sources do not apply here
+        warnings.simplefilter("ignore", UserWarning)  # (its schema is inferred lazily, in log_input)
         dataset = mlflow.data.from_pandas(frame, source=data.source, name=ds.name, targets=ds.target.column)
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
     return digest(frame)
 
 
