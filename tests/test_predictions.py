@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from creditflow import predictions
 from creditflow.cli import main
 from creditflow.predictions import (
     COLUMNS,
@@ -130,6 +132,34 @@ def test_a_batch_is_stored_once_and_its_rows_are_contiguous(tmp_path: Path) -> N
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
                                               "AND tbl_name = 'prediction_rows'")}
         assert indexes == {"prediction_rows_applicant_idx"}  # no batch index to maintain
+
+
+def test_ids_in_random_order_are_inserted_sorted_each_with_its_own_row(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shuffled ids go into the table in applicant order, chunk by chunk (index locality); rows keep their values."""
+    monkeypatch.setattr(predictions, "LOAD_ROWS", 1000)
+    ids = [str(i) for i in random.Random(7).sample(range(10_000), 3000)]
+    odd = [int(i) % 2 == 1 for i in ids]
+    path = tmp_path / "shuffled"
+    path.mkdir()
+    pq.write_table(pa.table({
+        "applicant_id": ids, "probability": [int(i) / 10_000 for i in ids],
+        "decision": ["decline" if o else "approve" for o in odd],
+        "reason_codes": pa.array([[f"code {i}"] if o else [] for i, o in zip(ids, odd, strict=True)],
+                                 pa.list_(pa.string())),
+    }), path / "part-00000.parquet")
+    db = tmp_path / "p.db"
+    assert PredictionTable(f"sqlite:///{db}").replace_batch("b1", path, lineage("1", "2026-01-01T00:00:00Z")) == 3000
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT applicant_id, probability, decision, reason_codes FROM prediction_rows "
+                            "ORDER BY rowid").fetchall()
+        span = conn.execute("SELECT first_row, last_row FROM prediction_batches").fetchone()
+    assert span == (1, 3000)
+    assert [r[0] for r in rows] == sorted(ids[:1000]) + sorted(ids[1000:2000]) + sorted(ids[2000:])  # per chunk
+    for applicant, probability, decision, codes in rows:
+        declined = int(applicant) % 2 == 1
+        assert probability == int(applicant) / 10_000
+        assert (decision, json.loads(codes)) == (("decline", [f"code {applicant}"]) if declined else ("approve", []))
 
 
 def test_an_empty_batch_replaces_the_old_one(tmp_path: Path) -> None:

@@ -1,13 +1,13 @@
-"""Prediction table benchmark: loading a scored batch into SQLite, old single-table layout vs the current one.
+"""Prediction table benchmark: loading a scored batch into SQLite, the former loader vs the current one.
 
 For each size, scored rows are generated as Parquet the way the batch job's Spark step leaves them
-(4 part files, 16 MB row groups; applicant ids "1".."N"; P(default) ~ Beta(1, 8); `decline` at 0.2,
-reason codes for declined rows only, as with `reason_codes_for: declined`), written chunk by chunk.
+(4 part files, 16 MB row groups; applicant ids "1".."N" in order, or shuffled with `--ids random`;
+P(default) ~ Beta(1, 8); `decline` at 0.2, reason codes for declined rows only, as with
+`reason_codes_for: declined`), written chunk by chunk.
 Then, in this one process and interleaved run by run:
-  old  the layout before the prediction_rows/prediction_batches split: one table `predictions` with
-       all 9 columns on every row, indexes on (applicant_id, scored_at) and batch_id, one INSERT per
-       row through executemany (a copy of the former loader, kept here as the baseline)
-  new  `PredictionTable.replace_batch`
+  sqlite3  the former loader: Python's sqlite3, 200-row INSERT statements of Python values, rows in
+           file order (a copy kept here as the baseline; same tables, transaction and PRAGMAs)
+  adbc     `PredictionTable.replace_batch`: ADBC ingest of Arrow columns, each chunk in applicant order
 Each run loads the batch into a fresh database (first load), then loads it again into the same
 database (rerun: the batch's rows are replaced). Medians of `--repeats` runs; also CPU seconds
 (the machine may be shared). The loader's peak resident memory is measured apart: one more load
@@ -15,6 +15,7 @@ of each kind in a fresh child process (its VmHWM, and its resident memory just b
 The Parquet is generated in a child process too.
 
     .venv/bin/python scripts/bench/table.py                          # 1M and 5M rows (~10 min)
+    .venv/bin/python scripts/bench/table.py --sizes 1000000 --ids random   # applicant ids in random order
     .venv/bin/python scripts/bench/table.py --sizes 200000 --repeats 1   # a quick look
 """
 
@@ -30,14 +31,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from creditflow.predictions import LOAD_CACHE_KB, PredictionTable, _chunks, reason_codes_json
+from creditflow.predictions import COLUMNS, LOAD_CACHE_KB, ROWS, PredictionTable, _chunks, reason_codes_json
 
 LABELS = ["Times 90+ days late", "Revolving utilization", "Debt ratio", "Age", "Monthly income",
           "Times 30-59 days late", "Open credit lines"]
@@ -49,10 +50,11 @@ ROW_GROUP_ROWS = 400_000  # about 16 MB of these columns, the batch job's row gr
 GEN_ROWS = 250_000  # rows generated at a time
 
 
-def write_scored(path: Path, rows: int, seed: int = 0) -> None:
+def write_scored(path: Path, rows: int, shuffled: bool, seed: int = 0) -> None:
     """`rows` scored rows as part files under `path`, generated GEN_ROWS at a time."""
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    ids = rng.permutation(rows) + 1 if shuffled else np.arange(1, rows + 1)
     labels = np.array(LABELS)
     per_file = -(-rows // FILES)
     for f in range(FILES):
@@ -67,7 +69,7 @@ def write_scored(path: Path, rows: int, seed: int = 0) -> None:
             picked = labels[rng.integers(0, len(LABELS), offsets[-1])]
             codes = pa.ListArray.from_arrays(pa.array(offsets), pa.array(picked))
             table = pa.table({
-                "applicant_id": pa.array(np.arange(start + 1, start + n + 1).astype(str)),
+                "applicant_id": pa.array(ids[start:start + n].astype(str)),
                 "probability": pa.array(p),
                 "decision": pa.array(np.where(declined, "decline", "approve")),
                 "reason_codes": codes,
@@ -80,49 +82,42 @@ def write_scored(path: Path, rows: int, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------- the former loader (baseline)
 
-OLD_COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes",
-               "model_name", "model_version", "run_id", "scored_at")
-OLD_DDL = [
-    "CREATE TABLE IF NOT EXISTS predictions (applicant_id TEXT NOT NULL, batch_id TEXT NOT NULL, "
-    "probability REAL NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, "
-    "model_name TEXT NOT NULL, model_version TEXT NOT NULL, run_id TEXT NOT NULL, scored_at TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS predictions_applicant_idx ON predictions (applicant_id, scored_at)",
-    "CREATE INDEX IF NOT EXISTS predictions_batch_idx ON predictions (batch_id)",
-]
+ROWS_PER_INSERT = 200
 
 
-def old_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
-    """The loader as it was: same PRAGMAs, one transaction, delete by the batch index, executemany."""
-    conn = sqlite3.connect(db, timeout=60, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA cache_size=-{LOAD_CACHE_KB}")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in OLD_DDL:
-            conn.execute(statement)
-        conn.execute("DELETE FROM predictions WHERE batch_id = ?", (batch_id,))
-        loaded = 0
-        per_batch = [lineage[k] for k in ("model_name", "model_version", "run_id", "scored_at")]
-        for chunk in _chunks(parquet):
-            n = chunk.num_rows
-            rows = zip(chunk["applicant_id"].to_pylist(), repeat(batch_id, n), chunk["probability"].to_pylist(),
-                       chunk["decision"].to_pylist(), reason_codes_json(chunk["reason_codes"]).to_pylist(),
-                       *(repeat(v, n) for v in per_batch), strict=False)
-            conn.executemany(f"INSERT INTO predictions VALUES ({', '.join('?' * len(OLD_COLUMNS))})", rows)
-            loaded += n
-        conn.execute("COMMIT")
-        return loaded
-    finally:
-        conn.close()
+class Sqlite3Table(PredictionTable):
+    """The loader as it was: Python's sqlite3, INSERTs of ROWS_PER_INSERT rows of Python values, file order."""
+
+    def _connect_loader(self) -> Any:
+        conn = sqlite3.connect(self._target, timeout=60, isolation_level=None)
+        for pragma in ("journal_mode=WAL", f"cache_size=-{LOAD_CACHE_KB}", "synchronous=NORMAL"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    @staticmethod
+    def _insert_sqlite(cur: Any, chunk: pa.Table, batch_key: int) -> None:
+        n = chunk.num_rows
+        values: list[Any] = [None] * (4 * n)
+        values[0::4] = chunk["applicant_id"].to_pylist()
+        values[1::4] = chunk["probability"].to_pylist()
+        values[2::4] = chunk["decision"].to_pylist()
+        values[3::4] = reason_codes_json(chunk["reason_codes"]).to_pylist()
+        for start in range(0, len(values), 4 * ROWS_PER_INSERT):
+            part = values[start:start + 4 * ROWS_PER_INSERT]
+            cur.execute(f"INSERT INTO {ROWS} VALUES " + ", ".join([f"(?, {batch_key}, ?, ?, ?)"] * (len(part) // 4)),
+                        part)
 
 
-def new_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
+def sqlite3_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
+    return Sqlite3Table(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
+
+
+def adbc_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
     return PredictionTable(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
 
 
-LOADERS: dict[str, Callable[[Path, str, Path, dict[str, str]], int]] = {"old": old_replace_batch,
-                                                                       "new": new_replace_batch}
+LOADERS: dict[str, Callable[[Path, str, Path, dict[str, str]], int]] = {"sqlite3": sqlite3_replace_batch,
+                                                                       "adbc": adbc_replace_batch}
 
 
 # ---------------------------------------------------------------- measuring
@@ -163,11 +158,11 @@ def timed(loader: Callable[..., int], db: Path, parquet: Path, rows: int) -> dic
 
 
 def check(db: Path, rows: int) -> None:
-    """Both layouts answer the reader's query with the same 9 columns and hold the batch once."""
+    """Both loaders leave the batch once, and the view answers the reader's query with the 9 columns."""
     with sqlite3.connect(db) as conn:
         cur = conn.execute("SELECT * FROM predictions WHERE applicant_id = ?", (str(rows // 2),))
         found = cur.fetchall()
-        assert [c[0] for c in cur.description] == list(OLD_COLUMNS), cur.description
+        assert [c[0] for c in cur.description] == list(COLUMNS), cur.description
         assert len(found) == 1 and found[0][1] == BATCH, found
         assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == rows
 
@@ -175,12 +170,12 @@ def check(db: Path, rows: int) -> None:
 Results = dict[str, dict[str, list[dict[str, float]]]]
 
 
-def bench(size: int, work: Path, repeats: int) -> tuple[Results, dict[str, dict[str, int]]]:
-    parquet = work / f"scored-{size}"
+def bench(size: int, work: Path, repeats: int, ids: str) -> tuple[Results, dict[str, dict[str, int]]]:
+    parquet = work / f"scored-{size}-{ids}"
     if not parquet.exists():
-        print(f"generating {size:,} scored rows", flush=True)
-        subprocess.run([sys.executable, __file__, "--generate", str(size), str(parquet)], check=True)
-    for _ in _chunks(parquet):  # warm up: file cache and Arrow's memory pool, so neither loader pays them
+        print(f"generating {size:,} scored rows, applicant ids {ids}", flush=True)
+        subprocess.run([sys.executable, __file__, "--generate", str(size), str(parquet), ids], check=True)
+    for _ in _chunks(sorted(parquet.glob("*.parquet"))):  # warm up: file cache, Arrow pool; neither loader pays them
         pass
     results: Results = {name: {"first": [], "rerun": []} for name in LOADERS}
     for run in range(repeats):
@@ -203,12 +198,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ids", choices=["sequential", "random"], default="sequential",
+                        help="applicant ids 1..N in order, or shuffled")
     parser.add_argument("--work", type=Path, help="where the Parquet and databases go (default: a temp dir)")
-    parser.add_argument("--generate", nargs=2, metavar=("ROWS", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--generate", nargs=3, metavar=("ROWS", "PATH", "IDS"), help=argparse.SUPPRESS)
     parser.add_argument("--rss-of", nargs=3, metavar=("LOADER", "PARQUET", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
-        write_scored(Path(args.generate[1]), int(args.generate[0]))
+        write_scored(Path(args.generate[1]), int(args.generate[0]), args.generate[2] == "random")
         return
     if args.rss_of:
         rss_child(args.rss_of[0], Path(args.rss_of[1]), Path(args.rss_of[2]))
@@ -217,24 +214,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-        table = {size: bench(size, work, args.repeats) for size in args.sizes}
+        table = {size: bench(size, work, args.repeats, args.ids) for size in args.sizes}
         print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
 
     median = statistics.median
-    print(f"\nmedian of {args.repeats} runs: rows/s, seconds (cpu seconds)")
+    print(f"\nmedian of {args.repeats} runs, applicant ids {args.ids}: rows/s, seconds (cpu seconds)")
     for size, (results, rss) in table.items():
         rate = {}
         for name, phases in results.items():
             for phase, runs in phases.items():
                 seconds = median(r["seconds"] for r in runs)
                 rate[name, phase] = size / seconds
-                print(f"{size:>9,} {name:3} {phase:5}: {size / seconds:>10,.0f} rows/s  {seconds:6.2f} s "
+                print(f"{size:>9,} {name:7} {phase:5}: {size / seconds:>10,.0f} rows/s  {seconds:6.2f} s "
                       f"(cpu {median(r['cpu'] for r in runs):.2f} s)")
         for name, mem in rss.items():
-            print(f"{size:>9,} {name:3} loader peak RSS {mem['peak'] / 2**20:,.0f} MiB "
+            print(f"{size:>9,} {name:7} loader peak RSS {mem['peak'] / 2**20:,.0f} MiB "
                   f"({mem['before'] / 2**20:,.0f} MiB before loading)")
-        print(f"{size:>9,} new/old: first load {rate['new', 'first'] / rate['old', 'first']:.1f}x, "
-              f"rerun {rate['new', 'rerun'] / rate['old', 'rerun']:.1f}x")
+        print(f"{size:>9,} adbc/sqlite3: first load {rate['adbc', 'first'] / rate['sqlite3', 'first']:.2f}x, "
+              f"rerun {rate['adbc', 'rerun'] / rate['sqlite3', 'rerun']:.2f}x")
 
 
 if __name__ == "__main__":

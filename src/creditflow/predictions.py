@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes"
            "model_name", "model_version", "run_id", "scored_at")
 PER_BATCH = ("model_name", "model_version", "run_id", "scored_at")  # one value for a whole batch
 LOAD_ROWS = 100_000  # rows per insert chunk: bounds the loader's memory
-ROWS_PER_INSERT = 200  # rows per SQLite INSERT statement
+BUSY_MS = 60_000  # how long a loader waits for another writer's lock
 LOAD_CACHE_KB = 65_536  # SQLite page cache of the loading connection: a fixed bound, reached by any big batch
 UNSAFE_FOR_JSON_JOIN = r'["\\\x00-\x1f]'
 
@@ -134,10 +135,6 @@ def _ddl(d: Dialect) -> list[str]:
             f"CREATE OR REPLACE VIEW {view}"]
 
 
-def _sqlite_insert(batch_key: int, rows: int) -> str:
-    return f"INSERT INTO {ROWS} VALUES " + ", ".join([f"(?, {int(batch_key)}, ?, ?, ?)"] * rows)
-
-
 class PredictionTable:
     """The SQL prediction table behind a URL: `sqlite:///path.db` or `postgresql://user@host:port/db`."""
 
@@ -156,7 +153,7 @@ class PredictionTable:
         try:
             if self.dialect is SQLITE:
                 Path(self._target).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self._target, timeout=60, isolation_level=None)
+                conn = sqlite3.connect(self._target, timeout=BUSY_MS / 1000, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")  # readers keep seeing the old batch while one loads
                 return conn
             import psycopg2
@@ -165,6 +162,23 @@ class PredictionTable:
             conn.autocommit = True  # transactions are explicit: BEGIN ... COMMIT
             return conn
         except Exception as exc:  # sqlite3.Error, psycopg2.Error, OSError: all mean "cannot open"
+            raise TableError(f"cannot open prediction table {self._safe_url()}: {str(exc).splitlines()[0]}") from None
+
+    def _connect_loader(self) -> Any:
+        """The connection a batch is loaded through: ADBC for SQLite (binds Arrow columns in C), else `_connect`."""
+        if self.dialect is not SQLITE:
+            return self._connect(create=True)
+        import adbc_driver_sqlite.dbapi
+
+        try:
+            Path(self._target).parent.mkdir(parents=True, exist_ok=True)
+            conn = adbc_driver_sqlite.dbapi.connect(self._target, autocommit=True)  # transactions: BEGIN ... COMMIT
+            with closing(conn.cursor()) as cur:  # WAL: readers see the old batch; atomic, fsync at checkpoints
+                for pragma in (f"busy_timeout={BUSY_MS}", "journal_mode=WAL", f"cache_size=-{LOAD_CACHE_KB}",
+                               "synchronous=NORMAL"):
+                    cur.execute(f"PRAGMA {pragma}")
+            return conn
+        except Exception as exc:  # adbc_driver_manager.Error, OSError: both mean "cannot open"
             raise TableError(f"cannot open prediction table {self._safe_url()}: {str(exc).splitlines()[0]}") from None
 
     def _safe_url(self) -> str:
@@ -191,13 +205,10 @@ class PredictionTable:
         `before_commit(rows loaded)` may raise to roll the whole batch back.
         """
         total = parquet_rows(parquet) if isinstance(parquet, Path) else 0
-        conn = self._connect(create=True)
+        conn = self._connect_loader()
         d, mark = self.dialect, self.dialect.mark
+        cur = conn.cursor()
         try:
-            cur = conn.cursor()
-            if d is SQLITE:
-                cur.execute(f"PRAGMA cache_size=-{LOAD_CACHE_KB}")  # index pages stay in memory while loading
-                cur.execute("PRAGMA synchronous=NORMAL")  # WAL: atomic and never corrupt; fsync at checkpoints
             cur.execute("BEGIN IMMEDIATE" if d is SQLITE else "BEGIN")  # SQLite: the only writer from here on
             self._check_layout(cur)
             for statement in _ddl(d):
@@ -239,37 +250,28 @@ class PredictionTable:
                 before_commit(loaded)
             cur.execute("COMMIT")
             return loaded
-        except (sqlite3.Error, _pg_error()) as exc:
+        except (sqlite3.Error, _pg_error(), _adbc_error()) as exc:
             raise TableError(f"could not write batch {batch_id} to {self._safe_url()}: "
                              f"{str(exc).splitlines()[0]}") from None
         finally:
+            cur.close()
             conn.close()  # without COMMIT: rolled back
 
     @staticmethod
     def _insert_sqlite(cur: Any, chunk: pa.Table, batch_key: int) -> None:
-        """INSERTs of ROWS_PER_INSERT rows each (one statement a row costs more than the row itself)."""
-        n = chunk.num_rows
-        values: list[Any] = [None] * (4 * n)  # row after row: applicant_id, probability, decision, reason_codes
-        values[0::4] = chunk["applicant_id"].to_pylist()
-        values[1::4] = chunk["probability"].to_pylist()
-        values[2::4] = chunk["decision"].to_pylist()
-        values[3::4] = reason_codes_json(chunk["reason_codes"]).to_pylist()
-        step = 4 * ROWS_PER_INSERT
-        whole = n // ROWS_PER_INSERT * step
-        if whole:
-            statement = _sqlite_insert(batch_key, ROWS_PER_INSERT)
-            for start in range(0, whole, step):
-                cur.execute(statement, values[start:start + step])
-        if whole < len(values):
-            cur.execute(_sqlite_insert(batch_key, (len(values) - whole) // 4), values[whole:])
+        """One ADBC ingest a chunk; ids in random order are sorted first, so the applicant index fills page by page.
+
+        Random ids inserted as they come cost 3x more (index page churn); sorting costs ~25 ms per
+        100,000 rows, and is skipped for ids that already mostly ascend (sequential ids: 9% slower sorted).
+        """
+        ids = chunk["applicant_id"]
+        if chunk.num_rows > 1 and pc.sum(pc.less(ids[1:], ids[:-1])).as_py() > chunk.num_rows // 10:
+            chunk = chunk.take(pc.sort_indices(ids))
+        cur.adbc_ingest(ROWS, _table_rows(chunk, batch_key), mode="append")
 
     @staticmethod
     def _insert_postgres(cur: Any, chunk: pa.Table, batch_key: int) -> None:
-        table = pa.table({
-            "applicant_id": chunk["applicant_id"], "batch_key": pa.array([batch_key] * chunk.num_rows, pa.int64()),
-            "probability": chunk["probability"], "decision": chunk["decision"],
-            "reason_codes": reason_codes_json(chunk["reason_codes"]),
-        })
+        table = _table_rows(chunk, batch_key)
         buffer = io.BytesIO()
         pacsv.write_csv(table, buffer)
         buffer.seek(0)
@@ -326,8 +328,24 @@ def _pg_error() -> type[Exception]:
         return sqlite3.Error
 
 
+def _adbc_error() -> type[Exception]:
+    """ADBC's base error (the SQLite loader's driver), imported only when a batch is loaded."""
+    import adbc_driver_manager
+
+    return adbc_driver_manager.Error
+
+
 def _iso(value: Any) -> str:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else str(value)
+
+
+def _table_rows(chunk: pa.Table, batch_key: int) -> pa.Table:
+    """Scored rows as prediction_rows holds them: the batch's key on each, reason codes as JSON text."""
+    return pa.table({
+        "applicant_id": chunk["applicant_id"], "batch_key": pa.repeat(pa.scalar(batch_key, pa.int64()), chunk.num_rows),
+        "probability": chunk["probability"], "decision": chunk["decision"],
+        "reason_codes": reason_codes_json(chunk["reason_codes"]),
+    })
 
 
 def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
