@@ -14,7 +14,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import VENV_BIN, small_experiment, subprocess_env
@@ -146,6 +148,14 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
 
     assert set(batch.model_name) == {"credit-default"} and set(batch.model_version) == {model.registered_version}
     assert set(batch.run_id) == {model.run_id} and batch.scored_at.notna().all()
+    part_file = max((tmp_path / "out" / "scored" / "batch_id=parity").glob("*.parquet"), key=lambda f: f.stat().st_size)
+    written = pq.ParquetFile(part_file)
+    assert written.schema_arrow.field("scored_at").type == pa.timestamp("us", tz="UTC")  # not INT96
+    group = written.metadata.row_group(0)
+    stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(group.num_columns)}
+    ids = pq.read_table(part_file, columns=["applicant_id"])["applicant_id"]
+    assert (stats["applicant_id"].min, stats["applicant_id"].max) == (min(ids.to_pylist()), max(ids.to_pylist()))
+    assert stats["probability"] is None and stats["model_version"] is None  # no readers' filter: not kept
     stored = PredictionTable(result.table_url).get_latest("1007")
     assert stored["probability"] == pytest.approx(batch.loc["1007"].probability, rel=1e-15)
     assert stored["reason_codes"] == list(batch.loc["1007"].reason_codes)

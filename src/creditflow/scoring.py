@@ -55,6 +55,9 @@ NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing 
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
 ROW_GROUP_BYTES = str(16 * 2**20)  # row groups of the scored Parquet: what the table loader holds at once
+STATS_KEPT = ("applicant_id",)  # scored Parquet columns with min/max statistics: the one readers filter row groups by
+SCORED_COLUMNS = ("applicant_id", "probability", "decision", "reason_codes.list.element",
+                  "model_name", "model_version", "run_id", "scored_at")
 HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
 POLL_SECONDS = 0.5  # how often the table loader looks for scored files of finished tasks
 
@@ -82,6 +85,7 @@ class SparkConfig(BaseModel):
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.session.timeZone": "UTC",
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # not the deprecated INT96
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
             # Spark 4 hands pandas UDFs the Parquet reader's 4,096-row batches unless this is off
@@ -363,7 +367,9 @@ def model_inputs(df: DataFrame, model: ModelRef) -> dict[str, Column]:
         if name not in df.columns:
             out[name] = F.lit(None).cast("string" if categorical else "double")
         else:
-            out[name] = _col(name).cast("string") if categorical else _number(df, name)
+            # NaN and null both reach pandas as NaN: only text cells need `_number`'s parsing
+            out[name] = _col(name).cast("string") if categorical else _number(df, name) if _is_text(df, name) \
+                else _col(name).cast("double")
     return out
 
 
@@ -540,10 +546,16 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
                            F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
     with _spark_errors("scoring"), _progress(spark, f"score-{plan.batch_id}", expected, progress_seconds):
-        scored.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES).parquet(str(path))
+        scored.write.mode("overwrite").options(**_parquet_options()).parquet(str(path))
     rows, seconds = parquet_rows(path), time.perf_counter() - started
     print(f"[score] {rows:,} rows scored in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s)", flush=True)
     return rows
+
+
+def _parquet_options() -> dict[str, str]:
+    """Row group size, and statistics only where a reader can use them: each value costs the writer a compare."""
+    return {"parquet.block.size": ROW_GROUP_BYTES, "parquet.size.statistics.enabled": "false",
+            **{f"parquet.column.statistics.enabled#{c}": "false" for c in SCORED_COLUMNS if c not in STATS_KEPT}}
 
 
 def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path, rows_in: int,
