@@ -184,15 +184,16 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> dict[str, float]:
     """CPU time (user + system) of this process, its JVM and the Python workers: robust on a busy machine."""
     import os
 
-    total = 0.0
-    for pid, _, _ in _tree(os.getpid()):
+    total = {"driver": 0.0, "jvm": 0.0, "workers": 0.0}
+    for pid, depth, name in _tree(os.getpid()):
+        kind = "driver" if depth == 0 else "jvm" if name == "java" else "workers"
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             pass
     return total
@@ -205,10 +206,12 @@ def _timed(fn, repeats: int) -> dict:
             start, cpu_start = time.perf_counter(), _cpu_seconds()
             fn()
             seconds.append(time.perf_counter() - start)
-            cpu.append(_cpu_seconds() - cpu_start)
+            cpu_end = _cpu_seconds()
+            cpu.append({k: cpu_end[k] - cpu_start[k] for k in cpu_end})
     warm = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    warm_cpu = statistics.median(cpu[1:]) if len(cpu) > 1 else cpu[0]
-    return {"cold_s": seconds[0], "warm_s": warm, "warm_cpu_s": warm_cpu, "memory_mb": memory.peaks}
+    warm_cpu = {k: statistics.median(c[k] for c in (cpu[1:] or cpu)) for k in cpu[0]}
+    return {"cold_s": seconds[0], "warm_s": warm, "warm_cpu_s": sum(warm_cpu.values()), "warm_cpu": warm_cpu,
+            "memory_mb": memory.peaks}
 
 
 def _passthrough_udf():
@@ -275,9 +278,14 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
 # ---------------------------------------------------------------- report
 
 
+def _split(cpu: dict[str, float]) -> str:
+    return "/".join(f"{cpu[k]:.1f}" for k in ("driver", "jvm", "workers")) if cpu else ""
+
+
 def report(sizes: list[int], families: list[str], runs: dict) -> None:
     print("\nrows/s (warm = median after the first run; cold = first run); peak MB driver/JVM/workers")
-    print(f"{'size':>10} {'what':<18} {'cold s':>8} {'warm s':>8} {'rows/s':>12}  {'peak MB':>20} {'CPU s':>7}")
+    print(f"{'size':>10} {'what':<18} {'cold s':>8} {'warm s':>8} {'rows/s':>12}  {'peak MB':>20} {'CPU s':>7}"
+          f"  {'CPU s driver/JVM/workers':>24}")
     for size in sizes:
         spark, inproc = runs[size]["spark"], runs[size]["inproc"]
         print(f"{size:>10,} {'spark start-up':<18} {spark['spark_start_s']:>8.1f}")
@@ -292,7 +300,7 @@ def report(sizes: list[int], families: list[str], runs: dict) -> None:
                 r, m = spark[key], spark[key]["memory_mb"]
                 mem = f"{m['driver']:.0f}/{m['jvm']:.0f}/{m['workers']:.0f}"
                 print(f"{size:>10,} {key:<18} {r['cold_s']:>8.1f} {r['warm_s']:>8.1f} {size / r['warm_s']:>12,.0f}  "
-                      f"{mem:>20} {r['warm_cpu_s']:>7.1f}")
+                      f"{mem:>20} {r['warm_cpu_s']:>7.1f}  {_split(r.get('warm_cpu', {})):>24}")
         for family in families:
             job = spark.get(f"job_{family}")
             if job:
