@@ -366,10 +366,12 @@ def model_inputs(df: DataFrame, model: ModelRef) -> dict[str, Column]:
         categorical = model.dataset.columns[name].group == "categorical"
         if name not in df.columns:
             out[name] = F.lit(None).cast("string" if categorical else "double")
+        elif categorical:
+            out[name] = _col(name).cast("string")
+        elif _is_text(df, name):
+            out[name] = _number(df, name)  # missing markers and numbers parsed from the text
         else:
-            # NaN and null both reach pandas as NaN: only text cells need `_number`'s parsing
-            out[name] = _col(name).cast("string") if categorical else _number(df, name) if _is_text(df, name) \
-                else _col(name).cast("double")
+            out[name] = _col(name).cast("double")  # NaN and null both reach pandas as NaN
     return out
 
 
