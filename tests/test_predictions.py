@@ -162,6 +162,15 @@ def test_ids_in_random_order_are_inserted_sorted_each_with_its_own_row(tmp_path:
         assert (decision, json.loads(codes)) == (("decline", [f"code {applicant}"]) if declined else ("approve", []))
 
 
+def test_loading_into_a_file_that_is_not_a_database_is_a_one_line_error_and_leaves_it(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n" * 100)
+    with pytest.raises(TableError, match=r"cannot open prediction table .*notes\.db: .*file is not a database$"):
+        PredictionTable(f"sqlite:///{notes}").replace_batch("b1", staged(tmp_path / "a", ["1"], 0.1),
+                                                            lineage("1", "2026-01-01T00:00:00Z"))
+    assert notes.read_text() == "not a database\n" * 100
+
+
 def test_an_empty_batch_replaces_the_old_one(tmp_path: Path) -> None:
     table = PredictionTable(f"sqlite:///{tmp_path / 'p.db'}")
     table.replace_batch("b1", staged(tmp_path / "a", ["1", "2"], 0.1), lineage("1", "2026-01-01T00:00:00Z"))
