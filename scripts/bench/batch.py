@@ -9,7 +9,8 @@ course logistic pipeline; a 300-tree, depth-6 XGBoost), all logged with `reason_
   stock   `spark_udf` of the plain scikit-learn-flavour model (`pyfunc_predict_fn="predict_proba"`,
           P(default) = element 1), 10,000-row Arrow batches (logistic only)
   ours    `spark_udf` of our pyfunc (probability, decision, reason codes struct), our Arrow batch size
-  job     `creditflow.scoring.run_batch`: read, value rules, quarantine, score, Parquet and SQLite table
+  job     `creditflow.scoring.run_batch`: read, value rules, quarantine, score, Parquet and SQLite table;
+          run once, after the phases above (JVM and Python workers warm: a fresh process pays more)
 Spark phases run in one child process per size (a fresh JVM, so memory peaks belong to that size);
 Spark start-up is timed on its own. UDF phases run `--repeats` times: the first run is reported as
 cold, the median of the others as warm. Peak resident memory is sampled every 0.2 s for the Python
