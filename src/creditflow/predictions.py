@@ -207,54 +207,54 @@ class PredictionTable:
         total = parquet_rows(parquet) if isinstance(parquet, Path) else 0
         conn = self._connect_loader()
         d, mark = self.dialect, self.dialect.mark
-        cur = conn.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE" if d is SQLITE else "BEGIN")  # SQLite: the only writer from here on
-            self._check_layout(cur)
-            for statement in _ddl(d):
-                cur.execute(statement)
-            if d is POSTGRES:  # one loader at a time, as in SQLite; readers are not blocked
-                cur.execute(f"LOCK TABLE {BATCHES} IN SHARE ROW EXCLUSIVE MODE")
-            cur.execute(f"SELECT batch_key, first_row, last_row FROM {BATCHES} WHERE batch_id = {mark}", (batch_id,))
-            old = cur.fetchone()
-            if old and d is SQLITE:
-                cur.execute(f"DELETE FROM {ROWS} WHERE rowid BETWEEN ? AND ?", old[1:])
-            elif old:
-                cur.execute(f"DELETE FROM {ROWS} WHERE batch_key = %s", old[:1])
-            if old:
-                cur.execute(f"DELETE FROM {BATCHES} WHERE batch_key = {mark}", old[:1])
-            cur.execute(f"INSERT INTO {BATCHES} (batch_id, {', '.join(PER_BATCH)}, rows) "
-                        f"VALUES ({', '.join([mark] * (len(PER_BATCH) + 2))}) RETURNING batch_key",
-                        (batch_id, *(lineage[k] for k in PER_BATCH), 0))
-            key = int(cur.fetchone()[0])
-            if d is SQLITE:
-                cur.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {ROWS}")
-                first = int(cur.fetchone()[0]) + 1
-            loaded = 0
-            files = sorted(parquet.rglob("*.parquet")) if isinstance(parquet, Path) else parquet
-            for chunk in _chunks(files):
-                (self._insert_sqlite if d is SQLITE else self._insert_postgres)(cur, chunk, key)
-                loaded += chunk.num_rows
-                if progress:
-                    progress(loaded, total)
-            span: tuple[int | None, int | None] = (None, None)
-            if d is SQLITE:
-                cur.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {ROWS}")
-                span = (first, int(cur.fetchone()[0]))
-                if span[1] - first + 1 != loaded:  # rowids were not consecutive: a rerun could not find them
-                    raise TableError(f"could not write batch {batch_id} to {self._safe_url()}: "
-                                     f"rowids {span} do not match the {loaded} rows inserted")
-            cur.execute(f"UPDATE {BATCHES} SET rows = {mark}, first_row = {mark}, last_row = {mark} "
-                        f"WHERE batch_key = {mark}", (loaded, *span, key))
-            if before_commit:
-                before_commit(loaded)
-            cur.execute("COMMIT")
-            return loaded
+            with closing(conn.cursor()) as cur:  # ADBC wants its cursors closed before the connection
+                cur.execute("BEGIN IMMEDIATE" if d is SQLITE else "BEGIN")  # SQLite: the only writer from here on
+                self._check_layout(cur)
+                for statement in _ddl(d):
+                    cur.execute(statement)
+                if d is POSTGRES:  # one loader at a time, as in SQLite; readers are not blocked
+                    cur.execute(f"LOCK TABLE {BATCHES} IN SHARE ROW EXCLUSIVE MODE")
+                cur.execute(f"SELECT batch_key, first_row, last_row FROM {BATCHES} WHERE batch_id = {mark}",
+                            (batch_id,))
+                old = cur.fetchone()
+                if old and d is SQLITE:
+                    cur.execute(f"DELETE FROM {ROWS} WHERE rowid BETWEEN ? AND ?", old[1:])
+                elif old:
+                    cur.execute(f"DELETE FROM {ROWS} WHERE batch_key = %s", old[:1])
+                if old:
+                    cur.execute(f"DELETE FROM {BATCHES} WHERE batch_key = {mark}", old[:1])
+                cur.execute(f"INSERT INTO {BATCHES} (batch_id, {', '.join(PER_BATCH)}, rows) "
+                            f"VALUES ({', '.join([mark] * (len(PER_BATCH) + 2))}) RETURNING batch_key",
+                            (batch_id, *(lineage[k] for k in PER_BATCH), 0))
+                key = int(cur.fetchone()[0])
+                if d is SQLITE:
+                    cur.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {ROWS}")
+                    first = int(cur.fetchone()[0]) + 1
+                loaded = 0
+                files = sorted(parquet.rglob("*.parquet")) if isinstance(parquet, Path) else parquet
+                for chunk in _chunks(files):
+                    (self._insert_sqlite if d is SQLITE else self._insert_postgres)(cur, chunk, key)
+                    loaded += chunk.num_rows
+                    if progress:
+                        progress(loaded, total)
+                span: tuple[int | None, int | None] = (None, None)
+                if d is SQLITE:
+                    cur.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {ROWS}")
+                    span = (first, int(cur.fetchone()[0]))
+                    if span[1] - first + 1 != loaded:  # rowids were not consecutive: a rerun could not find them
+                        raise TableError(f"could not write batch {batch_id} to {self._safe_url()}: "
+                                         f"rowids {span} do not match the {loaded} rows inserted")
+                cur.execute(f"UPDATE {BATCHES} SET rows = {mark}, first_row = {mark}, last_row = {mark} "
+                            f"WHERE batch_key = {mark}", (loaded, *span, key))
+                if before_commit:
+                    before_commit(loaded)
+                cur.execute("COMMIT")
+                return loaded
         except (sqlite3.Error, _pg_error(), _adbc_error()) as exc:
             raise TableError(f"could not write batch {batch_id} to {self._safe_url()}: "
                              f"{str(exc).splitlines()[0]}") from None
         finally:
-            cur.close()
             conn.close()  # without COMMIT: rolled back
 
     @staticmethod
