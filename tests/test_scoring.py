@@ -35,6 +35,7 @@ from creditflow.scoring import (
     breaks_a_rule,
     champion_or_best,
     plan_batch,
+    rule_checks,
     run_batch,
     score_batch,
     score_sample,
@@ -102,7 +103,8 @@ def test_spark_rules_match_rule_violations(spark, small_spec: DatasetSpec, small
     frame = pd.concat([rule_breakers(small_spec, small_data.X.iloc[0]), small_data.X.head(200)], ignore_index=True)
     expected = rule_violations(frame, small_spec).tolist()
     df = spark.createDataFrame(frame.assign(Id=np.arange(len(frame))))
-    rows = df.select(violation_reason(df, small_spec, "Id"), breaks_a_rule(df, small_spec, "Id")).collect()
+    checks = rule_checks(df, small_spec, "Id")
+    rows = df.select(violation_reason(checks), breaks_a_rule(checks)).collect()
     assert [r[0] for r in rows] == expected
     assert [r[1] for r in rows] == [r != "" for r in expected]  # the filter agrees with the reasons
     assert sum(r != "" for r in expected) > 40  # the frame really breaks many rules
@@ -114,7 +116,7 @@ def test_text_cells_are_numbers_missing_markers_or_quarantined(spark, small_spec
     rows = [{c: "1" for c in small_spec.raw_columns} | {"Id": str(i), "age": v} for i, v in enumerate(cells)]
     rows.append({c: "1" for c in small_spec.raw_columns} | {"Id": None})
     df = spark.createDataFrame(pd.DataFrame(rows).astype(object))
-    got = [r[0] for r in df.select(violation_reason(df, small_spec, "Id")).collect()]
+    got = [r[0] for r in df.select(violation_reason(rule_checks(df, small_spec, "Id"))).collect()]
     assert got == ["", "", "age is missing", "age is missing", "age is not a number", "", "age below 0",
                    "Id is missing"]
 

@@ -373,7 +373,10 @@ def model_inputs(df: DataFrame, model: ModelRef) -> dict[str, Column]:
     return out
 
 
-def rule_checks(df: DataFrame, spec: DatasetSpec, id_column: str) -> list[tuple[Column, str]]:
+Checks = list[tuple["Column", str]]  # rule_checks: (condition, message), first broken wins
+
+
+def rule_checks(df: DataFrame, spec: DatasetSpec, id_column: str) -> Checks:
     """`data.rule_violations` as Spark conditions with their messages, in its order (first broken wins).
 
     Evaluated in the JVM, so rule checking costs no Python pass; tests/test_scoring.py checks the
@@ -409,7 +412,7 @@ def rule_checks(df: DataFrame, spec: DatasetSpec, id_column: str) -> list[tuple[
     return checks
 
 
-def breaks_a_rule(df: DataFrame, spec: DatasetSpec, id_column: str) -> Column:
+def breaks_a_rule(checks: Checks) -> Column:
     """True where a row breaks any value rule: the cheap filter (the reason text is built for those rows only).
 
     Whole-stage code generation makes the 60-branch reason expression ~10x slower per row than this OR.
@@ -418,14 +421,13 @@ def breaks_a_rule(df: DataFrame, spec: DatasetSpec, id_column: str) -> Column:
 
     from pyspark.sql import functions as F
 
-    return reduce(lambda a, b: a | b, [F.coalesce(cond, F.lit(False)) for cond, _ in rule_checks(df, spec, id_column)])
+    return reduce(lambda a, b: a | b, [F.coalesce(cond, F.lit(False)) for cond, _ in checks])
 
 
-def violation_reason(df: DataFrame, spec: DatasetSpec, id_column: str) -> Column:
+def violation_reason(checks: Checks) -> Column:
     """Per row, the first value rule it breaks ("" when none), worded as `data.rule_violations` words it."""
     from pyspark.sql import functions as F
 
-    checks = rule_checks(df, spec, id_column)
     return F.coalesce(*[F.when(cond, F.lit(reason)) for cond, reason in checks], F.lit(""))
 
 
@@ -479,8 +481,8 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     if id_column in UNNAMED_FIRST:  # a blank first header (Spark calls it _c0): give it the spec's id name
         id_column = plan.model.dataset.id_column
         raw = raw.withColumnRenamed(raw.columns[0], id_column)
-    checked = raw.withColumn(BROKEN, breaks_a_rule(raw, plan.model.dataset, id_column))
-    reason = violation_reason(raw, plan.model.dataset, id_column)
+    checks = rule_checks(raw, plan.model.dataset, id_column)  # built once: each is a few hundred JVM calls
+    checked, reason = raw.withColumn(BROKEN, breaks_a_rule(checks)), violation_reason(checks)
     stage = staging_dir(plan.output, plan.batch_id)
     try:
         print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
