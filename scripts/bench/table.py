@@ -88,7 +88,9 @@ ROWS_PER_INSERT = 200
 class Sqlite3Table(PredictionTable):
     """The loader as it was: Python's sqlite3, INSERTs of ROWS_PER_INSERT rows of Python values, file order."""
 
-    def _connect_loader(self) -> Any:
+    def _connect(self, create: bool = False, bulk: bool = False) -> Any:
+        if not bulk:
+            return super()._connect(create)
         conn = sqlite3.connect(self._target, timeout=60, isolation_level=None)
         for pragma in ("journal_mode=WAL", f"cache_size=-{LOAD_CACHE_KB}", "synchronous=NORMAL"):
             conn.execute(f"PRAGMA {pragma}")

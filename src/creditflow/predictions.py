@@ -147,38 +147,24 @@ class PredictionTable:
         else:
             raise TableError(f"unsupported table URL '{url}': use sqlite:///path.db or postgresql://user@host/db")
 
-    def _connect(self, create: bool = False) -> Any:
+    def _connect(self, create: bool = False, bulk: bool = False) -> Any:
+        """A connection; `bulk` (loading a batch) opens SQLite through ADBC, which binds Arrow columns in C."""
         if self.dialect is SQLITE and not create and not Path(self._target).is_file():
             raise PredictionNotFound(f"no prediction table at {self._target} (run a batch job, or pass --table)")
         try:
-            if self.dialect is SQLITE:
-                Path(self._target).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self._target, timeout=BUSY_MS / 1000, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")  # readers keep seeing the old batch while one loads
+            if self.dialect is POSTGRES:
+                import psycopg2
+
+                conn = psycopg2.connect(self._target, connect_timeout=10)
+                conn.autocommit = True  # transactions are explicit: BEGIN ... COMMIT
                 return conn
-            import psycopg2
-
-            conn = psycopg2.connect(self._target, connect_timeout=10)
-            conn.autocommit = True  # transactions are explicit: BEGIN ... COMMIT
-            return conn
-        except Exception as exc:  # sqlite3.Error, psycopg2.Error, OSError: all mean "cannot open"
-            raise TableError(f"cannot open prediction table {self._safe_url()}: {str(exc).splitlines()[0]}") from None
-
-    def _connect_loader(self) -> Any:
-        """The connection a batch is loaded through: ADBC for SQLite (binds Arrow columns in C), else `_connect`."""
-        if self.dialect is not SQLITE:
-            return self._connect(create=True)
-        import adbc_driver_sqlite.dbapi
-
-        try:
             Path(self._target).parent.mkdir(parents=True, exist_ok=True)
-            conn = adbc_driver_sqlite.dbapi.connect(self._target, autocommit=True)  # transactions: BEGIN ... COMMIT
-            with closing(conn.cursor()) as cur:  # WAL: readers see the old batch; atomic, fsync at checkpoints
-                for pragma in (f"busy_timeout={BUSY_MS}", "journal_mode=WAL", f"cache_size=-{LOAD_CACHE_KB}",
-                               "synchronous=NORMAL"):
-                    cur.execute(f"PRAGMA {pragma}")
+            if bulk:
+                return _adbc_sqlite(self._target)
+            conn = sqlite3.connect(self._target, timeout=BUSY_MS / 1000, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")  # readers keep seeing the old batch while one loads
             return conn
-        except Exception as exc:  # adbc_driver_manager.Error, OSError: both mean "cannot open"
+        except Exception as exc:  # sqlite3, psycopg2 and ADBC errors, OSError: all mean "cannot open"
             raise TableError(f"cannot open prediction table {self._safe_url()}: {str(exc).splitlines()[0]}") from None
 
     def _safe_url(self) -> str:
@@ -205,7 +191,7 @@ class PredictionTable:
         `before_commit(rows loaded)` may raise to roll the whole batch back.
         """
         total = parquet_rows(parquet) if isinstance(parquet, Path) else 0
-        conn = self._connect_loader()
+        conn = self._connect(create=True, bulk=True)
         d, mark = self.dialect, self.dialect.mark
         try:
             with closing(conn.cursor()) as cur:  # ADBC wants its cursors closed before the connection
@@ -326,6 +312,18 @@ def _pg_error() -> type[Exception]:
         return psycopg2.Error
     except ImportError:  # pragma: no cover - psycopg2-binary is a declared dependency
         return sqlite3.Error
+
+
+def _adbc_sqlite(path: str) -> Any:
+    """An ADBC SQLite connection set up for one big write transaction next to WAL readers."""
+    import adbc_driver_sqlite.dbapi
+
+    conn = adbc_driver_sqlite.dbapi.connect(path, autocommit=True)  # transactions are explicit: BEGIN ... COMMIT
+    with closing(conn.cursor()) as cur:  # WAL: readers see the old batch; atomic, fsync at checkpoints
+        for pragma in (f"busy_timeout={BUSY_MS}", "journal_mode=WAL", f"cache_size=-{LOAD_CACHE_KB}",
+                       "synchronous=NORMAL"):
+            cur.execute(f"PRAGMA {pragma}")
+    return conn
 
 
 def _adbc_error() -> type[Exception]:
