@@ -370,6 +370,10 @@ def test_bad_input_is_one_line_before_spark_starts(model: TrainingOutcome, small
                  str(tmp_path / "cols.parquet"), "--output", str(tmp_path / "out"), "--batch-id", "x"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "models:/credit-default@nobody" in err
+    code = main(["score", "batch", "--model-uri", CHAMPION, "--input", str(tmp_path / "noid.csv"), "--id-column",
+                 "age", "--output", str(tmp_path / "out"), "--table", "mysql://db/predictions"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unsupported table URL 'mysql://db/predictions'" in err
     with pytest.raises(BatchError, match="batch id"):
         plan_batch(CHAMPION, tmp_path / "noid.csv", tmp_path / "out", batch_id="../etc", id_column="age")
     assert not (tmp_path / "out").exists()

@@ -288,8 +288,8 @@ def plan_batch(model_uri: str, input_path: str | Path, output: str | Path, batch
     id_column = _id_column(source, id_column or model.dataset.id_column, bool(id_column))
     _check_columns(source, model)
     output = Path(output).absolute()
-    return BatchPlan(model, source, output, batch_id, id_column, table or default_table_url(output),
-                     datetime.now(UTC))
+    table_url = PredictionTable(table or default_table_url(output)).url  # an unsupported URL fails here
+    return BatchPlan(model, source, output, batch_id, id_column, table_url, datetime.now(UTC))
 
 
 def _id_column(source: InputFiles, wanted: str, explicit: bool) -> str:
@@ -594,9 +594,9 @@ def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, st
     try:
         _load_table(plan, _committed_files(path, finished, outcome), rows_in, progress_seconds, verify)
     finally:
-        if thread.is_alive():  # the loader failed: stop scoring too
+        while thread.is_alive():  # the loader failed: stop scoring too (again, if its job had not started yet)
             spark.sparkContext.cancelJobGroup(group)
-        thread.join()
+            thread.join(POLL_SECONDS)
     return outcome["rows"], outcome["quarantined"]
 
 
