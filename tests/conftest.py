@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -141,14 +142,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def spark_test_config(**changes: object) -> Any:
+    """The test session's Spark settings (a scoring.SparkConfig): local[2], tiny Arrow batches for tiny data."""
+    from creditflow.scoring import SparkConfig
+
+    return SparkConfig(master="local[2]", arrow_batch_rows=500, driver_memory="1g", progress_seconds=1.0,
+                       conf={"spark.sql.shuffle.partitions": "2"}).model_copy(update=changes)
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One Spark local[2] session for the whole test run (start-up ~13 s); tiny Arrow batches for tiny data."""
-    from creditflow.scoring import SparkConfig, start_spark
+    from creditflow.scoring import start_spark
 
-    session = start_spark(SparkConfig(master="local[2]", arrow_batch_rows=500, driver_memory="1g",
-                                      progress_seconds=1.0, conf={"spark.sql.shuffle.partitions": "2"}),
-                          app_name="creditflow-tests")
+    session = start_spark(spark_test_config(), app_name="creditflow-tests")
     yield session
     session.stop()
 

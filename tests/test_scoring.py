@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import VENV_BIN, small_experiment, subprocess_env
+from conftest import VENV_BIN, small_experiment, spark_test_config, subprocess_env
 from creditflow import scoring
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
@@ -39,6 +39,7 @@ from creditflow.scoring import (
     run_batch,
     score_batch,
     score_sample,
+    start_spark,
     violation_reason,
 )
 from creditflow.specs import DatasetSpec
@@ -122,6 +123,22 @@ def test_text_cells_are_numbers_missing_markers_or_quarantined(spark, small_spec
 
 
 # ---------------------------------------------------------------- scoring
+
+
+@pytest.mark.spark
+def test_input_splits_follow_the_core_count_not_a_fixed_size(spark, tmp_path: Path) -> None:
+    """Each task loads the model again in local mode: splits_per_core tasks a core, whatever the input's size."""
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"x": rng.random(3_000_000)}), tmp_path / "big.parquet", row_group_size=50_000)
+    assert (tmp_path / "big.parquet").stat().st_size > 20 * 2**20  # ~24 MB, 60 row groups
+    try:
+        splits = {}
+        for per_core in (1, 2, 3):
+            start_spark(spark_test_config(splits_per_core=per_core))  # the running session, its SQL settings reset
+            splits[per_core] = spark.read.parquet(str(tmp_path / "big.parquet")).rdd.getNumPartitions()
+        assert splits == {1: 2, 2: 4, 3: 6}
+    finally:
+        start_spark(spark_test_config())
 
 
 @pytest.mark.spark

@@ -71,7 +71,8 @@ class SparkConfig(BaseModel):
 
     master: str = "local[*]"
     arrow_batch_rows: int = Field(100_000, gt=0)
-    max_partition_bytes: str = "16m"
+    max_partition_bytes: str = "128m"
+    splits_per_core: int = Field(2, gt=0)
     driver_memory: str = "1g"
     python: str = ""
     progress_seconds: float = Field(5.0, gt=0)
@@ -128,6 +129,9 @@ def start_spark(config: SparkConfig, app_name: str = "creditflow-batch") -> Spar
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if "spark.sql.files.minPartitionNum" not in config.conf:  # input splits: a few per core (job.yaml)
+        splits = config.splits_per_core * spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.sql.files.minPartitionNum", str(splits))
     return spark
 
 
