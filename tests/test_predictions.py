@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,10 +22,10 @@ from creditflow.predictions import (
     PredictionNotFound,
     PredictionTable,
     TableError,
+    check_scored_layout,
     default_table_url,
     parquet_rows,
     publish,
-    reason_codes_json,
     safe_url,
 )
 
@@ -39,8 +40,8 @@ def staged(path: Path, ids: list[str], probability: float, files: int = 1) -> Pa
             "applicant_id": pa.array(part, pa.string()),
             "probability": pa.array([probability] * len(part), pa.float64()),
             "decision": pa.array(["decline" if probability >= 0.2 else "approve"] * len(part)),
-            "reason_codes": pa.array([["Age", "Debt ratio"] if j % 2 else [] for j in range(len(part))],
-                                     pa.list_(pa.string())),
+            "reason_codes": pa.array(['["Age", "Debt ratio"]' if j % 2 else "[]" for j in range(len(part))],
+                                     pa.string()),
         })
         pq.write_table(table, path / f"part-{i:05d}.parquet")
     return path
@@ -145,8 +146,7 @@ def test_ids_in_random_order_are_inserted_sorted_each_with_its_own_row(tmp_path:
     pq.write_table(pa.table({
         "applicant_id": ids, "probability": [int(i) / 10_000 for i in ids],
         "decision": ["decline" if o else "approve" for o in odd],
-        "reason_codes": pa.array([[f"code {i}"] if o else [] for i, o in zip(ids, odd, strict=True)],
-                                 pa.list_(pa.string())),
+        "reason_codes": [json.dumps([f"code {i}"] if o else []) for i, o in zip(ids, odd, strict=True)],
     }), path / "part-00000.parquet")
     db = tmp_path / "p.db"
     assert PredictionTable(f"sqlite:///{db}").replace_batch("b1", path, lineage("1", "2026-01-01T00:00:00Z")) == 3000
@@ -214,12 +214,17 @@ def test_postgres_old_layout_is_a_one_line_error(postgres_db: str, tmp_path: Pat
         table.get_latest("1")
 
 
-def test_reason_codes_json_is_valid_json_even_with_quotes() -> None:
-    plain = pa.array([["Age", "Debt ratio"], [], None, ["Times 90+ days late"]], pa.list_(pa.string()))
-    assert [json.loads(s) for s in reason_codes_json(plain).to_pylist()] == [
-        ["Age", "Debt ratio"], [], [], ["Times 90+ days late"]]
-    tricky = pa.array([['Say "no"', "back\\slash"], []], pa.list_(pa.string()))
-    assert [json.loads(s) for s in reason_codes_json(tricky).to_pylist()] == [['Say "no"', "back\\slash"], []]
+def test_an_output_whose_batches_hold_reason_codes_as_lists_is_refused_in_one_line(tmp_path: Path) -> None:
+    check_scored_layout(tmp_path)  # nothing scored yet
+    publish(staged(tmp_path / "s1", ["1", "2"], 0.1), tmp_path / "scored" / "batch_id=new", tmp_path / "trash")
+    check_scored_layout(tmp_path)  # JSON text: the current layout
+    old = tmp_path / "scored" / "batch_id=old"
+    old.mkdir()
+    pq.write_table(pa.table({"applicant_id": ["3"], "reason_codes": pa.array([["Age"]], pa.list_(pa.string()))}),
+                   old / "part-00000.parquet")
+    shutil.rmtree(tmp_path / "scored" / "batch_id=new")
+    with pytest.raises(TableError, match=r"reason_codes as list<.*write to a new output directory$"):
+        check_scored_layout(tmp_path)
 
 
 def test_publish_swaps_a_partition(tmp_path: Path) -> None:

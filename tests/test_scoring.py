@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -161,15 +162,16 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
         part = batch.iloc[rows]
         np.testing.assert_allclose(part.probability.to_numpy(), online.probability.to_numpy(), rtol=1e-12, atol=0)
         assert part.decision.tolist() == online.decision.tolist()
-        assert [list(c) for c in part.reason_codes] == [list(c) for c in online.reason_codes]
+        assert [json.loads(c) for c in part.reason_codes] == [list(c) for c in online.reason_codes]
     assert set(batch.decision) == {"approve", "decline"}  # both outcomes exercised
-    assert sum(len(c) > 0 for c in batch.reason_codes) > 0
+    assert sum(json.loads(c) != [] for c in batch.reason_codes) > 0
 
     assert set(batch.model_name) == {"credit-default"} and set(batch.model_version) == {model.registered_version}
     assert set(batch.run_id) == {model.run_id} and batch.scored_at.notna().all()
     part_file = max((tmp_path / "out" / "scored" / "batch_id=parity").glob("*.parquet"), key=lambda f: f.stat().st_size)
     written = pq.ParquetFile(part_file)
     assert written.schema_arrow.field("scored_at").type == pa.timestamp("us", tz="UTC")  # not INT96
+    assert written.schema_arrow.field("reason_codes").type == pa.string()  # JSON text, as in the SQL table
     group = written.metadata.row_group(0)
     stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(group.num_columns)}
     ids = pq.read_table(part_file, columns=["applicant_id"])["applicant_id"]
@@ -177,7 +179,7 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
     assert stats["probability"] is None and stats["model_version"] is None  # no readers' filter: not kept
     stored = PredictionTable(result.table_url).get_latest("1007")
     assert stored["probability"] == pytest.approx(batch.loc["1007"].probability, rel=1e-15)
-    assert stored["reason_codes"] == list(batch.loc["1007"].reason_codes)
+    assert stored["reason_codes"] == json.loads(batch.loc["1007"].reason_codes)
     assert (stored["batch_id"], stored["model_version"]) == ("parity", model.registered_version)
 
 
@@ -241,7 +243,7 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
 @pytest.mark.spark
 def test_models_without_text_reason_codes_take_the_array_result(spark, model: TrainingOutcome,
                                                                 small_data: CreditData, tmp_path: Path) -> None:
-    """Models logged before `reason_codes_as` existed: spark_udf returns the lists themselves; same rows out."""
+    """Models logged before `reason_codes_as` existed: spark_udf returns lists, written as JSON text; same rows out."""
     applicants(small_data, 60).to_parquet(tmp_path / "in.parquet", index=False)
     plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="text")
     assert plan.model.json_codes
@@ -250,7 +252,8 @@ def test_models_without_text_reason_codes_take_the_array_result(spark, model: Tr
     text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id") for b in ("text", "lists"))
     lists = lists.loc[text.index]
     assert text.probability.tolist() == lists.probability.tolist()
-    assert [list(c) for c in text.reason_codes] == [list(c) for c in lists.reason_codes]
+    assert [json.loads(c) for c in text.reason_codes] == [json.loads(c) for c in lists.reason_codes]
+    assert any(json.loads(c) for c in lists.reason_codes)  # declined rows with codes among them
 
 
 @pytest.mark.spark
@@ -265,7 +268,7 @@ def test_the_production_profile_loads_postgresql(spark, model: TrainingOutcome, 
     assert result.rows_scored == 80 == table.count("pg") == table.count()
     stored = table.get_latest("1040")
     batch = partition(tmp_path / "out", "scored", "pg").set_index("applicant_id").loc["1040"]
-    assert stored["probability"] == batch.probability and stored["reason_codes"] == list(batch.reason_codes)
+    assert stored["probability"] == batch.probability and stored["reason_codes"] == json.loads(batch.reason_codes)
     assert not (tmp_path / "out" / "predictions.db").exists()
 
 

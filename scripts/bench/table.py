@@ -3,7 +3,7 @@
 For each size, scored rows are generated as Parquet the way the batch job's Spark step leaves them
 (4 part files, 16 MB row groups; applicant ids "1".."N" in order, or shuffled with `--ids random`;
 P(default) ~ Beta(1, 8); `decline` at 0.2, reason codes for declined rows only, as with
-`reason_codes_for: declined`), written chunk by chunk.
+`reason_codes_for: declined`, as JSON text), written chunk by chunk.
 Then, in this one process and interleaved run by run:
   sqlite3  the former loader: Python's sqlite3, 200-row INSERT statements of Python values, rows in
            file order (a copy kept here as the baseline; same tables, transaction and PRAGMAs)
@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from creditflow.predictions import COLUMNS, LOAD_CACHE_KB, ROWS, PredictionTable, _chunks, reason_codes_json
+from creditflow.predictions import COLUMNS, LOAD_CACHE_KB, ROWS, PredictionTable, _chunks
 
 LABELS = ["Times 90+ days late", "Revolving utilization", "Debt ratio", "Age", "Monthly income",
           "Times 30-59 days late", "Open credit lines"]
@@ -67,7 +68,8 @@ def write_scored(path: Path, rows: int, shuffled: bool, seed: int = 0) -> None:
             lengths = np.where(declined, 3, 0)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
             picked = labels[rng.integers(0, len(LABELS), offsets[-1])]
-            codes = pa.ListArray.from_arrays(pa.array(offsets), pa.array(picked))
+            lists = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pa.array(picked)), '", "')
+            codes = pc.if_else(declined, pc.binary_join_element_wise('["', lists, '"]', ""), "[]")  # JSON text
             table = pa.table({
                 "applicant_id": pa.array(ids[start:start + n].astype(str)),
                 "probability": pa.array(p),
@@ -103,7 +105,7 @@ class Sqlite3Table(PredictionTable):
         values[0::4] = chunk["applicant_id"].to_pylist()
         values[1::4] = chunk["probability"].to_pylist()
         values[2::4] = chunk["decision"].to_pylist()
-        values[3::4] = reason_codes_json(chunk["reason_codes"]).to_pylist()
+        values[3::4] = chunk["reason_codes"].to_pylist()
         for start in range(0, len(values), 4 * ROWS_PER_INSERT):
             part = values[start:start + 4 * ROWS_PER_INSERT]
             cur.execute(f"INSERT INTO {ROWS} VALUES " + ", ".join([f"(?, {batch_key}, ?, ?, ?)"] * (len(part) // 4)),

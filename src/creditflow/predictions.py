@@ -47,7 +47,6 @@ PER_BATCH = ("model_name", "model_version", "run_id", "scored_at")  # one value 
 LOAD_ROWS = 100_000  # rows per insert chunk: bounds the loader's memory
 BUSY_MS = 60_000  # how long a loader waits for another writer's lock
 LOAD_CACHE_KB = 65_536  # SQLite page cache of the loading connection: a fixed bound, reached by any big batch
-UNSAFE_FOR_JSON_JOIN = r'["\\\x00-\x1f]'
 
 Progress = Callable[[int, int], None]
 
@@ -338,11 +337,10 @@ def _iso(value: Any) -> str:
 
 
 def _table_rows(chunk: pa.Table, batch_key: int) -> pa.Table:
-    """Scored rows as prediction_rows holds them: the batch's key on each, reason codes as JSON text."""
+    """Scored rows as prediction_rows holds them: the batch's key on each (reason codes are JSON text in both)."""
     return pa.table({
         "applicant_id": chunk["applicant_id"], "batch_key": pa.repeat(pa.scalar(batch_key, pa.int64()), chunk.num_rows),
-        "probability": chunk["probability"], "decision": chunk["decision"],
-        "reason_codes": reason_codes_json(chunk["reason_codes"]),
+        "probability": chunk["probability"], "decision": chunk["decision"], "reason_codes": chunk["reason_codes"],
     })
 
 
@@ -354,16 +352,14 @@ def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
-def reason_codes_json(codes: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Lists of labels as JSON text, built column-wise (json.dumps per row would dominate the load)."""
-    codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
-    flat = pc.list_flatten(codes)
-    if len(flat) and pc.any(pc.match_substring_regex(flat, UNSAFE_FOR_JSON_JOIN)).as_py():
-        return pa.array([None if v is None else json.dumps(v) for v in codes.to_pylist()], pa.string())
-    joined = pc.binary_join(codes, '", "')
-    quoted = pc.binary_join_element_wise('["', joined, '"]', "")
-    empty = pc.fill_null(pc.equal(pc.list_value_length(codes), 0), True)
-    return pc.if_else(empty, "[]", quoted)
+def check_scored_layout(output: Path) -> None:
+    """Scored batches written when reason codes were Parquet lists: a new batch (JSON text) would split the dataset."""
+    for part in (output / SCORED_DIR).glob("batch_id=*/*.parquet"):
+        codes = pq.read_schema(part).field("reason_codes").type
+        if not pa.types.is_string(codes) and not pa.types.is_large_string(codes):
+            raise TableError(f"{output / SCORED_DIR} holds batches with reason_codes as {codes} (written before "
+                             "they were JSON text); write to a new output directory")
+        return  # one file tells: every batch of a directory is written the same way
 
 
 def staging_dir(output: Path, batch_id: str) -> Path:

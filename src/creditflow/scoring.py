@@ -34,6 +34,7 @@ from creditflow.predictions import (
     QUARANTINE_DIR,
     SCORED_DIR,
     PredictionTable,
+    check_scored_layout,
     default_table_url,
     parquet_rows,
     partition_dir,
@@ -46,7 +47,7 @@ from creditflow.specs import DatasetSpec, spec_from_config
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-RESULT_TYPE = "probability double, decision string, reason_codes array<string>"
+RESULT_TYPE = "probability double, decision string, reason_codes array<string>"  # models without reason_codes_as
 JSON_RESULT_TYPE = "probability double, decision string, reason_codes string"
 JSON_CODES = {"reason_codes_as": "json"}  # model-config override: spark_udf converts lists row by row, text not
 BROKEN = "_breaks_a_rule"
@@ -292,6 +293,7 @@ def plan_batch(model_uri: str, input_path: str | Path, output: str | Path, batch
     id_column = _id_column(source, id_column or model.dataset.id_column, bool(id_column))
     _check_columns(source, model)
     output = Path(output).absolute()
+    check_scored_layout(output)
     table_url = PredictionTable(table or default_table_url(output)).url  # an unsupported URL fails here
     return BatchPlan(model, source, output, batch_id, id_column, table_url, datetime.now(UTC))
 
@@ -524,17 +526,20 @@ def _write_quarantine(checked: DataFrame, reason: Column, path: Path, needed: bo
 
 
 def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[Column]) -> DataFrame:
-    """`keep` plus probability, decision and reason_codes of every row of `df`, from the model's spark_udf."""
+    """`keep` plus probability, decision and reason_codes (JSON text) of every row of `df`, from the model's spark_udf.
+
+    Reason codes stay the JSON text the model returns, as the SQL table stores them: parsing them into
+    arrays and writing Parquet lists cost the JVM more than the rest of the scored columns together.
+    """
     from pyspark.sql import functions as F
 
-    if model.json_codes:  # same pyfunc, reason codes as JSON text, parsed back in the JVM
+    if model.json_codes:  # same pyfunc, reason codes as JSON text
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
                                       model_config=JSON_CODES)
-        text = F.col("_p.reason_codes")  # "[]" for most rows: only the others go through the JSON parser
-        codes = F.when(text == "[]", F.array().cast("array<string>")).otherwise(F.from_json(text, "array<string>"))
-    else:
-        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
         codes = F.col("_p.reason_codes")
+    else:  # a model logged before reason_codes_as: lists, written as JSON by the JVM
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
+        codes = F.to_json(F.col("_p.reason_codes"))
     inputs = model_inputs(df, model)  # in signature order: spark_udf names unnamed columns by the signature
     predicted = df.select(*keep, udf(*[c.alias(n) for n, c in inputs.items()]).alias("_p"))  # not a struct:
     # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
@@ -552,13 +557,13 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
                            F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
     with _spark_errors("scoring"), _progress(spark, f"score-{plan.batch_id}", expected, progress_seconds):
-        scored.write.mode("overwrite").options(**_parquet_options()).parquet(str(path))
+        scored.write.mode("overwrite").options(**scored_parquet_options()).parquet(str(path))
     rows, seconds = parquet_rows(path), time.perf_counter() - started
     print(f"[score] {rows:,} rows scored in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s)", flush=True)
     return rows
 
 
-def _parquet_options() -> dict[str, str]:
+def scored_parquet_options() -> dict[str, str]:
     """Row group size, and statistics only where a reader can use them: each value costs the writer a compare."""
     return {"parquet.block.size": ROW_GROUP_BYTES, "parquet.size.statistics.enabled": "false",
             "parquet.column.statistics.enabled": "false",
