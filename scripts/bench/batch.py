@@ -240,6 +240,7 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
     from pyspark.sql import functions as F
 
     from creditflow.scoring import (
+        ROW_GROUP_BYTES,
         load_batch_config,
         plan_batch,
         resolve_model,
@@ -260,7 +261,9 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
     results["rows"] = rows
 
     def write(frame, name: str, options: dict[str, str] | None = None) -> None:
-        frame.write.mode("overwrite").options(**(options or {})).parquet(str(work_dir / name))
+        # row groups as the job writes them (default 128 MB): a writer buffers one, so it bounds memory per task
+        options = options or {"parquet.block.size": ROW_GROUP_BYTES}
+        frame.write.mode("overwrite").options(**options).parquet(str(work_dir / name))
 
     results["noop"] = _timed(lambda: write(df, "noop"), repeats)
     floor = _passthrough_udf()
