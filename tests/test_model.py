@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -140,6 +141,21 @@ def test_logged_model_returns_probability_decision_and_reason_codes(logged, smal
     assert list(out["reason_codes"]) == reason_codes(direct, small_spec, exp.reason_codes)
     assert all(len(codes) <= exp.reason_codes for codes in out["reason_codes"])
     assert {label for codes in out["reason_codes"] for label in codes} <= set(small_spec.display_names().values())
+
+
+def test_batch_scoring_can_ask_the_model_to_freeze_the_collector_after_loading(logged) -> None:
+    """Spark workers load the model once per task: what is alive after a load stays out of later collections."""
+    _, online, split, local = logged
+    gc.unfreeze()
+    try:
+        mlflow.pyfunc.load_model(str(local))  # as served online: the collector untouched
+        assert gc.get_freeze_count() == 0
+        model = mlflow.pyfunc.load_model(str(local), model_config={"freeze_gc_after_load": True})
+        assert gc.get_freeze_count() > 10_000  # every object alive after the load
+        X = split.X_test.head(50)
+        pd.testing.assert_frame_equal(model.predict(X), online.predict(X))
+    finally:
+        gc.unfreeze()
 
 
 def test_a_single_applicant_gets_reasons_from_the_training_reference(logged, small_spec) -> None:

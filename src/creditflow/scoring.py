@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 RESULT_TYPE = "probability double, decision string, reason_codes array<string>"  # models without reason_codes_as
 JSON_RESULT_TYPE = "probability double, decision string, reason_codes string"
 JSON_CODES = {"reason_codes_as": "json"}  # model-config override: spark_udf converts lists row by row, text not
+FREEZE_GC = {"freeze_gc_after_load": True}  # model-config override: Spark workers live long and reload it per task
 BROKEN = "_breaks_a_rule"
 APPLICANT_ID = "_applicant_id"
 NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
@@ -152,6 +153,7 @@ class ModelRef:
     columns: tuple[str, ...]  # signature input names, in order
     required: tuple[str, ...]
     json_codes: bool = False  # the model can return reason codes as JSON text (model config reason_codes_as)
+    freeze_gc: bool = False  # the model can freeze the collector after loading (model config freeze_gc_after_load)
 
     @property
     def lineage(self) -> dict[str, str]:
@@ -197,6 +199,7 @@ def resolve_model(model_uri: str) -> ModelRef:
         dataset=spec_from_config(config),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
         json_codes="reason_codes_as" in config,
+        freeze_gc="freeze_gc_after_load" in config,
     )
 
 
@@ -535,7 +538,7 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
 
     if model.json_codes:  # same pyfunc, reason codes as JSON text
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=JSON_RESULT_TYPE, env_manager="local",
-                                      model_config=JSON_CODES)
+                                      model_config={**JSON_CODES, **(FREEZE_GC if model.freeze_gc else {})})
         codes = F.col("_p.reason_codes")
     else:  # a model logged before reason_codes_as: lists, written as JSON by the JVM
         udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager="local")
