@@ -277,6 +277,11 @@ def _mixed_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
         raise BadRequest(str(exc)) from None
 
 
+def _fractional(column: np.ndarray) -> bool:
+    """Whether a column holds a number that is not whole (NaN is missing, not fractional)."""
+    return bool(((np.trunc(column) != column) & ~np.isnan(column)).any())
+
+
 @dataclass(frozen=True)
 class RuleCheck:
     """The dataset spec's value rules as array code over the raw matrix (numeric columns only).
@@ -332,8 +337,19 @@ class RuleCheck:
         return np.where(broken.any(axis=1), self.messages[first], "")
 
     def any_broken(self, R: np.ndarray) -> bool:
-        """Whether any row breaks a rule: column by column, no per-row text (the common, clean case)."""
-        return any(rows.any() for rows in self._broken(R))
+        """Whether any row breaks a rule, with no per-row text (the common, clean case).
+
+        Column reductions first (no copy of the whole batch): they flag every column a row
+        breaks a rule in, and maybe more (they ignore the sentinels' exemption from the bounds).
+        Only a flagged batch goes through the exact checks.
+        """
+        if not len(R):
+            return False
+        low, high = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped (all-NaN: NaN); ±inf kept
+        flagged = (np.isnan(R.sum(axis=0))[self.required].any() or (low < self.low).any() or (high > self.high).any()
+                   or np.isinf(low).any() or np.isinf(high).any()
+                   or any(_fractional(R[:, j]) for j in np.flatnonzero(self.whole)))
+        return bool(flagged) and any(rows.any() for rows in self._broken(R))
 
     def check(self, R: np.ndarray) -> None:
         """Raise BadRequest naming the first broken rule and how many applicants break one."""
