@@ -143,6 +143,14 @@ def test_input_splits_follow_the_core_count_not_a_fixed_size(spark, tmp_path: Pa
 
 
 @pytest.mark.spark
+def test_the_driver_jvm_takes_its_whole_heap_at_start(spark) -> None:
+    """Its footprint is the configured heap from the first second, whatever the input's size."""
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    args = list(runtime.getInputArguments())
+    assert {"-Xms1g", "-Xmx1g", "-XX:+AlwaysPreTouch"} <= set(args)
+
+
+@pytest.mark.spark
 def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, small_data: CreditData,
                                              tmp_path: Path) -> None:
     frame = applicants(small_data, 300)

@@ -93,6 +93,8 @@ class SparkConfig(BaseModel):
             "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
             "spark.sql.files.maxPartitionBytes": self.max_partition_bytes,
             "spark.driver.memory": self.driver_memory,
+            # the whole heap taken and touched at start: the JVM's footprint is set here, not by the input
+            "spark.driver.extraJavaOptions": f"-Xms{self.driver_memory} -XX:+AlwaysPreTouch",
             # each task's output moves into place when the task ends: the table loader takes it from there
             "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
             **self.conf,
