@@ -225,6 +225,9 @@ def test_an_output_whose_batches_hold_reason_codes_as_lists_is_refused_in_one_li
     shutil.rmtree(tmp_path / "scored" / "batch_id=new")
     with pytest.raises(TableError, match=r"reason_codes as list<.*write to a new output directory$"):
         check_scored_layout(tmp_path)
+    (old / "part-00000.parquet").write_text("not parquet")
+    with pytest.raises(TableError, match=r"cannot read .*part-00000\.parquet: "):
+        check_scored_layout(tmp_path)
 
 
 def test_publish_swaps_a_partition(tmp_path: Path) -> None:

@@ -355,7 +355,13 @@ def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
 def check_scored_layout(output: Path) -> None:
     """Scored batches written when reason codes were Parquet lists: a new batch (JSON text) would split the dataset."""
     for part in (output / SCORED_DIR).glob("batch_id=*/*.parquet"):
-        codes = pq.read_schema(part).field("reason_codes").type
+        try:
+            schema = pq.read_schema(part)
+        except (OSError, pa.ArrowException) as exc:
+            raise TableError(f"cannot read {part}: {str(exc).splitlines()[0]}") from None
+        if "reason_codes" not in schema.names:
+            continue
+        codes = schema.field("reason_codes").type
         if not pa.types.is_string(codes) and not pa.types.is_large_string(codes):
             raise TableError(f"{output / SCORED_DIR} holds batches with reason_codes as {codes} (written before "
                              "they were JSON text); write to a new output directory")
