@@ -191,9 +191,23 @@ def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
         parts.append(([names.index(c) for c in cols], _step(transformer)))
 
     def apply(F: np.ndarray) -> np.ndarray:
-        return np.hstack([block(F[:, idx]) for idx, block in parts])
+        blocks = [block(_columns(F, idx)) for idx, block in parts]
+        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")  # np.hstack would transpose it
+        start = 0
+        for b in blocks:
+            Z[:, start:start + b.shape[1]] = b
+            start += b.shape[1]
+        return Z
 
     return apply
+
+
+def _columns(F: np.ndarray, idx: list[int]) -> np.ndarray:
+    """Columns of F, column-major as every step works (fancy indexing returns them row-major)."""
+    out = np.empty((len(F), len(idx)), order="F")
+    for o, c in enumerate(idx):
+        out[:, o] = F[:, c]
+    return out
 
 
 # ---------------------------------------------------------------- estimator and explanations
@@ -232,10 +246,10 @@ def _xgboost(model: XGBClassifier) -> tuple[Callable, Callable]:
     pos = _positive(model)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return model.predict_proba(Z)[:, pos].astype("float64")
+        return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
     def contributions(Z: np.ndarray) -> np.ndarray:
-        matrix = xgboost.DMatrix(Z, feature_types=types, enable_categorical=categorical)
+        matrix = xgboost.DMatrix(np.ascontiguousarray(Z), feature_types=types, enable_categorical=categorical)
         return booster.predict(matrix, pred_contribs=True, iteration_range=iterations)[:, :-1].astype("float64")
 
     return probability, contributions
@@ -248,10 +262,10 @@ def _tree(model: Any) -> tuple[Callable, Callable]:
     pos = _positive(model)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return model.predict_proba(Z)[:, pos].astype("float64")
+        return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
     def contributions(Z: np.ndarray) -> np.ndarray:
-        phi = np.asarray(explainer.shap_values(Z, check_additivity=False), dtype="float64")
+        phi = np.asarray(explainer.shap_values(np.ascontiguousarray(Z), check_additivity=False), dtype="float64")
         return phi[:, :, pos] if phi.ndim == 3 else phi
 
     return probability, contributions
