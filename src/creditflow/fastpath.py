@@ -192,12 +192,8 @@ def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
 
     def apply(F: np.ndarray) -> np.ndarray:
         blocks = [block(_columns(F, idx)) for idx, block in parts]
-        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")  # np.hstack would transpose it
-        start = 0
-        for b in blocks:
-            Z[:, start:start + b.shape[1]] = b
-            start += b.shape[1]
-        return Z
+        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")  # np.hstack would make it row-major
+        return np.concatenate(blocks, axis=1, out=Z)
 
     return apply
 

@@ -345,9 +345,9 @@ class RuleCheck:
         """
         if not len(R):
             return False
-        low, high = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped (all-NaN: NaN); ±inf kept
-        flagged = (np.isnan(R.sum(axis=0))[self.required].any() or (low < self.low).any() or (high > self.high).any()
-                   or np.isinf(low).any() or np.isinf(high).any()
+        smallest, largest = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped; ±inf kept
+        flagged = (np.isnan(R.sum(axis=0))[self.required].any() or (smallest < self.low).any()
+                   or (largest > self.high).any() or np.isinf(smallest).any() or np.isinf(largest).any()
                    or any(_fractional(R[:, j]) for j in np.flatnonzero(self.whole)))
         return bool(flagged) and any(rows.any() for rows in self._broken(R))
 
