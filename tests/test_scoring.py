@@ -369,6 +369,22 @@ def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutco
     assert not list((out / "_staging").iterdir())
 
 
+@pytest.mark.spark
+def test_a_spark_that_cannot_start_is_one_line(store: tuple[str, TrainingOutcome], small_data: CreditData,
+                                              tmp_path: Path) -> None:
+    """A heap the machine cannot give (it is taken whole at start): one error line, no traceback."""
+    applicants(small_data, 10).to_parquet(tmp_path / "in.parquet", index=False)
+    (tmp_path / "job.yaml").write_text("master: local[1]\ndriver_memory: 4000g\n")
+    proc = subprocess.run(
+        [str(VENV_BIN / "creditflow"), "score", "batch", "--model-uri", CHAMPION, "--input",
+         str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--config", str(tmp_path / "job.yaml")],
+        capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=store[0]), timeout=120,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "Spark could not start on local[1] with driver_memory 4000g" in errors[0]
+
+
 # ---------------------------------------------------------------- bad input, before Spark
 
 

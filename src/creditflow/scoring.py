@@ -125,13 +125,19 @@ def start_spark(config: SparkConfig, app_name: str = "creditflow-batch") -> Spar
     """A Spark session whose Python workers run this interpreter (so they import creditflow and mlflow)."""
     import os
 
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = config.python or sys.executable  # PySpark reads it from the environment only
     builder = SparkSession.builder.master(config.master).appName(app_name)
     for key, value in config.spark_conf().items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except PySparkRuntimeError as exc:  # the JVM did not come up; it printed why just above
+        raise BatchError(f"Spark could not start on {config.master} with driver_memory {config.driver_memory} "
+                         f"(the heap is taken whole at start; is Java 17 installed?): {str(exc).splitlines()[0]}"
+                         ) from None
     spark.sparkContext.setLogLevel("ERROR")
     if "spark.sql.files.minPartitionNum" not in config.conf:  # input splits: a few per core (job.yaml)
         splits = config.splits_per_core * spark.sparkContext.defaultParallelism
