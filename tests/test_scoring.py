@@ -185,6 +185,9 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
     ids = pq.read_table(part_file, columns=["applicant_id"])["applicant_id"]
     assert (stats["applicant_id"].min, stats["applicant_id"].max) == (min(ids.to_pylist()), max(ids.to_pylist()))
     assert stats["probability"] is None and stats["model_version"] is None  # no readers' filter: not kept
+    dictionary = {group.column(i).path_in_schema: group.column(i).has_dictionary_page for i in range(group.num_columns)}
+    assert not dictionary["applicant_id"] and not dictionary["probability"]  # distinct values: plain
+    assert dictionary["decision"] and dictionary["reason_codes"] and dictionary["model_name"]
     stored = PredictionTable(result.table_url).get_latest("1007")
     assert stored["probability"] == pytest.approx(batch.loc["1007"].probability, rel=1e-15)
     assert stored["reason_codes"] == json.loads(batch.loc["1007"].reason_codes)

@@ -276,7 +276,7 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows))
     for family in families:
         # our scoring step as the job runs it, without the job around it; the UDF made once, as for stock
-        ours = score_rows(spark, df, resolve_model(models[family]), [F.col("Id")])
+        ours = score_rows(spark, df, resolve_model(models[family]), [F.col("Id").alias("applicant_id")])
         results[f"ours_{family}"] = _timed(lambda ours=ours: write(ours, "ours", scored_parquet_options()), repeats)
         plan = plan_batch(models[family], data, work_dir / f"job-{family}", batch_id="bench")
         job = _timed(lambda plan=plan: run_batch(spark, plan, progress_seconds=30), 1)

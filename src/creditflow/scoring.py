@@ -58,6 +58,7 @@ BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
 ROW_GROUP_BYTES = str(16 * 2**20)  # row groups of the scored Parquet: what the table loader holds at once
 STATS_KEPT = ("applicant_id",)  # scored Parquet columns with min/max statistics: the one readers filter row groups by
+UNIQUE_COLUMNS = ("applicant_id", "probability")  # scored columns with (nearly) every value distinct: no dictionary
 HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
 POLL_SECONDS = 0.5  # how often the table loader looks for scored files of finished tasks
 
@@ -575,10 +576,12 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
 
 
 def scored_parquet_options() -> dict[str, str]:
-    """Row group size, and statistics only where a reader can use them: each value costs the writer a compare."""
+    """Row group size, statistics only where a reader can use them (each value costs the writer a compare),
+    and no dictionary for columns of distinct values (the writer hashes ~1 MB of them, then falls back to plain)."""
     return {"parquet.block.size": ROW_GROUP_BYTES, "parquet.size.statistics.enabled": "false",
             "parquet.column.statistics.enabled": "false",
-            **{f"parquet.column.statistics.enabled#{c}": "true" for c in STATS_KEPT}}
+            **{f"parquet.column.statistics.enabled#{c}": "true" for c in STATS_KEPT},
+            **{f"parquet.enable.dictionary#{c}": "false" for c in UNIQUE_COLUMNS}}
 
 
 def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path, rows_in: int,
