@@ -143,11 +143,13 @@ def test_input_splits_follow_the_core_count_not_a_fixed_size(spark, tmp_path: Pa
 
 
 @pytest.mark.spark
-def test_the_driver_jvm_takes_its_whole_heap_at_start(spark) -> None:
+def test_the_driver_jvm_takes_its_whole_heap_at_start_and_the_throughput_collector(spark) -> None:
     """Its footprint is the configured heap from the first second, whatever the input's size."""
-    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
-    args = list(runtime.getInputArguments())
+    management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    args = list(management.getRuntimeMXBean().getInputArguments())
     assert {"-Xms1g", "-Xmx1g", "-XX:+AlwaysPreTouch"} <= set(args)
+    collectors = {bean.getName() for bean in management.getGarbageCollectorMXBeans()}
+    assert collectors == {"PS Scavenge", "PS MarkSweep"}  # Parallel GC; G1 would be G1 Young/Old Generation
 
 
 @pytest.mark.spark

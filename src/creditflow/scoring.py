@@ -90,12 +90,15 @@ class SparkConfig(BaseModel):
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # not the deprecated INT96
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
+            # batches are bounded by rows; at Int.MaxValue Spark stops measuring the batch after every row
+            "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
             # Spark 4 hands pandas UDFs the Parquet reader's 4,096-row batches unless this is off
             "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
             "spark.sql.files.maxPartitionBytes": self.max_partition_bytes,
             "spark.driver.memory": self.driver_memory,
-            # the whole heap taken and touched at start: the JVM's footprint is set here, not by the input
-            "spark.driver.extraJavaOptions": f"-Xms{self.driver_memory} -XX:+AlwaysPreTouch",
+            # the whole heap taken and touched at start: the JVM's footprint is set here, not by the input;
+            # the throughput collector: a batch job has no pause target, and G1's bookkeeping costs CPU
+            "spark.driver.extraJavaOptions": f"-Xms{self.driver_memory} -XX:+AlwaysPreTouch -XX:+UseParallelGC",
             # each task's output moves into place when the task ends: the table loader takes it from there
             "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
             **self.conf,
