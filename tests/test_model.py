@@ -158,6 +158,18 @@ def test_batch_scoring_can_ask_the_model_to_freeze_the_collector_after_loading(l
         gc.unfreeze()
 
 
+def test_batch_scoring_can_ask_for_the_decision_as_the_index_of_its_label(logged) -> None:
+    """Spark maps the index back to the model's own labels (config `decisions`): numbers cross into Spark cheaply."""
+    _, online, split, local = logged
+    model = mlflow.pyfunc.load_model(str(local), model_config={"decision_as": "index"})
+    X = split.X_test.head(400)
+    indexed, labelled = model.predict(X), online.predict(X)
+    assert indexed["decision"].dtype == np.int32 and set(indexed["decision"]) == {0, 1}
+    labels = np.asarray(model.unwrap_python_model().config["decisions"])
+    assert labels[indexed["decision"]].tolist() == labelled["decision"].tolist()
+    pd.testing.assert_frame_equal(indexed.drop(columns="decision"), labelled.drop(columns="decision"))
+
+
 def test_a_single_applicant_gets_reasons_from_the_training_reference(logged, small_spec) -> None:
     """One row must not be explained against itself (that would give no reasons at all)."""
     _, model, split, _ = logged

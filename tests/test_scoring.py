@@ -254,17 +254,19 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
 
 
 @pytest.mark.spark
-def test_models_without_text_reason_codes_take_the_array_result(spark, model: TrainingOutcome,
-                                                                small_data: CreditData, tmp_path: Path) -> None:
-    """Models logged before `reason_codes_as` existed: spark_udf returns lists, written as JSON text; same rows out."""
+def test_models_logged_before_the_batch_config_keys_give_the_same_rows(spark, model: TrainingOutcome,
+                                                                       small_data: CreditData, tmp_path: Path) -> None:
+    """Before `reason_codes_as` and `decision_as`, spark_udf returns labels and lists (written as JSON text)."""
     applicants(small_data, 60).to_parquet(tmp_path / "in.parquet", index=False)
     plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="text")
-    assert plan.model.json_codes
+    assert {"reason_codes_as", "decision_as"} <= set(plan.model.batch_config)
     run_batch(spark, plan)
-    run_batch(spark, replace(plan, batch_id="lists", model=replace(plan.model, json_codes=False)))
+    older = replace(plan.model, config_keys=plan.model.config_keys - {"reason_codes_as", "decision_as"})
+    run_batch(spark, replace(plan, batch_id="lists", model=older))
     text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id") for b in ("text", "lists"))
     lists = lists.loc[text.index]
     assert text.probability.tolist() == lists.probability.tolist()
+    assert text.decision.tolist() == lists.decision.tolist() and set(text.decision) == {"approve", "decline"}
     assert [json.loads(c) for c in text.reason_codes] == [json.loads(c) for c in lists.reason_codes]
     assert any(json.loads(c) for c in lists.reason_codes)  # declined rows with codes among them
 

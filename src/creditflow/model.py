@@ -79,6 +79,8 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "reason_codes": exp.reason_codes,
         "reason_codes_for": exp.reason_codes_for,
         "reason_codes_as": "list",  # "json": one JSON text per row; batch scoring overrides it (see scoring.py)
+        "decision_as": "label",  # "index": the position in `decisions`; batch scoring overrides it (see scoring.py)
+        "decisions": DECISIONS.tolist(),  # the labels, in index order: what Spark maps the indexes back to
         "freeze_gc_after_load": False,  # batch scoring's Spark workers set it (see CreditModel.load_context)
         "display_names": ds.display_names(),
         "family": exp.family,
@@ -118,6 +120,7 @@ class Scoring:
     labels: list[str]
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
+    decision_as_index: bool = False  # model config decision_as: "index" (numbers cross into Spark cheaper than text)
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -134,7 +137,8 @@ class Scoring:
             rules = None
         labels = [ds.columns[c].label for c in ds.raw_columns]
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels,
-                   config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json")
+                   config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json",
+                   config.get("decision_as") == "index")
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
@@ -150,9 +154,10 @@ class Scoring:
         sets, which = reason_sets(contributions, self.k)
         per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
         per_row[explained] = which + 1
+        declined = (probability >= self.threshold).astype(np.int32)  # the index into DECISIONS
         return pd.DataFrame({
             "probability": probability,
-            "decision": pd.Series(DECISIONS[(probability >= self.threshold).astype(np.intp)], dtype=object),
+            "decision": declined if self.decision_as_index else pd.Series(DECISIONS[declined], dtype=object),
             "reason_codes": self._codes([[self.labels[j] for j in columns] for columns in sets], per_row),
         })
 
