@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
 from creditflow.data import rule_violations, split_data
 from creditflow.explain import raw_shap, reason_codes
 from creditflow.fastpath import compile_scorer, reason_sets
-from creditflow.model import OUTPUT_COLUMNS, Scoring, ServingError, shap_reference
+from creditflow.model import CONFIG_KEYS, OUTPUT_COLUMNS, Scoring, ServingError, model_config, shap_reference
 from creditflow.pipeline import build_pipeline
 from creditflow.tracking import train_and_log
 from creditflow.validation import BadRequest, RuleCheck, applicant_matrix
@@ -168,6 +170,22 @@ def test_batch_scoring_can_ask_for_the_decision_as_the_index_of_its_label(logged
     labels = np.asarray(model.unwrap_python_model().config["decisions"])
     assert labels[indexed["decision"]].tolist() == labelled["decision"].tolist()
     pd.testing.assert_frame_equal(indexed.drop(columns="decision"), labelled.drop(columns="decision"))
+
+
+def test_the_config_keys_are_what_model_config_writes(small_spec) -> None:
+    assert set(model_config(small_experiment(), small_spec)) == CONFIG_KEYS
+
+
+def test_a_model_newer_than_the_running_code_fails_to_load_in_one_clear_line(logged, tmp_path: Path) -> None:
+    """One Python process imports one creditflow: a Spark worker that loaded an older model first has older code."""
+    _, _, _, local = logged
+    newer = shutil.copytree(local, tmp_path / "newer")
+    meta = yaml.safe_load((newer / "MLmodel").read_text())
+    meta["flavors"]["python_function"]["config"]["a_later_key"] = True  # as a later creditflow might log
+    (newer / "MLmodel").write_text(yaml.safe_dump(meta))
+    with pytest.raises(MlflowException, match=r"key\(s\) a_later_key unknown to the creditflow") as err:
+        mlflow.pyfunc.load_model(str(newer))
+    assert "\n" not in err.value.message
 
 
 def test_a_single_applicant_gets_reasons_from_the_training_reference(logged, small_spec) -> None:

@@ -90,6 +90,24 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
     }
 
 
+CONFIG_KEYS = frozenset({  # what model_config writes: a key beyond these comes from a newer creditflow
+    "threshold", "reason_codes", "reason_codes_for", "reason_codes_as", "decision_as", "decisions",
+    "freeze_gc_after_load", "display_names", "family", "dataset_spec", "raw_columns", "shap_reference",
+})
+
+
+def _check_config_keys(config: dict[str, Any]) -> None:
+    """A newer model loaded by older code (a Python process imports one creditflow: the first model's) fails here.
+
+    Otherwise it would be scored without the newer keys' meaning, or fail later on a type Spark did not expect.
+    """
+    newer = sorted(set(config) - CONFIG_KEYS)
+    if newer:
+        raise MlflowException(
+            f"model-config key(s) {', '.join(newer)} unknown to the creditflow this process imported (with an older "
+            "model): score models logged by different creditflow versions in separate Spark sessions")
+
+
 def input_schema(ds: DatasetSpec) -> Schema:
     """Raw applicant columns; nullable ones are optional (absent = missing for every row).
 
@@ -216,6 +234,7 @@ class CreditModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         start = time.perf_counter()
+        _check_config_keys(context.model_config)
         self.pipeline = load_pipeline(context.artifacts["pipeline"])
         self.config = dict(context.model_config)
         self.dataset = spec_from_config(self.config)
