@@ -37,6 +37,18 @@ def test_unreachable_tracking_server(capsys) -> None:
     assert "is unreachable" in capsys.readouterr().err
 
 
+def test_unreachable_tracking_server_fails_batch_scoring_and_serving_at_once(capsys, tmp_path: Path) -> None:
+    """Our check's line, not MLflow's: its client would retry for ~4 minutes before failing."""
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")
+    (tmp_path / "in.parquet").write_bytes(b"")
+    assert main(["score", "batch", "--model-uri", "models:/credit-default@champion", "--input",
+                 str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out")]) == 2
+    assert main(["serve", "--model-uri", "models:/credit-default@champion"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("is unreachable" in line for line in lines)
+    assert not (tmp_path / "out").exists()
+
+
 def test_invalid_override_is_named(capsys) -> None:
     assert main(["train", "--spec", str(EXPERIMENTS / "xgboost_bayes.yaml"), "--cv-folds", "1"]) == 2
     assert "invalid field 'cv_folds'" in capsys.readouterr().err
