@@ -289,7 +289,11 @@ class FastScorer:
 
     def score(self, R: np.ndarray) -> Scored:
         Z = self.transform(R)
-        return Scored(self.probability_of(Z), self.contributions_of(Z) @ self.to_raw)
+        return Scored(self.probability_of(Z), self.raw_contributions(Z))
+
+    def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
+        """SHAP values of preprocessed rows, summed back onto the raw columns they come from."""
+        return self.contributions_of(Z) @ self.to_raw
 
 
 def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str]) -> tuple[Block, Block]:

@@ -162,9 +162,10 @@ class Scoring:
         R = applicant_matrix(frame, self.spec)
         check_rules(R, self.spec, self.rules)
         if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
-            probability = self.scorer.probability(R)
+            Z = self.scorer.transform(R)  # once: the declined rows' explanations reuse it
+            probability = self.scorer.probability_of(Z)
             explained = np.flatnonzero(probability >= self.threshold)
-            contributions = (self.scorer.score(R[explained]).contributions if len(explained)
+            contributions = (self.scorer.raw_contributions(Z[explained]) if len(explained)
                              else np.empty((0, len(self.labels))))
         else:
             scored = self.scorer.score(R)
