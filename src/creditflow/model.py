@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(__file__).parent
 OUTPUT_COLUMNS = ("probability", "decision", "reason_codes")
-DECISIONS = np.asarray(["approve", "decline"], dtype=object)  # indexed by probability >= threshold
+DECISIONS = ("approve", "decline")  # indexed by probability >= threshold
 TRUSTED_PREFIXES = ("creditflow.", "sklearn.", "xgboost.", "numpy.", "scipy.")
 ERROR_SOURCE = "creditflow"  # marks our error bodies, so `creditflow serve` knows they are safe to pass on
 
@@ -80,7 +80,7 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "reason_codes_for": exp.reason_codes_for,
         "reason_codes_as": "list",  # "json": one JSON text per row; batch scoring overrides it (see scoring.py)
         "decision_as": "label",  # "index": the position in `decisions`; batch scoring overrides it (see scoring.py)
-        "decisions": DECISIONS.tolist(),  # the labels, in index order: what Spark maps the indexes back to
+        "decisions": list(DECISIONS),  # the labels in index order: the model and Spark both map indexes by them
         "freeze_gc_after_load": False,  # batch scoring's Spark workers set it (see CreditModel.load_context)
         "display_names": ds.display_names(),
         "family": exp.family,
@@ -139,6 +139,7 @@ class Scoring:
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decision_as_index: bool = False  # model config decision_as: "index" (numbers cross into Spark cheaper than text)
+    decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -156,7 +157,7 @@ class Scoring:
         labels = [ds.columns[c].label for c in ds.raw_columns]
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels,
                    config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json",
-                   config.get("decision_as") == "index")
+                   config.get("decision_as") == "index", np.asarray(config.get("decisions", DECISIONS), dtype=object))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
@@ -173,10 +174,10 @@ class Scoring:
         sets, which = reason_sets(contributions, self.k)
         per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
         per_row[explained] = which + 1
-        declined = (probability >= self.threshold).astype(np.int32)  # the index into DECISIONS
+        declined = (probability >= self.threshold).astype(np.int32)  # the index into decisions
         return pd.DataFrame({
             "probability": probability,
-            "decision": declined if self.decision_as_index else pd.Series(DECISIONS[declined], dtype=object),
+            "decision": declined if self.decision_as_index else pd.Series(self.decisions[declined], dtype=object),
             "reason_codes": self._codes([[self.labels[j] for j in columns] for columns in sets], per_row),
         })
 
