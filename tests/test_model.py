@@ -18,7 +18,15 @@ from mlflow.pyfunc import scoring_server
 from creditflow.data import rule_violations, split_data
 from creditflow.explain import raw_shap, reason_codes
 from creditflow.fastpath import compile_scorer, reason_sets
-from creditflow.model import CONFIG_KEYS, OUTPUT_COLUMNS, Scoring, ServingError, model_config, shap_reference
+from creditflow.model import (
+    CONFIG_KEYS,
+    OUTPUT_COLUMNS,
+    Scoring,
+    ServingError,
+    model_config,
+    reason_key,
+    shap_reference,
+)
 from creditflow.pipeline import build_pipeline
 from creditflow.tracking import train_and_log
 from creditflow.validation import BadRequest, RuleCheck, applicant_matrix
@@ -170,6 +178,28 @@ def test_batch_scoring_can_ask_for_the_decision_as_the_index_of_its_label(logged
     labels = np.asarray(model.unwrap_python_model().config["decisions"])
     assert labels[indexed["decision"]].tolist() == labelled["decision"].tolist()
     pd.testing.assert_frame_equal(indexed.drop(columns="decision"), labelled.drop(columns="decision"))
+
+
+def test_batch_scoring_can_ask_for_the_reason_codes_as_one_integer_per_row(logged) -> None:
+    """Digit i (base columns + 1) is the i-th reason's column position + 1: an integer crosses into Spark cheaply."""
+    _, online, split, local = logged
+    model = mlflow.pyfunc.load_model(str(local), model_config={"reason_codes_as_key": True})
+    X = split.X_test.head(400)
+    keyed, listed = model.predict(X), online.predict(X)
+    labels = model.unwrap_python_model().scoring.labels
+    base = len(labels) + 1
+
+    def decoded(key: int) -> list[str]:
+        digits = []
+        while key:
+            key, digit = divmod(key, base)
+            digits.append(digit)
+        return [labels[d - 1] for d in digits]
+
+    assert keyed["reason_codes"].dtype == np.int64 and (keyed["reason_codes"] > 0).sum() > 10
+    assert [decoded(int(k)) for k in keyed["reason_codes"]] == listed["reason_codes"].tolist()
+    assert reason_key((2, 0), 4) == 3 + 1 * 5 and reason_key((), 4) == 0
+    pd.testing.assert_frame_equal(keyed.drop(columns="reason_codes"), listed.drop(columns="reason_codes"))
 
 
 def test_the_config_keys_are_what_model_config_writes(small_spec) -> None:

@@ -24,6 +24,7 @@ from conftest import VENV_BIN, small_experiment, spark_test_config, subprocess_e
 from creditflow import scoring
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
+from creditflow.model import reason_key
 from creditflow.predictions import (
     PredictionNotFound,
     PredictionTable,
@@ -36,6 +37,7 @@ from creditflow.scoring import (
     breaks_a_rule,
     champion_or_best,
     plan_batch,
+    reason_codes_json,
     rule_checks,
     run_batch,
     score_batch,
@@ -256,19 +258,46 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
 @pytest.mark.spark
 def test_models_logged_before_the_batch_config_keys_give_the_same_rows(spark, model: TrainingOutcome,
                                                                        small_data: CreditData, tmp_path: Path) -> None:
-    """Before `reason_codes_as` and `decision_as`, spark_udf returns labels and lists (written as JSON text)."""
+    """Before `reason_codes_as_key` the codes cross as JSON text, before `reason_codes_as` and `decision_as` as
+    labels and lists: the scored rows are the same, the JSON text byte for byte."""
     applicants(small_data, 60).to_parquet(tmp_path / "in.parquet", index=False)
-    plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="text")
-    assert {"reason_codes_as", "decision_as"} <= set(plan.model.batch_config)
+    plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="key")
+    assert {"reason_codes_as", "reason_codes_as_key", "decision_as"} <= set(plan.model.batch_config)
     run_batch(spark, plan)
-    older = replace(plan.model, config_keys=plan.model.config_keys - {"reason_codes_as", "decision_as"})
-    run_batch(spark, replace(plan, batch_id="lists", model=older))
-    text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id") for b in ("text", "lists"))
-    lists = lists.loc[text.index]
-    assert text.probability.tolist() == lists.probability.tolist()
-    assert text.decision.tolist() == lists.decision.tolist() and set(text.decision) == {"approve", "decline"}
-    assert [json.loads(c) for c in text.reason_codes] == [json.loads(c) for c in lists.reason_codes]
+    for batch, before in (("text", {"reason_codes_as_key"}),
+                          ("lists", {"reason_codes_as", "reason_codes_as_key", "decision_as"})):
+        older = replace(plan.model, config_keys=plan.model.config_keys - before)
+        run_batch(spark, replace(plan, batch_id=batch, model=older))
+    key, text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id")
+                        for b in ("key", "text", "lists"))
+    text, lists = text.loc[key.index], lists.loc[key.index]
+    assert key.reason_codes.tolist() == text.reason_codes.tolist()
+    assert key.probability.tolist() == text.probability.tolist() == lists.probability.tolist()
+    assert key.decision.tolist() == lists.decision.tolist() and set(key.decision) == {"approve", "decline"}
+    assert [json.loads(c) for c in key.reason_codes] == [json.loads(c) for c in lists.reason_codes]
     assert any(json.loads(c) for c in lists.reason_codes)  # declined rows with codes among them
+
+
+@pytest.mark.spark
+def test_reason_code_keys_become_the_json_text_the_model_would_write(spark) -> None:
+    """Quotes, backslashes and accents in labels are escaped as json.dumps escapes them."""
+    labels = ['Times "90+" days late', "Débt ratio", "back\\slash", "Age", "Open lines"]
+    sets = [(), (0,), (1, 0), (2, 4, 3), (4, 3, 2, 1, 0), (3,)]
+    keys = spark.createDataFrame([(reason_key(s, len(labels)),) for s in sets], "key bigint")
+    texts = [r[0] for r in keys.select(reason_codes_json("key", labels, 5)).collect()]
+    assert texts == [json.dumps([labels[j] for j in s]) for s in sets]
+
+
+def test_reason_codes_cross_as_text_when_their_keys_would_not_fit_64_bits(model: TrainingOutcome,
+                                                                          small_data: CreditData,
+                                                                          tmp_path: Path) -> None:
+    applicants(small_data, 5).to_parquet(tmp_path / "in.parquet", index=False)
+    ref = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out").model
+    columns = len(ref.dataset.raw_columns)
+    assert ref.key_fits and "reason_codes_as_key" in ref.batch_config
+    many = replace(ref, reason_codes=int(np.ceil(63 / np.log2(columns + 1))))
+    assert not many.key_fits and "reason_codes_as_key" not in many.batch_config
+    assert many.batch_config["reason_codes_as"] == "json"
 
 
 @pytest.mark.spark

@@ -80,6 +80,7 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "reason_codes_for": exp.reason_codes_for,
         "reason_codes_as": "list",  # "json": one JSON text per row; batch scoring overrides it (see scoring.py)
         "decision_as": "label",  # "index": the position in `decisions`; batch scoring overrides it (see scoring.py)
+        "reason_codes_as_key": False,  # one integer per row (reason_key); batch scoring sets it (see scoring.py)
         "decisions": list(DECISIONS),  # the labels in index order: the model and Spark both map indexes by them
         "freeze_gc_after_load": False,  # batch scoring's Spark workers set it (see CreditModel.load_context)
         "display_names": ds.display_names(),
@@ -91,8 +92,8 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
 
 
 CONFIG_KEYS = frozenset({  # what model_config writes: a key beyond these comes from a newer creditflow
-    "threshold", "reason_codes", "reason_codes_for", "reason_codes_as", "decision_as", "decisions",
-    "freeze_gc_after_load", "display_names", "family", "dataset_spec", "raw_columns", "shap_reference",
+    "threshold", "reason_codes", "reason_codes_for", "reason_codes_as", "reason_codes_as_key", "decision_as",
+    "decisions", "freeze_gc_after_load", "display_names", "family", "dataset_spec", "raw_columns", "shap_reference",
 })
 
 
@@ -139,6 +140,7 @@ class Scoring:
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decision_as_index: bool = False  # model config decision_as: "index" (numbers cross into Spark cheaper than text)
+    codes_as_key: bool = False  # model config reason_codes_as_key: one integer per row (see reason_key)
     decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
 
     @classmethod
@@ -154,10 +156,10 @@ class Scoring:
             rules = RuleCheck.from_spec(ds)
         except ValueError:
             rules = None
-        labels = [ds.columns[c].label for c in ds.raw_columns]
-        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), labels,
+        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), ds.reason_labels(),
                    config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json",
-                   config.get("decision_as") == "index", np.asarray(config.get("decisions", DECISIONS), dtype=object))
+                   config.get("decision_as") == "index", bool(config.get("reason_codes_as_key")),
+                   np.asarray(config.get("decisions", DECISIONS), dtype=object))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
@@ -178,16 +180,29 @@ class Scoring:
         return pd.DataFrame({
             "probability": probability,
             "decision": declined if self.decision_as_index else pd.Series(self.decisions[declined], dtype=object),
-            "reason_codes": self._codes([[self.labels[j] for j in columns] for columns in sets], per_row),
+            "reason_codes": self._codes(sets, per_row),
         })
 
-    def _codes(self, named: list[list[str]], per_row: np.ndarray) -> pd.Series:
+    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray) -> pd.Series:
         """Each row's reason codes, formatted once per distinct set (object columns: MLflow casts them cheaply)."""
+        if self.codes_as_key:
+            keys = np.asarray([0, *(reason_key(columns, len(self.labels)) for columns in sets)], dtype=np.int64)
+            return pd.Series(keys[per_row])
+        named = [[self.labels[j] for j in columns] for columns in sets]
         if self.codes_as_json:
             texts = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
             return pd.Series(texts[per_row], dtype=object)
         pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
         return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
+
+
+def reason_key(columns: tuple[int, ...], n_columns: int) -> int:
+    """Reason codes as one integer: the i-th reason's column position + 1 is its i-th digit in base n_columns + 1.
+
+    0 means no reasons. Spark turns it back into the JSON text (scoring.reason_codes_json): an integer
+    crosses from the Python workers into Spark for next to nothing, text value by value.
+    """
+    return sum((j + 1) * (n_columns + 1) ** i for i, j in enumerate(columns))
 
 
 def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ and the SQL prediction table (see `creditflow.predictions`). Everything a user c
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import sys
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 BATCH_CONFIG = {  # model-config overrides for the Spark workers, each passed only to models that read the key
     "reason_codes_as": "json",  # spark_udf converts lists row by row, text not
+    "reason_codes_as_key": True,  # an integer crosses cheaper still: Spark spells out the same JSON text
     "decision_as": "index",  # numbers cross into Spark far cheaper than text: mapped back to the model's own labels
     "freeze_gc_after_load": True,  # Spark workers live long and load the model again in every task
 }
@@ -167,11 +169,18 @@ class ModelRef:
     required: tuple[str, ...]
     config_keys: frozenset[str] = frozenset()  # the model-config keys the model reads (BATCH_CONFIG overrides some)
     decisions: tuple[str, ...] = ()  # its decision labels in index order (model config decisions)
+    reason_codes: int = 0  # how many reason codes a row gets at most (model config reason_codes)
 
     @property
     def batch_config(self) -> dict[str, Any]:
         """The BATCH_CONFIG overrides this model understands (models logged before a key ignore it)."""
-        return {k: v for k, v in BATCH_CONFIG.items() if k in self.config_keys}
+        understood = self.config_keys if self.key_fits else self.config_keys - {"reason_codes_as_key"}
+        return {k: v for k, v in BATCH_CONFIG.items() if k in understood}
+
+    @property
+    def key_fits(self) -> bool:
+        """Whether every reason-code key (model.reason_key) fits Spark's 64-bit integer."""
+        return (len(self.dataset.raw_columns) + 1) ** self.reason_codes < 2**63
 
     @property
     def lineage(self) -> dict[str, str]:
@@ -217,6 +226,7 @@ def resolve_model(model_uri: str) -> ModelRef:
         dataset=spec_from_config(config),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
         config_keys=frozenset(config), decisions=tuple(config.get("decisions", ())),
+        reason_codes=int(config.get("reason_codes", 0)),
     )
 
 
@@ -548,28 +558,44 @@ def _write_quarantine(checked: DataFrame, reason: Column, path: Path, needed: bo
 def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[Column]) -> DataFrame:
     """`keep` plus probability, decision and reason_codes (JSON text) of every row of `df`, from the model's spark_udf.
 
-    Reason codes stay the JSON text the model returns, as the SQL table stores them: parsing them into
-    arrays and writing Parquet lists cost the JVM more than the rest of the scored columns together.
-    The decision crosses as the index of its label and is mapped back to the model's labels here: a text
-    field costs the Python workers ~0.4 CPU-s per 5M rows to hand over (value by value), a number next to nothing.
-    Models logged before these model-config keys return labels and lists, turned into the same columns.
+    Reason codes are written as JSON text, as the SQL table stores them: parsing them into arrays and
+    writing Parquet lists cost the JVM more than the rest of the scored columns together. The decision
+    and the reason codes cross as integers (its label's index; reason_key) and are turned back into the
+    model's text here: a text field costs the Python workers ~0.4 CPU-s per 5M rows to hand over (value
+    by value), a number next to nothing. Models logged before these model-config keys return text, or
+    labels and lists, turned into the same columns.
     """
     from pyspark.sql import functions as F
 
     overrides = model.batch_config
-    by_index, as_json = "decision_as" in overrides, "reason_codes_as" in overrides
-    result_type = (f"probability double, decision {'int' if by_index else 'string'}, "
-                   f"reason_codes {'string' if as_json else 'array<string>'}")
+    by_index, by_key, as_json = ("decision_as" in overrides, "reason_codes_as_key" in overrides,
+                                 "reason_codes_as" in overrides)
+    codes_type = "bigint" if by_key else "string" if as_json else "array<string>"
+    result_type = f"probability double, decision {'int' if by_index else 'string'}, reason_codes {codes_type}"
     udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local",
                                   model_config=overrides or None)
     decision = (F.element_at(F.array(*[F.lit(label) for label in model.decisions]), F.col("_p.decision") + 1)
                 if by_index else F.col("_p.decision"))
-    codes = F.col("_p.reason_codes") if as_json else F.to_json(F.col("_p.reason_codes"))
+    codes = (reason_codes_json("_p.reason_codes", model.dataset.reason_labels(), model.reason_codes) if by_key
+             else F.col("_p.reason_codes") if as_json else F.to_json(F.col("_p.reason_codes")))
     inputs = model_inputs(df, model)  # in signature order: spark_udf names unnamed columns by the signature
     predicted = df.select(*keep, udf(*[c.alias(n) for n, c in inputs.items()]).alias("_p"))  # not a struct:
     # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
     kept = [c for c in predicted.columns if c != "_p"]
     return predicted.select(*kept, "_p.probability", decision.alias("decision"), codes.alias("reason_codes"))
+
+
+def reason_codes_json(key: str, labels: list[str], k: int) -> Column:
+    """The JSON text of the reason codes in the column `key` (model.reason_key): what json.dumps makes of the list.
+
+    Each label is JSON-quoted here by json.dumps, as the model does, and joined as json.dumps joins a list.
+    """
+    from pyspark.sql import functions as F
+
+    base = len(labels) + 1
+    quoted = F.array(F.lit(None).cast("string"), *[F.lit(json.dumps(label)) for label in labels])  # digit 0: none
+    names = [F.element_at(quoted, F.expr(f"{key} div {base**i} % {base}").cast("int") + 1) for i in range(k)]
+    return F.when(F.col(key) == 0, F.lit("[]")).otherwise(F.concat(F.lit("["), F.concat_ws(", ", *names), F.lit("]")))
 
 
 def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path: Path, expected: int,

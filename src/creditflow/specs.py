@@ -140,6 +140,10 @@ class DatasetSpec(_Frozen):
     def display_names(self) -> dict[str, str]:
         return {raw: col.label for raw, col in self.columns.items()}
 
+    def reason_labels(self) -> list[str]:
+        """Column labels in raw-column order: reason codes name columns by their position in it."""
+        return [self.columns[c].label for c in self.raw_columns]
+
 
 class FloatParam(_Frozen):
     type: Literal["float"]
