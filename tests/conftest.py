@@ -160,6 +160,41 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Spark standalone cluster on this machine (a master and one 2-core worker); its master URL.
+
+    Executors there load a `spark_udf` model the cluster's way (MLflow's SparkModelCache), not local mode's.
+    """
+    import pyspark
+
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    root = tmp_path_factory.mktemp("spark-cluster")
+    port, ui = free_port(), free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    master = [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+              "--port", str(port), "--webui-port", str(ui)]
+    worker = [str(spark_class), "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+              "--cores", "2", "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(root / "work")]
+    procs = []
+    try:
+        for name, command in (("master", master), ("worker", worker)):
+            with open(root / f"{name}.log", "wb") as log:
+                procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env()))
+            if name == "master":
+                wait_for_http(f"http://127.0.0.1:{ui}/json/", procs[0], timeout=90)
+        deadline = time.monotonic() + 90
+        while requests.get(f"http://127.0.0.1:{ui}/json/", timeout=5).json().get("aliveworkers", 0) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no Spark worker registered with {master_url}: see {root}")
+            time.sleep(0.5)
+        yield master_url
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 

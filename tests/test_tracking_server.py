@@ -454,18 +454,21 @@ def test_champion_is_served_online_from_the_production_registry(served_online, a
 
 
 @pytest.mark.spark
-def test_batch_scoring_against_the_production_server_matches_online(served_online, champion, production,
-                                                                     small_data, tmp_path):
+def test_batch_scoring_on_a_spark_cluster_against_the_production_server_matches_online(
+        served_online, champion, production, small_data, spark_cluster, tmp_path):
+    """The production profile end to end, scored by a standalone Spark cluster's executors (not local mode)."""
     applicants(small_data).to_csv(tmp_path / "applicants.csv", index=False)
     command = [str(VENV_BIN / "creditflow"), "score", "batch", "--model-uri", CHAMPION, "--batch-id", "flow",
                "--input", str(tmp_path / "applicants.csv"), "--output", str(tmp_path / "out"),
-               "--master", "local[1]", "--config", str(ROOT / "serving" / "batch" / "job.yaml")]
+               "--master", spark_cluster, "--config", str(ROOT / "serving" / "batch" / "job.yaml")]
     out = subprocess.run(command, env=user_env(production.url), capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rows in 40 = scored 40 + quarantined 0" in out.stdout
     scored = pd.read_parquet(tmp_path / "out" / "scored" / "batch_id=flow")
     assert set(scored.model_version) == {champion.registered_version}
+    assert set(scored.decision) <= {"approve", "decline"}
+    assert all(isinstance(json.loads(codes), list) for codes in scored.reason_codes)
     batch = dict(zip(scored.applicant_id.astype(int), scored.probability, strict=True))
     assert batch.keys() == served_online.keys()
     assert max(abs(batch[i] - served_online[i]) for i in batch) <= 1e-9

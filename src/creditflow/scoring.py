@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.models.model import MLMODEL_FILE_NAME
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from creditflow.errors import CreditflowError, DataError, SpecError, TrackingError
@@ -572,8 +575,8 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
                                  "reason_codes_as" in overrides)
     codes_type = "bigint" if by_key else "string" if as_json else "array<string>"
     result_type = f"probability double, decision {'int' if by_index else 'string'}, reason_codes {codes_type}"
-    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local",
-                                  model_config=overrides or None)
+    with batch_copy(model) as local:  # spark_udf copies it (local mode) or ships it to the executors when made
+        udf = mlflow.pyfunc.spark_udf(spark, local, result_type=result_type, env_manager="local")
     decision = (F.element_at(F.array(*[F.lit(label) for label in model.decisions]), F.col("_p.decision") + 1)
                 if by_index else F.col("_p.decision"))
     codes = (reason_codes_json("_p.reason_codes", model.dataset.reason_labels(), model.reason_codes) if by_key
@@ -583,6 +586,23 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
     kept = [c for c in predicted.columns if c != "_p"]
     return predicted.select(*kept, "_p.probability", decision.alias("decision"), codes.alias("reason_codes"))
+
+
+@contextmanager
+def batch_copy(model: ModelRef) -> Iterator[str]:
+    """A local copy of the model with its batch overrides written into its MLmodel config: what spark_udf loads.
+
+    spark_udf's `model_config` reaches the model only on a local master: on a cluster the executors load
+    it through MLflow's SparkModelCache, without the config, and the model would answer in the types
+    Spark does not expect. A copy that carries the overrides is loaded the same way everywhere.
+    """
+    with tempfile.TemporaryDirectory(prefix="creditflow-batch-model-") as tmp:
+        path = Path(mlflow.artifacts.download_artifacts(model.uri, dst_path=tmp))
+        meta = Model.load(path / MLMODEL_FILE_NAME)
+        pyfunc = meta.flavors["python_function"]
+        pyfunc["config"] = {**pyfunc.get("config", {}), **model.batch_config}
+        meta.save(path / MLMODEL_FILE_NAME)
+        yield str(path)
 
 
 def reason_codes_json(key: str, labels: list[str], k: int) -> Column:
