@@ -643,6 +643,16 @@ def scored_parquet_options() -> dict[str, str]:
             **{f"parquet.enable.dictionary#{c}": "false" for c in UNIQUE_COLUMNS}}
 
 
+@dataclass
+class _Outcome:
+    """Shared by the scoring thread (rows or error, then `finished`) and the loading thread (quarantined)."""
+
+    finished: threading.Event = field(default_factory=threading.Event)
+    rows: int = 0
+    error: BaseException | None = None
+    quarantined: int = 0
+
+
 def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, stage: Path, rows_in: int,
                     quarantine: Callable[[bool], int], progress_seconds: float) -> tuple[int, int]:
     """Score on Spark and load the SQL table at the same time; return the rows scored and quarantined.
@@ -653,42 +663,40 @@ def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, st
     only once both are done and rows in = scored + quarantined; any failure rolls it back.
     """
     path, group = stage / SCORED_DIR, f"score-{plan.batch_id}"
-    outcome: dict[str, Any] = {}
-    finished = threading.Event()
+    outcome = _Outcome()
 
     def score() -> None:
         try:
-            outcome["rows"] = _write_scored(spark, checked, plan, path, rows_in, progress_seconds)
+            outcome.rows = _write_scored(spark, checked, plan, path, rows_in, progress_seconds)
         except BaseException as exc:  # handed to the loading thread, which raises it
-            outcome["error"] = exc
+            outcome.error = exc
         finally:
-            finished.set()
+            outcome.finished.set()
 
     def verify(loaded: int) -> None:
-        scored = outcome["rows"]
-        quarantined = outcome["quarantined"] = quarantine(scored < rows_in)
-        if scored + quarantined != rows_in or loaded != scored:
-            raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {scored} scored, {quarantined} "
-                             f"quarantined and {loaded} loaded into the table; nothing published")
+        outcome.quarantined = quarantine(outcome.rows < rows_in)
+        if outcome.rows + outcome.quarantined != rows_in or loaded != outcome.rows:
+            raise BatchError(f"batch {plan.batch_id}: {rows_in} rows in but {outcome.rows} scored, "
+                             f"{outcome.quarantined} quarantined and {loaded} loaded into the table; nothing published")
 
     thread = threading.Thread(target=score, name="batch-scoring", daemon=True)
     thread.start()
     try:
-        _load_table(plan, _committed_files(path, finished, outcome), rows_in, progress_seconds, verify)
+        _load_table(plan, _committed_files(path, outcome), rows_in, progress_seconds, verify)
     finally:
         while thread.is_alive():  # the loader failed: stop scoring too (again, if its job had not started yet)
             spark.sparkContext.cancelJobGroup(group)
             thread.join(POLL_SECONDS)
-    return outcome["rows"], outcome["quarantined"]
+    return outcome.rows, outcome.quarantined
 
 
-def _committed_files(path: Path, finished: threading.Event, outcome: dict[str, Any]) -> Iterator[Path]:
+def _committed_files(path: Path, outcome: _Outcome) -> Iterator[Path]:
     """The scored Parquet files as their tasks commit them, until the Spark job has ended (or failed)."""
     seen: set[Path] = set()
     while True:
-        ended = finished.wait(POLL_SECONDS)
-        if "error" in outcome:
-            raise outcome["error"]
+        ended = outcome.finished.wait(POLL_SECONDS)
+        if outcome.error is not None:
+            raise outcome.error
         for file in sorted(path.glob("*.parquet")) if path.is_dir() else []:
             if file not in seen:
                 seen.add(file)
