@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -278,6 +279,8 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
         # our scoring step as the job runs it, without the job around it; the UDF made once, as for stock
         ours = score_rows(spark, df, resolve_model(models[family]), [F.col("Id").alias("applicant_id")])
         results[f"ours_{family}"] = _timed(lambda ours=ours: write(ours, "ours", scored_parquet_options()), repeats)
+        for i in range(repeats):  # a --work directory used before holds them: the runs would replace batches
+            shutil.rmtree(work_dir / f"job-{family}-{i}", ignore_errors=True)
         outputs = (work_dir / f"job-{family}-{i}" for i in range(repeats))  # new each run: a first load, not a rerun
         job = _timed(lambda model=models[family], outputs=outputs: run_batch(
             spark, plan_batch(model, data, next(outputs), batch_id="bench"), progress_seconds=30), repeats)
