@@ -51,7 +51,7 @@ from creditflow.specs import DatasetSpec, spec_from_config
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-BATCH_CONFIG = {  # model-config overrides for the Spark workers, each passed only to models that read the key
+BATCH_CONFIG = {  # model-config overrides for the Spark workers (see batch_copy), for models that read the key
     "reason_codes_as": "json",  # spark_udf converts lists row by row, text not
     "reason_codes_as_key": True,  # an integer crosses cheaper still: Spark spells out the same JSON text
     "decision_as": "index",  # numbers cross into Spark far cheaper than text: mapped back to the model's own labels
