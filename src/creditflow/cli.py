@@ -68,20 +68,11 @@ def _cmd_registry_history(args: argparse.Namespace) -> int:
     return history_command(args)
 
 
-def _check_server_for(model_uri: str) -> None:
-    """Fail fast when the model comes from a tracking server that does not answer (MLflow retries ~4 min)."""
-    from creditflow.tracking import check_tracking_server
-
-    if model_uri.startswith(("models:/", "runs:/")):
-        check_tracking_server()
-
-
 def _cmd_score_batch(args: argparse.Namespace) -> int:
     from creditflow.scoring import load_batch_config, log_batch, plan_batch, run_batch, start_spark
     from creditflow.tracking import detach_project_run
 
     config = load_batch_config(args.config or None, master=args.master)
-    _check_server_for(args.model_uri)
     launcher = detach_project_run()
     plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
     spark = start_spark(config)  # only after the model and the input's columns are checked
@@ -107,10 +98,8 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from creditflow.serve import load_serving_config, serve
 
-    config = load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
-                                 workers=args.workers)
-    _check_server_for(config.model_uri)
-    serve(config)
+    serve(load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
+                              workers=args.workers))
     return 0
 
 

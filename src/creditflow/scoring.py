@@ -210,6 +210,9 @@ def _registry_version(model_uri: str) -> tuple[str, str]:
 
 def resolve_model(model_uri: str) -> ModelRef:
     """Read the model's metadata (not its weights): version, run, signature and dataset spec."""
+    from creditflow.tracking import check_server_for  # here: tracking imports the training stack (~1.5 s)
+
+    check_server_for(model_uri)
     try:
         name, version = _registry_version(model_uri) if model_uri.startswith("models:/") else ("", "")
         pinned = f"models:/{name}/{version}" if name else model_uri
@@ -318,8 +321,8 @@ def default_batch_id(source: Path, today: date | None = None) -> str:
 def plan_batch(model_uri: str, input_path: str | Path, output: str | Path, batch_id: str = "",
                id_column: str = "", table: str = "") -> BatchPlan:
     """Resolve the model and check the input against its signature; raises before any Spark work."""
-    source = inspect_input(input_path)
     model = resolve_model(model_uri)
+    source = inspect_input(input_path)
     batch_id = batch_id or default_batch_id(source.path)
     if not BATCH_ID.match(batch_id):
         raise BatchError(f"batch id '{batch_id[:40]}' must be 1-100 letters, digits, '-' or '_'")

@@ -225,6 +225,9 @@ def download_model(model_uri: str, into: Path) -> Path:
     from mlflow.models import Model
     from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
+    from creditflow.tracking import check_server_for
+
+    check_server_for(model_uri)
     try:
         path = Path(_download_artifact_from_uri(model_uri, output_path=str(into)))
         flavor = Model.load(str(path)).flavors.get("python_function", {})

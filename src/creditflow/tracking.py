@@ -54,6 +54,12 @@ def check_tracking_server() -> str:
     return uri
 
 
+def check_server_for(model_uri: str) -> None:
+    """Before a model is fetched from the tracking server, check it answers: MLflow's client retries ~4 minutes."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        check_tracking_server()
+
+
 def detach_project_run() -> str | None:
     """Under `mlflow run`, free our runs from the project's run (so each lands in its spec's experiment).
 
