@@ -24,6 +24,7 @@ from conftest import VENV_BIN, small_experiment, spark_test_config, subprocess_e
 from creditflow import scoring
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
+from creditflow.errors import TrackingError
 from creditflow.model import reason_key
 from creditflow.predictions import (
     PredictionNotFound,
@@ -276,6 +277,23 @@ def test_models_logged_before_the_batch_config_keys_give_the_same_rows(spark, mo
     assert key.decision.tolist() == lists.decision.tolist() and set(key.decision) == {"approve", "decline"}
     assert [json.loads(c) for c in key.reason_codes] == [json.loads(c) for c in lists.reason_codes]
     assert any(json.loads(c) for c in lists.reason_codes)  # declined rows with codes among them
+
+
+@pytest.mark.spark
+def test_a_model_whose_files_vanish_after_planning_fails_in_one_line(spark, model: TrainingOutcome,
+                                                                     small_data: CreditData, tmp_path: Path) -> None:
+    """The batch copy fetches the model again when scoring starts: a store gone by then is one line, no traceback."""
+    applicants(small_data, 20).to_parquet(tmp_path / "in.parquet", index=False)
+    plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="gone")
+    uri = mlflow.MlflowClient().get_model_version_download_uri(plan.model.name, plan.model.version)
+    files = Path(uri.removeprefix("file://"))
+    files.rename(tmp_path / "moved")
+    try:
+        with pytest.raises(TrackingError, match=r"^model models:/credit-default/\d+"):
+            run_batch(spark, plan)
+    finally:
+        (tmp_path / "moved").rename(files)
+    assert not (tmp_path / "out" / "scored" / "batch_id=gone").exists()
 
 
 @pytest.mark.spark

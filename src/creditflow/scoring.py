@@ -208,19 +208,26 @@ def _registry_version(model_uri: str) -> tuple[str, str]:
     return "", ""
 
 
+@contextmanager
+def _model_errors(model_uri: str) -> Iterator[None]:
+    """MLflow's errors reading a model (unknown name, alias or version; files gone) as one TrackingError line."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise TrackingError(f"model {model_uri}: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        raise TrackingError(f"model {model_uri} cannot be read: {exc}") from None
+
+
 def resolve_model(model_uri: str) -> ModelRef:
     """Read the model's metadata (not its weights): version, run, signature and dataset spec."""
     from creditflow.tracking import check_server_for  # here: tracking imports the training stack (~1.5 s)
 
     check_server_for(model_uri)
-    try:
+    with _model_errors(model_uri):
         name, version = _registry_version(model_uri) if model_uri.startswith("models:/") else ("", "")
         pinned = f"models:/{name}/{version}" if name else model_uri
         info = mlflow.models.get_model_info(pinned)
-    except MlflowException as exc:
-        raise TrackingError(f"model {model_uri}: {exc.message.splitlines()[0]}") from None
-    except OSError as exc:
-        raise TrackingError(f"model {model_uri} cannot be read: {exc}") from None
     config = info.flavors.get("python_function", {}).get("config") or {}
     if "dataset_spec" not in config or info.signature is None:
         raise TrackingError(f"model {model_uri} is not a creditflow model (no dataset spec or signature)")
@@ -599,7 +606,7 @@ def batch_copy(model: ModelRef) -> Iterator[str]:
     it through MLflow's SparkModelCache, without the config, and the model would answer in the types
     Spark does not expect. A copy that carries the overrides is loaded the same way everywhere.
     """
-    with tempfile.TemporaryDirectory(prefix="creditflow-batch-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="creditflow-batch-model-") as tmp, _model_errors(model.uri):
         path = Path(mlflow.artifacts.download_artifacts(model.uri, dst_path=tmp))
         meta = Model.load(path / MLMODEL_FILE_NAME)
         pyfunc = meta.flavors["python_function"]
