@@ -240,7 +240,7 @@ def permutation_table(
     result = permutation_importance(pipe, X, y, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1)
     table = pd.DataFrame({
         "feature": spec.raw_columns,
-        "label": [spec.columns[c].label for c in spec.raw_columns],
+        "label": spec.reason_labels(),
         "importance_mean": result.importances_mean,
         "importance_std": result.importances_std,
     })
