@@ -134,11 +134,14 @@ def load_batch_config(path: str | Path | None, **overrides: Any) -> SparkConfig:
 def start_spark(config: SparkConfig, app_name: str = "creditflow-batch") -> SparkSession:
     """A Spark session whose Python workers run this interpreter (so they import creditflow and mlflow)."""
     import os
+    import warnings
 
     from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = config.python or sys.executable  # PySpark reads it from the environment only
+    # printed four times per job and not the user's to act on: the tests run this pandas (3) through Spark
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     builder = SparkSession.builder.master(config.master).appName(app_name)
     for key, value in config.spark_conf().items():
         builder = builder.config(key, value)
