@@ -382,6 +382,39 @@ def test_table_loading_overlaps_scoring_and_either_failing_publishes_nothing(
 
 
 @pytest.mark.spark
+def test_a_batch_that_fails_mid_job_returns_after_its_tasks_stopped(
+        spark, model: TrainingOutcome, small_data: CreditData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark fails a cancelled job before its tasks end: one still finishing would commit into removed staging."""
+    applicants(small_data, 12_000).to_parquet(tmp_path / "in.parquet", index=False, row_group_size=1000)
+    tracker, group = spark.sparkContext.statusTracker(), "score-late"
+
+    seen_running: list[bool] = []
+
+    def failing_load(*args):  # the table fails while tasks are scoring
+        deadline = time.monotonic() + 60
+        while not seen_running and time.monotonic() < deadline:
+            seen_running.extend(True for stage in scoring._group_stages(tracker, group) if stage.numActiveTasks)
+            time.sleep(0.01)
+        raise TableError("the table is unreachable")
+
+    monkeypatch.setattr(scoring, "_load_table", failing_load)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "50")  # tasks that take a while
+    try:
+        with pytest.raises(TableError, match="unreachable"):
+            score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="late")
+        running = scoring._tasks_running(tracker, group)
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert seen_running, "the job ended before the table failed"
+    assert not running, "score_batch returned while tasks of its job were still running"
+    time.sleep(1)  # a late task would have committed its file by now
+    assert not list((tmp_path / "out" / "_staging").iterdir())
+    assert not (tmp_path / "out" / "scored").exists()
+
+
+@pytest.mark.spark
 @pytest.mark.slow
 def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutcome, small_data: CreditData,
                                                      store: tuple[str, TrainingOutcome], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +68,7 @@ STATS_KEPT = ("applicant_id",)  # scored Parquet columns with min/max statistics
 UNIQUE_COLUMNS = ("applicant_id", "probability")  # scored columns with (nearly) every value distinct: no dictionary
 HEARTBEAT_SECONDS = 30.0  # a progress line at least this often, even when no task finished
 POLL_SECONDS = 0.5  # how often the table loader looks for scored files of finished tasks
+TASK_STOP_SECONDS = 30.0  # at most this long for a failed job's tasks to stop (Python workers get 2 s to die)
 
 
 class BatchError(CreditflowError):
@@ -538,9 +540,9 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     stage = staging_dir(plan.output, plan.batch_id)
     try:
         print(f"[batch {plan.batch_id}] {rows_in:,} rows from {plan.source.path}; model {plan.model.uri}", flush=True)
-        scored, quarantined = _score_and_load(
-            spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage, rows_in,
-            lambda needed: _write_quarantine(checked, reason, stage / QUARANTINE_DIR, needed), progress_seconds)
+        quarantine = partial(_write_quarantine, checked, reason, stage / QUARANTINE_DIR, plan.batch_id)
+        scored, quarantined = _score_and_load(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage,
+                                              rows_in, quarantine, progress_seconds)
         for name in (SCORED_DIR, QUARANTINE_DIR):  # the SQL rows are committed: now the Parquet partitions
             publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
     finally:
@@ -550,7 +552,7 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
                        partition_dir(plan.output / QUARANTINE_DIR, plan.batch_id), plan.table_url)
 
 
-def _write_quarantine(checked: DataFrame, reason: Column, path: Path, needed: bool) -> int:
+def _write_quarantine(checked: DataFrame, reason: Column, path: Path, batch_id: str, needed: bool) -> int:
     """Rows breaking a value rule, as read, with the rule; a JVM-only pass (no model, no Python).
 
     Not `needed` when every row was scored: then none broke a rule, and the input is not read again.
@@ -559,7 +561,7 @@ def _write_quarantine(checked: DataFrame, reason: Column, path: Path, needed: bo
 
     bad = checked.filter(F.col(BROKEN)).withColumn("reason", reason).drop(BROKEN)
     if needed:
-        with _spark_errors("quarantine"):
+        with _spark_errors("quarantine"), _job_group(checked.sparkSession, f"quarantine-{batch_id}", "quarantine"):
             bad.write.mode("overwrite").parquet(str(path))
     else:  # an empty file with the columns, as Spark writes for no rows: readers see an empty partition
         from pyspark.sql.pandas.types import to_arrow_schema
@@ -640,7 +642,9 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     scored = scored.select(*scored.columns, *[F.lit(v).alias(k) for k, v in plan.model.lineage.items()],
                            F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
-    with _spark_errors("scoring"), _progress(spark, f"score-{plan.batch_id}", expected, progress_seconds):
+    group = f"score-{plan.batch_id}"
+    with (_spark_errors("scoring"), _job_group(spark, group, f"creditflow batch scoring ({expected} rows)"),
+          _progress(spark, group, expected, progress_seconds)):
         scored.write.mode("overwrite").options(**scored_parquet_options()).parquet(str(path))
     rows, seconds = parquet_rows(path), time.perf_counter() - started
     print(f"[score] {rows:,} rows scored in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s)", flush=True)
@@ -703,6 +707,41 @@ def _score_and_load(spark: SparkSession, checked: DataFrame, plan: BatchPlan, st
     return outcome.rows, outcome.quarantined
 
 
+@contextmanager
+def _job_group(spark: SparkSession, group: str, description: str) -> Iterator[None]:
+    """Spark jobs started in the block belong to `group`; the block ends only once all their tasks have.
+
+    Spark fails a job (cancelled, or one task failed) before its other tasks have stopped: a task that
+    was finishing would commit its file into the staging directory after run_batch had removed it.
+    """
+    sc = spark.sparkContext
+    sc.setJobGroup(group, description)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        tracker, deadline = sc.statusTracker(), time.monotonic() + TASK_STOP_SECONDS
+        while _tasks_running(tracker, group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _group_stages(tracker: Any, group: str) -> Iterator[Any]:
+    """The stages of the group's jobs, as Spark's status tracker knows them (SparkStageInfo)."""
+    for job in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job)
+        for stage_id in info.stageIds if info else ():
+            stage = tracker.getStageInfo(stage_id)
+            if stage:
+                yield stage
+
+
+def _tasks_running(tracker: Any, group: str) -> bool:
+    """Whether a job of the group is still running or any of its tasks has not ended."""
+    jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
+    return any(job and job.status == "RUNNING" for job in jobs) or any(
+        stage.numActiveTasks for stage in _group_stages(tracker, group))
+
+
 def _committed_files(path: Path, outcome: _Outcome) -> Iterator[Path]:
     """The scored Parquet files as their tasks commit them, until the Spark job has ended (or failed)."""
     seen: set[Path] = set()
@@ -758,7 +797,6 @@ def _progress(spark: SparkSession, group: str, expected: int, every: float) -> I
     Without news for HEARTBEAT_SECONDS, a line says the job is still at it.
     """
     sc = spark.sparkContext
-    sc.setJobGroup(group, f"creditflow batch scoring ({expected} rows)")
     stop = threading.Event()
     start = time.perf_counter()
 
@@ -766,13 +804,8 @@ def _progress(spark: SparkSession, group: str, expected: int, every: float) -> I
         tracker = sc.statusTracker()
         shown, shown_at = -1, start
         while not stop.wait(every):
-            done = total = 0
-            for job in tracker.getJobIdsForGroup(group):
-                info = tracker.getJobInfo(job)
-                for stage_id in info.stageIds if info else ():
-                    stage = tracker.getStageInfo(stage_id)
-                    if stage:
-                        done, total = done + stage.numCompletedTasks, total + stage.numTasks
+            stages = list(_group_stages(tracker, group))
+            done, total = sum(s.numCompletedTasks for s in stages), sum(s.numTasks for s in stages)
             now = time.perf_counter()
             if total and (done != shown or now - shown_at >= HEARTBEAT_SECONDS):
                 rows = expected * done // total
@@ -787,7 +820,6 @@ def _progress(spark: SparkSession, group: str, expected: int, every: float) -> I
     finally:
         stop.set()
         thread.join(timeout=every + 5)
-        sc.setLocalProperty("spark.jobGroup.id", None)
 
 
 def score_batch(spark: SparkSession, model_uri: str, input_path: str | Path, output: str | Path,
