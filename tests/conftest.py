@@ -20,6 +20,7 @@ import requests
 from creditflow.data import CreditData, load_dataset, split_data
 from creditflow.pipeline import build_pipeline
 from creditflow.specs import DatasetSpec, ExperimentSpec, load_dataset_spec, load_experiment_spec
+from creditflow.tracking import TrainingOutcome, train_and_log
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -140,6 +141,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     with running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root, timeout=90) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
+          small_data: CreditData) -> Iterator[tuple[str, TrainingOutcome]]:
+    """One tracking store per test module with a logistic model registered and promoted to @champion."""
+    root = tmp_path_factory.mktemp("champion-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        outcome = train_and_log(small_experiment(**{"explain.enabled": False}), small_spec, small_data)
+        mlflow.MlflowClient().set_registered_model_alias("credit-default", "champion", outcome.registered_version)
+    yield uri, outcome
+
+
+@pytest.fixture
+def model(store: tuple[str, TrainingOutcome], monkeypatch: pytest.MonkeyPatch) -> TrainingOutcome:
+    """Point this test at the module's store; returns the champion's training outcome."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
+    mlflow.set_tracking_uri(store[0])
+    return store[1]
 
 
 def spark_test_config(**changes: object) -> Any:

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import VENV_BIN, small_experiment, spark_test_config, subprocess_env
+from conftest import VENV_BIN, spark_test_config, subprocess_env
 from creditflow import scoring
 from creditflow.cli import main
 from creditflow.data import CreditData, rule_violations
@@ -47,32 +46,9 @@ from creditflow.scoring import (
     violation_reason,
 )
 from creditflow.specs import DatasetSpec
-from creditflow.tracking import TrainingOutcome, train_and_log
+from creditflow.tracking import TrainingOutcome
 
 CHAMPION = "models:/credit-default@champion"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
-          small_data: CreditData) -> Iterator[tuple[str, TrainingOutcome]]:
-    """One tracking store for the module with a logistic model registered and promoted to @champion."""
-    root = tmp_path_factory.mktemp("scoring-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        outcome = train_and_log(small_experiment(**{"explain.enabled": False}), small_spec, small_data)
-        mlflow.MlflowClient().set_registered_model_alias("credit-default", "champion", outcome.registered_version)
-    yield uri, outcome
-
-
-@pytest.fixture
-def model(store: tuple[str, TrainingOutcome], monkeypatch: pytest.MonkeyPatch) -> TrainingOutcome:
-    """Point this test at the module's store; returns the champion's training outcome."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
-    mlflow.set_tracking_uri(store[0])
-    return store[1]
 
 
 def applicants(data: CreditData, rows: int, first_id: int = 1000, offset: int = 0) -> pd.DataFrame:
