@@ -78,3 +78,20 @@ def test_explain_entry_point_rebuilds_artifacts(mlflow_server, small_csv) -> Non
     proc = mlflow_run(mlflow_server, "explain", f"run_id={run.info.run_id}", f"data={small_csv}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"explanations of run {run.info.run_id} rebuilt" in proc.stdout
+
+
+def test_monitor_drift_entry_point_logs_the_report_on_the_project_run(mlflow_server, small_csv, tmp_path) -> None:
+    client = MlflowClient(mlflow_server)
+    if not client.search_model_versions("name = 'credit-default'"):  # order-independent: a model to monitor
+        assert mlflow_run(mlflow_server, "train", f"data={small_csv}", "cv_folds=2").returncode == 0
+    latest = max(int(v.version) for v in client.search_model_versions("name = 'credit-default'"))
+    client.set_registered_model_alias("credit-default", "monitored", str(latest))
+    proc = mlflow_run(mlflow_server, "monitor_drift", "model_uri=models:/credit-default@monitored",
+                      f"input={small_csv}", f"report={tmp_path / 'drift.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3,000 rows" in proc.stdout and (tmp_path / "drift.json").is_file()
+    project_run = client.search_runs([client.get_experiment_by_name("project-runs").experiment_id],
+                                     order_by=["attributes.start_time DESC"])[0]
+    assert project_run.data.tags["drift_status"] == "stable"
+    assert project_run.data.tags["model_version"] == str(latest)
+    assert len([m for m in project_run.data.metrics if m.startswith("psi.")]) == 11

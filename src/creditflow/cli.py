@@ -95,6 +95,23 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor_drift(args: argparse.Namespace) -> int:
+    from creditflow.monitor import alert_if_major, drift_report, log_report, write_report
+    from creditflow.registry import quiet_downloads
+    from creditflow.tracking import detach_project_run
+
+    launcher = detach_project_run()
+    with quiet_downloads():
+        report = drift_report(args.model_uri, args.input)
+    print(report.table())
+    if args.report:
+        write_report(report, args.report)
+    if args.log:
+        print(f"[drift] logged to MLflow run {log_report(report, launcher)}")
+    alert_if_major(report)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from creditflow.serve import load_serving_config, serve
 
@@ -151,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: sqlite under --output)")
     p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
     p.set_defaults(handler=_cmd_score_batch)
+
+    p = sub.add_parser("monitor", help="data drift against the model's training data")
+    mon = p.add_subparsers(dest="monitor_command", required=True)
+    p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
+    p.add_argument("--model-uri", required=True, help="e.g. models:/credit-default@champion")
+    p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
+    p.add_argument("--report", default="", help="also write the report as JSON to this file")
+    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log the report as an MLflow run (default: yes)")
+    p.set_defaults(handler=_cmd_monitor_drift)
 
     p = sub.add_parser("predictions", help="read stored batch predictions")
     pred = p.add_subparsers(dest="predictions_command", required=True)

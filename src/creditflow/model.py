@@ -283,21 +283,26 @@ def pip_requirements() -> list[str]:
 def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_train: pd.DataFrame) -> ModelInfo:
     """Log the fitted pipeline as our pyfunc under the active run, with signature and input example.
 
-    `X_train` (the training rows) gives the SHAP reference of linear models and the input example.
+    `X_train` (the training rows) gives the SHAP reference of linear models, the input example and the
+    reference profile the drift monitor compares batches with.
     """
+    from creditflow.monitor import PROFILE_ARTIFACT, reference_profile  # training only: not in serving's imports
+
     config = model_config(exp, ds, shap_reference(pipe, X_train, ds))
-    example = X_train[ds.raw_columns].head(5)
+    X = X_train[ds.raw_columns]
+    profile = reference_profile(X, ds, pipe.predict_proba(X)[:, 1])
     signature = ModelSignature(inputs=input_schema(ds), outputs=output_schema())
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pipeline.skops"
+        path, profile_path = Path(tmp) / "pipeline.skops", Path(tmp) / f"{PROFILE_ARTIFACT}.json"
         save_pipeline(pipe, path)
+        profile_path.write_text(profile.model_dump_json())
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
-            artifacts={"pipeline": str(path)},
+            artifacts={"pipeline": str(path), PROFILE_ARTIFACT: str(profile_path)},
             code_paths=[str(PACKAGE_DIR)],
             model_config=config,
             signature=signature,
-            input_example=example,
+            input_example=X.head(5),
             pip_requirements=pip_requirements(),
         )

@@ -1,0 +1,236 @@
+"""Data drift: how far a batch of applicants has moved from the data the model was trained on.
+
+At training, `reference_profile` bins every raw input column (deciles of its training values, or its
+training categories, plus a bin for missing values) and the model's training scores. The profile is
+logged inside the model (`artifacts/reference_profile.json`), so it travels with every registered
+version. `drift_report` compares a new batch with it by the population stability index (PSI), the
+credit-risk industry's measure of population shift: below 0.10 stable, 0.10 to 0.25 a moderate
+shift, 0.25 and above a major one (investigate, retrain).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from creditflow.data import coerce_columns, read_table, rule_violations
+from creditflow.errors import CreditflowError, DataError, TrackingError
+from creditflow.specs import DatasetSpec
+
+PROFILE_ARTIFACT = "reference_profile"  # the model artifact's key, and its file name (.json)
+QUANTILES = np.linspace(0.1, 0.9, 9)  # decile cut points
+MODERATE, MAJOR = 0.10, 0.25  # PSI bands, as credit-risk monitoring reads them
+FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
+OTHER = "(other)"  # categories unseen in training
+SCORE = "score"  # the model's probability of default, profiled like a column
+MONITOR_EXPERIMENT = "credit-default-monitoring"
+
+Status = Literal["stable", "moderate shift", "major shift"]
+
+
+class DriftAlert(CreditflowError):
+    """A major shift: the report is printed, and the exit code tells a scheduler to alert."""
+
+    exit_code = 3
+
+
+class ColumnProfile(BaseModel):
+    """One column's reference bins: numeric cut points or categories, and the training share of each bin.
+
+    Numeric value v falls in bin `searchsorted(edges, v, side="right")`; a category in its position,
+    anything unseen in training in the bin after them. The last share is always the missing values'.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["numeric", "categorical"] = "numeric"
+    edges: list[float] = []
+    categories: list[str] = []
+    shares: list[float] = []
+
+    def counts(self, values: pd.Series) -> np.ndarray:
+        """How many of `values` fall in each bin (missing last)."""
+        missing = values.isna().to_numpy()
+        present = values[~missing]
+        if self.kind == "categorical":
+            positions = pd.Index(self.categories).get_indexer(present.astype(str))
+            binned, bins = np.where(positions < 0, len(self.categories), positions), len(self.categories) + 1
+        else:
+            edges = np.asarray(self.edges, dtype="float64")
+            binned, bins = np.searchsorted(edges, present.to_numpy("float64"), side="right"), len(edges) + 1
+        return np.append(np.bincount(binned, minlength=bins), missing.sum()).astype("float64")
+
+
+class ReferenceProfile(BaseModel):
+    """The training population as the monitor compares batches with it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: int
+    columns: dict[str, ColumnProfile]
+    score: ColumnProfile
+
+
+def profile_column(values: pd.Series, categorical: bool) -> ColumnProfile:
+    """Decile bins of a numeric column's training values (its categories, if categorical), with their shares."""
+    present = values.dropna()
+    if categorical:
+        bins = ColumnProfile(kind="categorical", categories=sorted(present.astype(str).unique().tolist()))
+    else:
+        edges = np.unique(np.quantile(present.to_numpy("float64"), QUANTILES)) if len(present) else np.array([])
+        bins = ColumnProfile(edges=edges.tolist())
+    return bins.model_copy(update={"shares": (bins.counts(values) / max(len(values), 1)).tolist()})
+
+
+def reference_profile(X: pd.DataFrame, ds: DatasetSpec, probability: np.ndarray) -> ReferenceProfile:
+    """The training rows' profile: each raw column of the spec, and the model's scores."""
+    columns = {raw: profile_column(X[raw], col.group == "categorical") for raw, col in ds.columns.items()}
+    return ReferenceProfile(rows=len(X), columns=columns, score=profile_column(pd.Series(probability), False))
+
+
+def psi(expected: np.ndarray | list[float], actual: np.ndarray | list[float]) -> float:
+    """Population stability index of two bin-share vectors: sum of (a - e) * ln(a / e), empty bins floored."""
+    e = np.maximum(np.asarray(expected, dtype="float64"), FLOOR)
+    a = np.maximum(np.asarray(actual, dtype="float64"), FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def status_of(value: float) -> Status:
+    return "major shift" if value >= MAJOR else "moderate shift" if value >= MODERATE else "stable"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One column's (or the score's) shift: PSI and the shares behind it."""
+
+    column: str
+    label: str
+    psi: float
+    reference: list[float]
+    batch: list[float]
+
+    @property
+    def status(self) -> Status:
+        return status_of(self.psi)
+
+
+def column_drift(column: str, label: str, profile: ColumnProfile, values: pd.Series) -> Drift:
+    counts = profile.counts(values)
+    shares = counts / max(counts.sum(), 1.0)
+    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist())
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A batch compared with the model's training population."""
+
+    model_uri: str
+    lineage: dict[str, str]
+    source: str
+    rows: int
+    rows_scored: int  # rows that pass the value rules: the score's shift is measured on them
+    reference_rows: int
+    columns: list[Drift]
+    score: Drift
+
+    @property
+    def worst(self) -> Drift:
+        return max([*self.columns, self.score], key=lambda d: d.psi)
+
+    def table(self) -> str:
+        """The report as text lines, largest shift first."""
+        rows = sorted([*self.columns, self.score], key=lambda d: -d.psi)
+        width = max(len(d.label) for d in rows)
+        head = (f"[drift] {self.rows:,} rows from {self.source} against {self.reference_rows:,} training rows "
+                f"of {self.model_uri} (score on {self.rows_scored:,} rows within the value rules)")
+        return "\n".join([head, f"{'column':<{width}}  {'PSI':>7}  status",
+                          *[f"{d.label:<{width}}  {d.psi:7.3f}  {d.status}" for d in rows]])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.model_uri, **self.lineage, "source": self.source, "rows": self.rows,
+            "rows_scored": self.rows_scored, "reference_rows": self.reference_rows, "status": self.worst.status,
+            "thresholds": {"moderate": MODERATE, "major": MAJOR},
+            "columns": {d.column: {"label": d.label, "psi": d.psi, "status": d.status, "reference": d.reference,
+                                   "batch": d.batch} for d in [*self.columns, self.score]},
+        }
+
+
+def load_profile(model_dir: Path, model_uri: str) -> ReferenceProfile:
+    """The reference profile logged inside a downloaded model."""
+    path = model_dir / "artifacts" / f"{PROFILE_ARTIFACT}.json"
+    if not path.is_file():
+        raise TrackingError(f"model {model_uri} has no reference profile (logged before creditflow profiled "
+                            "training data): retrain it to monitor drift")
+    try:
+        return ReferenceProfile.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise TrackingError(f"model {model_uri}: reference profile unreadable ({exc.errors()[0]['msg']})") from None
+
+
+def read_batch(path: str | Path, ds: DatasetSpec) -> pd.DataFrame:
+    """The batch's raw columns, typed as the model reads them; one line naming missing columns."""
+    frame = read_table(path)
+    missing = [c for c in ds.raw_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
+    return coerce_columns(frame[ds.raw_columns], ds, origin=str(path))
+
+
+def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
+    """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
+    from creditflow.scoring import resolve_model
+    from creditflow.serve import download_model
+
+    ref = resolve_model(model_uri)
+    X = read_batch(input_path, ref.dataset)
+    with tempfile.TemporaryDirectory(prefix="creditflow-monitor-") as tmp:
+        path = download_model(ref.uri, Path(tmp))
+        profile = load_profile(path, model_uri)
+        valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
+        probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []
+    labels = ref.dataset.display_names()
+    columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
+               for raw in ref.dataset.raw_columns if raw in profile.columns]
+    score = column_drift(SCORE, "Score (probability of default)", profile.score, pd.Series(probability, dtype=float))
+    return DriftReport(ref.uri, ref.lineage, str(input_path), len(X), len(valid), profile.rows, columns, score)
+
+
+def log_report(report: DriftReport, run_id: str | None = None, experiment: str = MONITOR_EXPERIMENT) -> str:
+    """Log the report as an MLflow run (a PSI metric per column), so drift over time shows in the MLflow UI.
+
+    Into `run_id` when given (the `mlflow run` project run), else a new run of the monitoring experiment.
+    """
+    from creditflow.tracking import check_tracking_server
+
+    check_tracking_server()
+    if not run_id:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=f"drift {Path(report.source).name}") as run:
+        mlflow.set_tags({"creditflow.kind": "drift", "drift_status": report.worst.status, **report.lineage})
+        mlflow.log_params({"drift.model_uri": report.model_uri, "drift.input": report.source,
+                           "drift.rows": report.rows, "drift.rows_scored": report.rows_scored})
+        mlflow.log_metrics({f"psi.{d.column}": d.psi for d in [*report.columns, report.score]})
+        mlflow.log_dict(report.to_dict(), "drift_report.json")
+    return run.info.run_id
+
+
+def alert_if_major(report: DriftReport) -> None:
+    """Raise DriftAlert (exit 3) naming every column with a major shift."""
+    major = [d for d in sorted([*report.columns, report.score], key=lambda d: -d.psi) if d.status == "major shift"]
+    if major:
+        shifted = ", ".join(f"{d.label} (PSI {d.psi:.2f})" for d in major)
+        raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
+
+
+def write_report(report: DriftReport, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report.to_dict(), indent=2))

@@ -1,0 +1,185 @@
+"""Drift monitoring: PSI against the training profile logged inside the model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from creditflow.cli import main
+from creditflow.data import CreditData
+from creditflow.monitor import (
+    MONITOR_EXPERIMENT,
+    PROFILE_ARTIFACT,
+    ColumnProfile,
+    ReferenceProfile,
+    profile_column,
+    psi,
+    reference_profile,
+    status_of,
+)
+from creditflow.specs import DatasetSpec
+from creditflow.synthetic import generate_credit_data
+from creditflow.tracking import TrainingOutcome
+
+CHAMPION = "models:/credit-default@champion"
+
+
+def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Incomes halved and half the applicants without a dependents count: a population the model never saw."""
+    out = frame.copy()
+    out["MonthlyIncome"] = out["MonthlyIncome"] * 0.5
+    out.loc[out.index[::2], "NumberOfDependents"] = np.nan
+    return out
+
+
+def monitoring_runs() -> list[mlflow.entities.Run]:
+    exp = mlflow.get_experiment_by_name(MONITOR_EXPERIMENT)
+    return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+
+
+# ---------------------------------------------------------------- PSI and profiles
+
+
+def test_psi_of_a_known_shift() -> None:
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
+    assert psi([0.1, 0.2, 0.7], [0.1, 0.2, 0.7]) == 0.0
+
+
+def test_an_empty_reference_bin_is_floored_not_infinite() -> None:
+    expected = (0.4 - 0.5) * math.log(0.4 / 0.5) + (0.1 - 1e-4) * math.log(0.1 / 1e-4)
+    assert psi([0.5, 0.5, 0.0], [0.5, 0.4, 0.1]) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("value", "status"), [(0.02, "stable"), (0.1, "moderate shift"), (0.25, "major shift")])
+def test_psi_bands(value: float, status: str) -> None:
+    assert status_of(value) == status
+
+
+def test_numeric_bins_are_the_training_deciles_and_missing_has_its_own(small_data: CreditData) -> None:
+    debt = profile_column(small_data.X["DebtRatio"], categorical=False)
+    assert len(debt.edges) == 9 and len(debt.shares) == 11
+    assert debt.shares[:10] == pytest.approx([0.1] * 10, abs=0.002) and debt.shares[10] == 0.0
+
+    income = small_data.X["MonthlyIncome"]
+    profile = profile_column(income, categorical=False)
+    assert profile.shares[-1] == pytest.approx(income.isna().mean())
+    assert 0.15 < profile.shares[-1] < 0.25  # the data set's ~20% unreported incomes
+    assert sum(profile.shares) == pytest.approx(1.0)
+
+
+def test_categorical_bins_put_unseen_categories_in_other() -> None:
+    profile = profile_column(pd.Series(["rent", "own", "rent", None], dtype=object), categorical=True)
+    assert profile.categories == ["own", "rent"] and profile.shares == [0.25, 0.5, 0.0, 0.25]
+    assert profile.counts(pd.Series(["mortgage", "rent", None, None], dtype=object)).tolist() == [0, 1, 1, 2]
+
+
+def test_a_sample_of_the_same_population_is_stable_and_a_shifted_one_is_not(
+        small_spec: DatasetSpec, small_data: CreditData) -> None:
+    X = small_data.X
+    profile = reference_profile(X.iloc[:3000], small_spec, np.linspace(0, 1, 3000))
+    same = X.iloc[3000:]
+
+    def drift(frame: pd.DataFrame) -> dict[str, float]:
+        return {raw: psi(p.shares, p.counts(frame[raw]) / len(frame)) for raw, p in profile.columns.items()}
+
+    assert max(drift(same).values()) < 0.02
+    moved = drift(shifted(same))
+    assert moved["MonthlyIncome"] >= 0.25 and moved["NumberOfDependents"] >= 0.25
+    assert max(v for k, v in moved.items() if k not in ("MonthlyIncome", "NumberOfDependents")) < 0.02
+
+
+def test_a_profile_round_trips_through_json(small_spec: DatasetSpec, small_data: CreditData) -> None:
+    profile = reference_profile(small_data.X, small_spec, np.linspace(0, 1, len(small_data.X)))
+    again = ReferenceProfile.model_validate_json(profile.model_dump_json())
+    assert again == profile and again.score.shares[:10] == pytest.approx([0.1] * 10, abs=0.001)
+    with pytest.raises(ValueError):
+        ColumnProfile(shares=[1.0], bins=3)  # an unknown field is refused, not ignored
+
+
+# ---------------------------------------------------------------- the model and the command
+
+
+@pytest.fixture
+def batches(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh draw of the training population (another seed) and the same draw shifted."""
+    fresh = generate_credit_data(4000, seed=7).frame
+    fresh.to_parquet(tmp_path / "same.parquet", index=False)
+    shifted(fresh).to_csv(tmp_path / "shifted.csv", index=False)
+    return tmp_path / "same.parquet", tmp_path / "shifted.csv"
+
+
+def test_the_logged_model_carries_its_training_profile(model: TrainingOutcome, small_data: CreditData,
+                                                       tmp_path: Path) -> None:
+    path = Path(mlflow.artifacts.download_artifacts(model.model_uri, dst_path=str(tmp_path)))
+    profile = ReferenceProfile.model_validate_json((path / "artifacts" / f"{PROFILE_ARTIFACT}.json").read_text())
+    assert 0.5 * len(small_data.X) < profile.rows < len(small_data.X)  # the training split
+    assert set(profile.columns) == set(small_data.X.columns)
+    assert len(profile.score.edges) == 9 and profile.score.shares[:10] == pytest.approx([0.1] * 10, abs=0.002)
+
+
+def test_drift_of_the_same_population_is_stable_and_logged(model: TrainingOutcome, batches: tuple[Path, Path],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    same, _ = batches
+    before = len(monitoring_runs())
+    assert main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(same),
+                 "--report", str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr().out
+    assert "4,000 rows" in out and "Monthly income" in out and "Score (probability of default)" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "stable" and report["model_version"] == model.registered_version
+    assert report["rows"] == 4000 and len(report["columns"]) == 11
+    assert max(c["psi"] for c in report["columns"].values()) < 0.1
+
+    runs = monitoring_runs()  # newest first
+    assert len(runs) == before + 1 and runs[0].data.tags["drift_status"] == "stable"
+    assert runs[0].data.tags["model_version"] == model.registered_version
+    assert runs[0].data.metrics["psi.MonthlyIncome"] == pytest.approx(report["columns"]["MonthlyIncome"]["psi"])
+
+
+def test_a_major_shift_exits_3_naming_the_columns_and_keeps_the_report(
+        model: TrainingOutcome, batches: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, moved = batches
+    before = len(monitoring_runs())
+    code = main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(moved),
+                 "--report", str(tmp_path / "report.json"), "--no-log"])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1
+    assert "Monthly income" in err and "Number of dependents" in err and "Age" not in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "major shift"
+    assert report["columns"]["MonthlyIncome"]["status"] == "major shift"
+    assert report["columns"]["age"]["status"] == "stable"
+    assert len(monitoring_runs()) == before  # --no-log
+
+
+def test_bad_input_and_unknown_models_are_one_line(model: TrainingOutcome, batches: tuple[Path, Path],
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    same, _ = batches
+    pd.read_parquet(same).drop(columns=["age", "DebtRatio"]).to_csv(tmp_path / "partial.csv", index=False)
+    cases = {
+        "missing column(s): age, DebtRatio": [CHAMPION, tmp_path / "partial.csv"],
+        "no such file": [CHAMPION, tmp_path / "nowhere.csv"],
+        "model models:/nope@champion": ["models:/nope@champion", same],
+    }
+    for expected, (uri, path) in cases.items():
+        assert main(["monitor", "drift", "--model-uri", uri, "--input", str(path), "--no-log"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_model_logged_before_profiles_says_to_retrain(model: TrainingOutcome, batches: tuple[Path, Path],
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    old = Path(mlflow.artifacts.download_artifacts(model.model_uri, dst_path=str(tmp_path / "old")))
+    (old / "artifacts" / f"{PROFILE_ARTIFACT}.json").unlink()
+    capsys.readouterr()  # the download's progress bars
+    assert main(["monitor", "drift", "--model-uri", str(old), "--input", str(batches[0]), "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no reference profile" in err and "retrain" in err and len(err.splitlines()) == 1
+    shutil.rmtree(old)
