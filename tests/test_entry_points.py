@@ -66,6 +66,9 @@ def test_main_entry_point_runs_every_family(mlflow_server, small_csv) -> None:
     versions = client.search_model_versions("name = 'credit-default'")
     assert len(versions) >= 4
     assert "cv_roc_auc" in proc.stdout
+    assert "[drift] 2,000 rows from data/demo-applicants.parquet" in proc.stdout  # the demo's last step
+    monitoring = client.get_experiment_by_name("credit-default-monitoring")
+    assert client.search_runs([monitoring.experiment_id])[0].data.tags["drift_status"] == "stable"
 
 
 def test_explain_entry_point_rebuilds_artifacts(mlflow_server, small_csv) -> None:

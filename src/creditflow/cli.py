@@ -41,10 +41,13 @@ def _cmd_main(args: argparse.Namespace) -> int:
     budget = Budget(args.trials, args.cv_folds, args.search_seconds)
     outcomes = run_main(Path(args.experiments), args.data or None, budget)
     link_to_project_run(launcher, outcomes)
-    if args.batch_sample:  # the demo ends by batch-scoring a sample with the champion
-        from creditflow.scoring import score_sample
+    if args.batch_sample:  # the demo ends by batch-scoring a sample with the champion, and its drift
+        from creditflow.monitor import monitor_drift
+        from creditflow.scoring import DEMO_SAMPLE, score_sample
 
-        score_sample(outcomes, args.batch_sample)
+        result = score_sample(outcomes, args.batch_sample)
+        print(f"\n== drift of the sample against {result.model_uri}'s training data", flush=True)
+        monitor_drift(result.model_uri, DEMO_SAMPLE)
     return 0
 
 
@@ -96,19 +99,11 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
-    from creditflow.monitor import alert_if_major, drift_report, log_report, write_report
-    from creditflow.registry import quiet_downloads
+    from creditflow.monitor import alert_if_major, monitor_drift
     from creditflow.tracking import detach_project_run
 
     launcher = detach_project_run()
-    with quiet_downloads():
-        report = drift_report(args.model_uri, args.input)
-    print(report.table())
-    if args.report:
-        write_report(report, args.report)
-    if args.log:
-        print(f"[drift] logged to MLflow run {log_report(report, launcher)}")
-    alert_if_major(report)
+    alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
     return 0
 
 

@@ -223,6 +223,21 @@ def log_report(report: DriftReport, run_id: str | None = None, experiment: str =
     return run.info.run_id
 
 
+def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
+                  run_id: str | None = None) -> DriftReport:
+    """Report a batch's drift: printed, written to `report_path` if given, logged (into `run_id` if given)."""
+    from creditflow.registry import quiet_downloads
+
+    with quiet_downloads():
+        report = drift_report(model_uri, input_path)
+    print(report.table(), flush=True)
+    if report_path:
+        write_report(report, report_path)
+    if log:
+        print(f"[drift] logged to MLflow run {log_report(report, run_id)}", flush=True)
+    return report
+
+
 def alert_if_major(report: DriftReport) -> None:
     """Raise DriftAlert (exit 3) naming every column with a major shift."""
     major = [d for d in sorted([*report.columns, report.score], key=lambda d: -d.psi) if d.status == "major shift"]

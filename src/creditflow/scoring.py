@@ -63,6 +63,7 @@ APPLICANT_ID = "_applicant_id"
 NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 UNNAMED_FIRST = ("", "Unnamed: 0")  # how Kaggle's cs-training.csv names its id column
+DEMO_SAMPLE = Path("data") / "demo-applicants.parquet"  # the demo's new applicants (score_sample)
 ROW_GROUP_BYTES = str(16 * 2**20)  # row groups of the scored Parquet: what the table loader holds at once
 STATS_KEPT = ("applicant_id",)  # scored Parquet columns with min/max statistics: the one readers filter row groups by
 UNIQUE_COLUMNS = ("applicant_id", "probability")  # scored columns with (nearly) every value distinct: no dictionary
@@ -869,12 +870,11 @@ def score_sample(outcomes: list[Any], rows: int, output: str | Path = "predictio
     """
     from creditflow.synthetic import TARGET, generate_credit_data
 
-    sample = Path("data") / "demo-applicants.parquet"
-    sample.parent.mkdir(parents=True, exist_ok=True)
-    generate_credit_data(rows, seed=2026).frame.drop(columns=[TARGET]).to_parquet(sample, index=False)
+    DEMO_SAMPLE.parent.mkdir(parents=True, exist_ok=True)
+    generate_credit_data(rows, seed=2026).frame.drop(columns=[TARGET]).to_parquet(DEMO_SAMPLE, index=False)
     model_uri = champion_or_best(outcomes)
-    print(f"\n== batch scoring {rows:,} new applicants ({sample}) with {model_uri}", flush=True)
-    plan = plan_batch(model_uri, sample, output)
+    print(f"\n== batch scoring {rows:,} new applicants ({DEMO_SAMPLE}) with {model_uri}", flush=True)
+    plan = plan_batch(model_uri, DEMO_SAMPLE, output)
     own = spark is None
     spark = start_spark(SparkConfig()) if own else spark
     try:
