@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from creditflow.cli import build_parser
+from creditflow.cli import build_parser, quiet_downloads
 from creditflow.errors import CreditflowError
 from creditflow.registry import promote_command
 
@@ -42,7 +42,8 @@ def main() -> int:
     opts = own.parse_args(argv[:split])
     args = build_parser().parse_args(["promote", *argv[split + 1:]])
     try:
-        return promote_command(args, step_hook(opts.barrier, opts.parties, opts.die_at))
+        with quiet_downloads():  # as creditflow.cli.main runs every command
+            return promote_command(args, step_hook(opts.barrier, opts.parties, opts.die_at))
     except CreditflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

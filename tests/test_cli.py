@@ -1,5 +1,6 @@
 """The CLI: user mistakes end in one line on stderr and exit 2; no run is left RUNNING."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from creditflow import cli
 from creditflow.cli import main
 from tests.conftest import EXPERIMENTS, free_port, subprocess_env
 
@@ -60,3 +62,11 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: spec file not found: missing.yaml"
+
+
+def test_commands_run_without_artifact_progress_bars_and_restore_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str | None] = []
+    monkeypatch.setattr(cli, "_cmd_predictions_get", lambda args: seen.append(os.environ.get(cli.PROGRESS_BARS)) or 0)
+    monkeypatch.setenv(cli.PROGRESS_BARS, "true")
+    assert cli.main(["predictions", "get", "--id", "1"]) == 0
+    assert seen == ["false"] and os.environ[cli.PROGRESS_BARS] == "true"

@@ -7,14 +7,17 @@ stderr and exit code 2 (3 for a promotion refused by a gate); never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from creditflow.errors import CreditflowError
 from creditflow.promotion import add_promote_arguments
 
 Handler = Callable[[argparse.Namespace], int]
+PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's switch for its artifact-download bars
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -194,10 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No artifact-download progress bars: on stderr they would bury the results and the one-line errors."""
+    before = os.environ.get(PROGRESS_BARS)
+    os.environ[PROGRESS_BARS] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BARS, None)
+        else:
+            os.environ[PROGRESS_BARS] = before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with quiet_downloads():
+            return args.handler(args)
     except CreditflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -226,10 +226,7 @@ def log_report(report: DriftReport, run_id: str | None = None, experiment: str =
 def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
                   run_id: str | None = None) -> DriftReport:
     """Report a batch's drift: printed, written to `report_path` if given, logged (into `run_id` if given)."""
-    from creditflow.registry import quiet_downloads
-
-    with quiet_downloads():
-        report = drift_report(model_uri, input_path)
+    report = drift_report(model_uri, input_path)
     print(report.table(), flush=True)
     if report_path:
         write_report(report, report_path)

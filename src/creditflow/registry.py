@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from sklearn.metrics import roc_auc_score
@@ -724,20 +723,6 @@ def format_history(name: str, rows: list[HistoryRow]) -> str:
     return "\n".join(lines)
 
 
-@contextmanager
-def quiet_downloads() -> Iterator[None]:
-    """No artifact-download progress bars: on stderr they would bury the decision and the one-line errors."""
-    before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
-    try:
-        yield
-    finally:
-        if before is None:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
-        else:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(before)
-
-
 def promote_command(args: argparse.Namespace, on_step: Step = _no_step) -> int:
     """`creditflow promote` / `scripts/promote_model.py`: print the decision, return its exit code."""
     from creditflow.tracking import detach_project_run
@@ -745,15 +730,14 @@ def promote_command(args: argparse.Namespace, on_step: Step = _no_step) -> int:
     req = request_from_args(args)
     policy = load_policy(args.policy)
     detach_project_run()
-    with quiet_downloads():
-        decision = promote(req, policy, on_step)
+    decision = promote(req, policy, on_step)
     print(decision.report(), flush=True)
     return decision.exit_code
 
 
 def history_command(args: argparse.Namespace) -> int:
     check_tracking_server()
-    with registry_errors(f"cannot read the history of '{args.name}'"), quiet_downloads():
+    with registry_errors(f"cannot read the history of '{args.name}'"):
         print(format_history(args.name, history(args.name, args.all)))
     return 0
 
