@@ -183,3 +183,13 @@ def test_a_model_logged_before_profiles_says_to_retrain(model: TrainingOutcome, 
     err = capsys.readouterr().err.strip()
     assert "no reference profile" in err and "retrain" in err and len(err.splitlines()) == 1
     shutil.rmtree(old)
+
+
+def test_an_absent_optional_column_is_missing_in_every_row(model: TrainingOutcome, batches: tuple[Path, Path],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pd.read_parquet(batches[0]).drop(columns=["NumberOfDependents"]).to_parquet(tmp_path / "no-deps.parquet")
+    assert main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(tmp_path / "no-deps.parquet"),
+                 "--report", str(tmp_path / "report.json"), "--no-log"]) == 3
+    dependents = json.loads((tmp_path / "report.json").read_text())["columns"]["NumberOfDependents"]
+    assert dependents["batch"][-1] == 1.0 and dependents["status"] == "major shift"
+    assert "Number of dependents" in capsys.readouterr().err

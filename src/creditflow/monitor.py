@@ -177,12 +177,15 @@ def load_profile(model_dir: Path, model_uri: str) -> ReferenceProfile:
 
 
 def read_batch(path: str | Path, ds: DatasetSpec) -> pd.DataFrame:
-    """The batch's raw columns, typed as the model reads them; one line naming missing columns."""
+    """The batch's raw columns, typed as the model reads them; one line naming missing required columns.
+
+    A nullable column may be absent, as the model's signature allows: it is missing in every row.
+    """
     frame = read_table(path)
-    missing = [c for c in ds.raw_columns if c not in frame.columns]
+    missing = [raw for raw, col in ds.columns.items() if raw not in frame.columns and not col.nullable]
     if missing:
         raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
-    return coerce_columns(frame[ds.raw_columns], ds, origin=str(path))
+    return coerce_columns(frame.reindex(columns=ds.raw_columns), ds, origin=str(path))
 
 
 def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
