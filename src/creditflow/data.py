@@ -69,6 +69,29 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False) -> pd.DataFrame:
+    """A file of applicants as the model reads them: its raw columns typed; one line naming missing columns.
+
+    A nullable column may be absent, as the model's signature allows: it is missing in every row.
+    With `ids`, the spec's id column (Kaggle's unnamed first column counts) comes first, as text.
+    """
+    frame = read_table(path)
+    if UNNAMED_FIRST in frame.columns and spec.id_column not in frame.columns:
+        frame = frame.rename(columns={UNNAMED_FIRST: spec.id_column})
+    needed = [spec.id_column] if ids else []
+    missing = needed + [raw for raw, col in spec.columns.items() if not col.nullable]
+    missing = [c for c in missing if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
+    X = coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin=str(path))
+    if not ids:
+        return X
+    empty = int(frame[spec.id_column].isna().sum())
+    if empty:
+        raise DataError(f"{path}: id column '{spec.id_column}' has {empty} empty value(s)")
+    return pd.concat([frame[spec.id_column].astype(str), X], axis=1)
+
+
 def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditData:
     """Load the data set: `path` (or the spec's source file), or the generated default."""
     source = str(path) if path else spec.source

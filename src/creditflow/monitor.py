@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from creditflow.data import coerce_columns, read_table, rule_violations
-from creditflow.errors import CreditflowError, DataError, TrackingError
+from creditflow.data import read_applicants, rule_violations
+from creditflow.errors import CreditflowError, TrackingError
 from creditflow.specs import DatasetSpec
 
 PROFILE_ARTIFACT = "reference_profile"  # the model artifact's key, and its file name (.json)
@@ -176,25 +176,13 @@ def load_profile(model_dir: Path, model_uri: str) -> ReferenceProfile:
         raise TrackingError(f"model {model_uri}: reference profile unreadable ({exc.errors()[0]['msg']})") from None
 
 
-def read_batch(path: str | Path, ds: DatasetSpec) -> pd.DataFrame:
-    """The batch's raw columns, typed as the model reads them; one line naming missing required columns.
-
-    A nullable column may be absent, as the model's signature allows: it is missing in every row.
-    """
-    frame = read_table(path)
-    missing = [raw for raw, col in ds.columns.items() if raw not in frame.columns and not col.nullable]
-    if missing:
-        raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
-    return coerce_columns(frame.reindex(columns=ds.raw_columns), ds, origin=str(path))
-
-
 def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
     from creditflow.scoring import resolve_model
     from creditflow.serve import download_model
 
     ref = resolve_model(model_uri)
-    X = read_batch(input_path, ref.dataset)
+    X = read_applicants(input_path, ref.dataset)
     with tempfile.TemporaryDirectory(prefix="creditflow-monitor-") as tmp:
         path = download_model(ref.uri, Path(tmp))
         profile = load_profile(path, model_uri)
