@@ -114,7 +114,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from creditflow.serve import load_serving_config, serve
 
     serve(load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
-                              workers=args.workers))
+                              workers=args.workers, feature_store=args.feature_store))
+    return 0
+
+
+def _cmd_features_load(args: argparse.Namespace) -> int:
+    from creditflow.features import FeatureStore, load_features
+    from creditflow.scoring import resolve_model
+
+    spec = resolve_model(args.model_uri).dataset
+    print(load_features(args.input, spec, FeatureStore(args.store, spec.name), args.ttl_hours).summary())
     return 0
 
 
@@ -151,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("-p", "--port", type=int, default=None, help="port (default 5001)")
     p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
+    p.add_argument("--feature-store", default=None,
+                   help="redis://host:port/db of precomputed features: enables POST /invocations/by-id")
     p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("score", help="batch scoring")
@@ -166,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: sqlite under --output)")
     p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
     p.set_defaults(handler=_cmd_score_batch)
+
+    p = sub.add_parser("features", help="precomputed applicant features for online prediction by id")
+    feat = p.add_subparsers(dest="features_command", required=True)
+    p = feat.add_parser("load", help="write a file of applicants' features into the feature store (Redis)")
+    p.add_argument("--model-uri", default="models:/credit-default@champion", help="whose dataset spec to read by")
+    p.add_argument("--input", required=True, help="applicants with their id column: .csv or .parquet, or a directory")
+    p.add_argument("--store", default="redis://127.0.0.1:6379/0", help="feature store URL (default: local Redis)")
+    p.add_argument("--ttl-hours", type=float, default=0, help="expire each applicant's features (0: never)")
+    p.set_defaults(handler=_cmd_features_load)
 
     p = sub.add_parser("monitor", help="data drift against the model's training data")
     mon = p.add_subparsers(dest="monitor_command", required=True)

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from creditflow.errors import CreditflowError, SpecError
+from creditflow.features import FeatureStore, FeatureStoreError, UnknownApplicants
 from creditflow.model import ERROR_SOURCE
 from creditflow.validation import BadRequest, parse_body
 
@@ -47,6 +48,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+BY_ID = "/invocations/by-id"  # applicants by id, their features from the feature store
 INLINE_ROWS = 100  # requests up to this many applicants are scored on the event loop, larger ones in a thread
 WORKER_ENV = "CREDITFLOW_SERVE_WORKER"  # how the parent hands the worker its settings (uvicorn imports the app)
 ERROR_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
@@ -69,6 +71,7 @@ class ServingConfig(BaseModel):
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_rows: int = Field(5_000, gt=0)
     timeout_seconds: int = Field(60, gt=0)
+    feature_store: str = ""  # redis://host:port/db of precomputed features: enables POST /invocations/by-id
 
 
 def load_serving_config(path: str | Path | None, **overrides: Any) -> ServingConfig:
@@ -137,14 +140,15 @@ class RequestGuard:
     request timeout. Every other route is MLflow's app.
     """
 
-    def __init__(self, app: ASGIApp, model: Any, config: ServingConfig):
+    def __init__(self, app: ASGIApp, model: Any, config: ServingConfig, features: FeatureStore | None = None):
         self.app = app
         self.model = model
         self.spec = model.unwrap_python_model().dataset
         self.config = config
+        self.features = features
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] not in ("/invocations", BY_ID) or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -154,14 +158,37 @@ class RequestGuard:
         if body is None:
             await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
             return
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
         try:
-            frame = parse_body(body, headers.get(b"content-type", b"").decode("latin-1"), self.spec,
-                               self.config.max_rows)
+            if scope["path"] == BY_ID:
+                body, content_type = self.looked_up(body), "application/json"
+            frame = parse_body(body, content_type, self.spec, self.config.max_rows)
         except BadRequest as exc:
             await respond(send, exc.status, error_body(exc.status, exc.message))
             return
+        except UnknownApplicants as exc:
+            await respond(send, 404, error_body(404, str(exc)))
+            return
+        except FeatureStoreError as exc:
+            logger.error("%s", exc)
+            await respond(send, 503, error_body(503, "the feature store is unavailable"))
+            return
         status, payload = await self.score(frame)
         await respond(send, status, payload)
+
+    def looked_up(self, body: bytes) -> bytes:
+        """A by-id body (`{"applicant_ids": [...]}`) as the dataframe_records body of their stored features."""
+        if self.features is None:
+            raise BadRequest(f"this endpoint has no feature store: start it with --feature-store to use {BY_ID}", 404)
+        try:
+            ids = json.loads(body)["applicant_ids"]
+        except (ValueError, TypeError, KeyError):
+            raise BadRequest('send {"applicant_ids": ["17", ...]}: a JSON object with a list of ids') from None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str | int) for i in ids):
+            raise BadRequest('"applicant_ids" must be a non-empty list of ids (text or whole numbers)')
+        if len(ids) > self.config.max_rows:
+            raise BadRequest(f"too many applicants in one request: {len(ids)} (at most {self.config.max_rows})", 413)
+        return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
 
     async def score(self, frame: Any) -> tuple[int, bytes]:
         """(status, body) for a parsed request; errors from the model keep their status, never the input."""
@@ -202,7 +229,9 @@ def create_app() -> ASGIApp:
     seconds = time.perf_counter() - start
     print(f"creditflow serve: worker {os.getpid()} loaded {config.model_uri} in {seconds:.2f} s", file=sys.stderr,
           flush=True)
-    return RequestGuard(scoring_server.init(model), model, config)
+    spec = model.unwrap_python_model().dataset
+    features = FeatureStore(config.feature_store, spec.name) if config.feature_store else None
+    return RequestGuard(scoring_server.init(model), model, config, features)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -248,12 +277,15 @@ def serve(config: ServingConfig) -> None:
 
     with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp:
         path = download_model(config.model_uri, Path(tmp))
+        if config.feature_store:  # fail now, in one line, rather than on the first request
+            FeatureStore(config.feature_store, "").ping()
         os.environ[WORKER_ENV] = json.dumps({"model_path": str(path), "config": config.model_dump()})
         sock = listening_socket(config.host, config.port)
         uv = uvicorn.Config("creditflow.serve:create_app", factory=True, host=config.host, port=config.port,
                             workers=config.workers, timeout_worker_healthcheck=60, log_level="info")
+        by_id = f"; applicants by id from {config.feature_store}" if config.feature_store else ""
         print(f"creditflow serve: {config.model_uri} on http://{config.host}:{config.port} "
-              f"with {config.workers} worker(s)", file=sys.stderr, flush=True)
+              f"with {config.workers} worker(s){by_id}", file=sys.stderr, flush=True)
         if config.workers == 1:
             uvicorn.Server(uv).run(sockets=[sock])
         else:
