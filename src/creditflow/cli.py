@@ -110,6 +110,21 @@ def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream_score(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from creditflow.scoring import resolve_model
+    from creditflow.streaming import StreamScorer, load_stream_config
+
+    config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store)
+    ref = resolve_model(config.model_uri)
+    scorer = StreamScorer(config, mlflow.pyfunc.load_model(ref.uri), ref.uri)
+    print(f"[stream] scoring {config.events_stream} of {config.store} with {ref.uri} as {scorer.consumer} "
+          f"(group {config.group})", flush=True)
+    print(f"{scorer.run(args.max_events, args.idle_seconds).line()}; stopped", flush=True)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from creditflow.serve import load_serving_config, serve
 
@@ -186,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="redis://127.0.0.1:6379/0", help="feature store URL (default: local Redis)")
     p.add_argument("--ttl-hours", type=float, default=0, help="expire each applicant's features (0: never)")
     p.set_defaults(handler=_cmd_features_load)
+
+    p = sub.add_parser("stream", help="streaming prediction: batch plus streaming features, per event")
+    stream = p.add_subparsers(dest="stream_command", required=True)
+    p = stream.add_parser("score", help="consume the events stream, score each event's applicant, publish")
+    p.add_argument("--config", default="serving/stream.yaml", help="stream config YAML")
+    p.add_argument("--model-uri", default=None, help="override the config's model")
+    p.add_argument("--store", default=None, help="override the config's Redis URL")
+    p.add_argument("--max-events", type=int, default=0, help="stop after this many events (0: never)")
+    p.add_argument("--idle-seconds", type=float, default=0, help="stop after this long without events (0: never)")
+    p.set_defaults(handler=_cmd_stream_score)
 
     p = sub.add_parser("monitor", help="data drift against the model's training data")
     mon = p.add_subparsers(dest="monitor_command", required=True)

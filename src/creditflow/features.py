@@ -90,16 +90,22 @@ class FeatureStore:
             self._call("write", pipe.execute)
         return len(lines)
 
-    def get(self, ids: list[str]) -> list[dict[str, Any]]:
-        """The stored features of each id, in order (loaded-at stamp removed); UnknownApplicants if any is absent."""
+    def find(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        """The stored features of each id, in order (loaded-at stamp removed); None where there are none."""
         found = self._call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
-        unknown = [i for i, value in zip(ids, found, strict=True) if value is None]
+        records = [None if value is None else json.loads(value) for value in found]
+        for record in records:
+            if record is not None:
+                record.pop(LOADED_AT, None)
+        return records
+
+    def get(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored features of each id, in order; UnknownApplicants if any is absent."""
+        records = self.find(ids)
+        unknown = [i for i, record in zip(ids, records, strict=True) if record is None]
         if unknown:
             raise UnknownApplicants(unknown)
-        records = [json.loads(value) for value in found]
-        for record in records:
-            record.pop(LOADED_AT, None)
-        return records
+        return records  # type: ignore[return-value]
 
     def ping(self) -> None:
         self._call("ping", self.client.ping)
