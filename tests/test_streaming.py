@@ -97,7 +97,7 @@ def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
     assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
 
 
-def test_a_redelivered_event_is_scored_again_but_counted_once(
+def test_a_dead_scorers_event_is_claimed_scored_and_counted_once(
         model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame, small_spec: DatasetSpec) -> None:
     applicant = applicants.iloc[0]
     send(config, {"applicant_id": applicant.Id, "event": "late_payment_90"})
@@ -107,8 +107,10 @@ def test_a_redelivered_event_is_scored_again_but_counted_once(
     event, _ = crashed.parse(entry_id, fields)
     crashed.apply(event)  # ... and dies before publishing and acknowledging
 
-    tally = scorer(config, consumer="worker-1").run(idle_seconds=0.5)  # its replacement reads its pending events
-    assert tally.scored == 1
+    assert scorer(config, consumer="worker-2").run(idle_seconds=0.3).scored == 0  # not idle long enough to claim
+
+    tally = scorer(config.model_copy(update={"claim_idle_ms": 0}), consumer="worker-2").run(idle_seconds=0.3)
+    assert tally.scored == 1  # another scorer claimed the dead one's event
     sums = redis.Redis.from_url(REDIS).hgetall(f"creditflow:stream:{small_spec.name}:{applicant.Id}")
     assert sums == {LATE_90.encode(): b"1"}
     assert float(entries(config.predictions_stream)[0]["probability"]) == expected(

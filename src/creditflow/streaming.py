@@ -8,10 +8,12 @@ applicant's batch features (`creditflow features load`). On each event the appli
 again with both, and the prediction goes to an output stream with the event that caused it.
 
 Several scorers may share the work (one Redis consumer group). Delivery is at least once: an event
-is acknowledged after its prediction is published; a scorer that died before is replaced and its
-pending events read again. An event's sums are applied once (a Lua script marks it applied in the
-same step), so a redelivered event is scored again but never counted twice. Events that cannot be
-scored (unknown type, no batch features, a value rule broken) go to a rejected stream with the reason.
+is acknowledged after its prediction is published; events a scorer took and left unacknowledged
+(it died) are read again when it restarts, or claimed by another scorer after claim_idle_ms. An
+event's sums are applied once (a Lua script marks it applied in the same step; the marker costs
+Redis ~100 bytes for applied_ttl_days), so a redelivered event is scored again but never counted
+twice. Events that cannot be scored (unknown type, no batch features, a value rule broken) go to a
+rejected stream with the reason.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class StreamConfig(BaseModel):
     batch_size: int = Field(100, gt=0)
     block_ms: int = Field(1000, gt=0)
     applied_ttl_days: int = Field(7, gt=0)  # how long an event is remembered as applied (redelivery window)
+    claim_idle_ms: int = Field(60_000, ge=0)  # another scorer's events unacknowledged this long are taken over
     events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
 
 
@@ -138,6 +141,12 @@ class StreamScorer:
                                     self.config.batch_size, None if pending else self.config.block_ms)
         entries = reply[0][1] if reply else []
         return [(_text(i), {_text(k): _text(v) for k, v in (fields or {}).items()}) for i, fields in entries]
+
+    def claim(self) -> list[tuple[str, dict[str, str]]]:
+        """Entries another scorer took and left unacknowledged for claim_idle_ms (it died): now this one's."""
+        reply = self.features._call("claim", self.redis.xautoclaim, self.config.events_stream, self.config.group,
+                                    self.consumer, self.config.claim_idle_ms, "0-0", self.config.batch_size)
+        return [(_text(i), {_text(k): _text(v) for k, v in (fields or {}).items()}) for i, fields in reply[1]]
 
     def process(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Apply, score, publish and acknowledge one batch of entries."""
@@ -227,11 +236,11 @@ class StreamScorer:
     def run(self, max_events: int = 0, idle_seconds: float = 0) -> Tally:
         """Consume until interrupted, or `max_events` handled, or `idle_seconds` without a new event."""
         self.ensure_group()
-        while entries := self.read(pending=True):  # what this consumer had taken before it stopped
+        while entries := self.read(pending=True) or self.claim():  # its own unfinished events, then dead scorers'
             self.process(entries)
         idle_since = time.monotonic()
         while not (max_events and self.tally.scored + self.tally.rejected >= max_events):
-            entries = self.read(pending=False)
+            entries = self.read(pending=False) or self.claim()
             if entries:
                 self.process(entries)
                 idle_since = time.monotonic()
