@@ -66,7 +66,7 @@ class FeatureStore:
     def key(self, applicant_id: str) -> str:
         return f"{KEY_PREFIX}:{self.dataset}:{applicant_id}"
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any) -> Any:
         """A Redis command with one-line errors."""
         import redis
 
@@ -87,12 +87,12 @@ class FeatureStore:
             for applicant, line in zip(frame[id_column].iloc[start:start + CHUNK], lines[start:start + CHUNK],
                                        strict=True):
                 pipe.set(self.key(applicant), line, ex=ttl_seconds or None)
-            self._call("write", pipe.execute)
+            self.call("write", pipe.execute)
         return len(lines)
 
     def find(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The stored features of each id, in order (loaded-at stamp removed); None where there are none."""
-        found = self._call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
+        found = self.call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
         records = [None if value is None else json.loads(value) for value in found]
         for record in records:
             if record is not None:
@@ -108,11 +108,11 @@ class FeatureStore:
         return records  # type: ignore[return-value]
 
     def ping(self) -> None:
-        self._call("ping", self.client.ping)
+        self.call("ping", self.client.ping)
 
     def ttl(self, applicant_id: str) -> int:
         """Seconds the applicant's features have left (-1: no expiry, -2: absent)."""
-        return int(self._call("read", self.client.ttl, self.key(applicant_id)))
+        return int(self.call("read", self.client.ttl, self.key(applicant_id)))
 
 
 def load_features(path: str | Path, spec: DatasetSpec, store: FeatureStore, ttl_hours: float = 0) -> LoadResult:

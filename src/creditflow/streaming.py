@@ -128,7 +128,7 @@ class StreamScorer:
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
         try:
-            self.features._call("setup", self.redis.xgroup_create, self.config.events_stream, self.config.group,
+            self.features.call("setup", self.redis.xgroup_create, self.config.events_stream, self.config.group,
                                 "0", True)
         except FeatureStoreError as exc:
             if "BUSYGROUP" not in str(exc):  # anything but "it exists already"
@@ -137,16 +137,15 @@ class StreamScorer:
     def read(self, pending: bool) -> list[tuple[str, dict[str, str]]]:
         """The next entries for this consumer: its own unacknowledged ones first (pending), then new ones."""
         streams = {self.config.events_stream: "0" if pending else ">"}
-        reply = self.features._call("read", self.redis.xreadgroup, self.config.group, self.consumer, streams,
+        reply = self.features.call("read", self.redis.xreadgroup, self.config.group, self.consumer, streams,
                                     self.config.batch_size, None if pending else self.config.block_ms)
-        entries = reply[0][1] if reply else []
-        return [(_text(i), {_text(k): _text(v) for k, v in (fields or {}).items()}) for i, fields in entries]
+        return _entries(reply[0][1] if reply else [])
 
     def claim(self) -> list[tuple[str, dict[str, str]]]:
         """Entries another scorer took and left unacknowledged for claim_idle_ms (it died): now this one's."""
-        reply = self.features._call("claim", self.redis.xautoclaim, self.config.events_stream, self.config.group,
+        reply = self.features.call("claim", self.redis.xautoclaim, self.config.events_stream, self.config.group,
                                     self.consumer, self.config.claim_idle_ms, "0-0", self.config.batch_size)
-        return [(_text(i), {_text(k): _text(v) for k, v in (fields or {}).items()}) for i, fields in reply[1]]
+        return _entries(reply[1])
 
     def process(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Apply, score, publish and acknowledge one batch of entries."""
@@ -168,7 +167,7 @@ class StreamScorer:
             pipe.xadd(self.config.rejected_stream, {**fields, "event_id": entry_id, "reason": reason})
         if entries:
             pipe.xack(self.config.events_stream, self.config.group, *[i for i, _ in entries])
-        self.features._call("publish", pipe.execute)
+        self.features.call("publish", pipe.execute)
         self.tally.scored += len(scored)
         self.tally.rejected += len(rejected)
 
@@ -186,7 +185,7 @@ class StreamScorer:
         args: list[Any] = [self.config.applied_ttl_days * 86400]
         for column, amount in self.config.events[event.kind].items():
             args += [column, amount]
-        self.features._call("apply", self.apply_script, [marker, self.sums_key(event.applicant_id)], args)
+        self.features.call("apply", self.apply_script, [marker, self.sums_key(event.applicant_id)], args)
 
     def current(self, applicant_ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
         """Batch features plus streaming sums, one row per applicant known to the store; and the unknown ids."""
@@ -196,7 +195,7 @@ class StreamScorer:
         pipe = self.redis.pipeline(transaction=False)
         for applicant, _ in known:
             pipe.hgetall(self.sums_key(applicant))
-        sums = self.features._call("read", pipe.execute) if known else []
+        sums = self.features.call("read", pipe.execute) if known else []
         rows = []
         for (applicant, record), added in zip(known, sums, strict=True):
             for column, amount in added.items():
@@ -248,6 +247,11 @@ class StreamScorer:
             elif idle_seconds and time.monotonic() - idle_since >= idle_seconds:
                 break
         return self.tally
+
+
+def _entries(raw: list[Any]) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as (id, fields) text."""
+    return [(_text(i), {_text(k): _text(v) for k, v in (fields or {}).items()}) for i, fields in raw]
 
 
 def _text(value: Any) -> str:
