@@ -353,7 +353,7 @@ def test_table_loading_overlaps_scoring_and_either_failing_publishes_nothing(
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
     table = PredictionTable(default_table_url(out))
     assert table.count("b") == 80 and parquet_rows(out / "scored" / "batch_id=b") == 80  # the first batch, whole
-    assert not list((out / "_staging").iterdir())
+    assert not list((out / "_staging").iterdir()), sorted(str(p) for p in (out / "_staging").rglob("*"))
     assert score_batch(spark, CHAMPION, tmp_path / "second.parquet", out, batch_id="b").rows_scored == 3000
 
 

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -722,8 +722,21 @@ def _job_group(spark: SparkSession, group: str, description: str) -> Iterator[No
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
         tracker, deadline = sc.statusTracker(), time.monotonic() + TASK_STOP_SECONDS
-        while _tasks_running(tracker, group) and time.monotonic() < deadline:
+        while _listener_caught_up(sc) and _tasks_running(tracker, group) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _listener_caught_up(sc: Any) -> bool:
+    """Let Spark's listener bus process the events posted so far (always True, to chain in a condition).
+
+    The status tracker learns of tasks from the bus, asynchronously: on a busy machine it still knew
+    nothing of a cancelled job's last tasks when the job's failure reached us (CI, twice).
+    """
+    from py4j.protocol import Py4JError
+
+    with suppress(Py4JError):  # timed out (a very busy bus) or a Spark without it: the tracker may lag
+        sc._jsc.sc().listenerBus().waitUntilEmpty(5000)
+    return True
 
 
 def _group_stages(tracker: Any, group: str) -> Iterator[Any]:
