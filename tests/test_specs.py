@@ -82,3 +82,19 @@ def test_overrides_are_validated() -> None:
     assert exp.with_overrides(**{"search.trials": 3}).search.trials == 3
     with pytest.raises(SpecError, match="search.trials"):
         exp.with_overrides(**{"search.trials": 0})
+
+
+def test_configs_load_from_yaml_with_command_line_overrides(tmp_path: Path) -> None:
+    from creditflow.serve import ServingConfig
+    from creditflow.specs import load_config
+
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(ServingConfig, tmp_path / "empty.yaml", "serving config") == ServingConfig()
+    (tmp_path / "online.yaml").write_text("port: 6001\nworkers: 2\n")
+    config = load_config(ServingConfig, tmp_path / "online.yaml", "serving config", port=7001, host=None, model_uri="")
+    assert (config.port, config.workers, config.host) == (7001, 2, "127.0.0.1")  # None and "" were not given
+    assert load_config(ServingConfig, None, "serving config", workers=3).workers == 3
+    with pytest.raises(SpecError, match="^serving config not found: .*none.yaml$"):
+        load_config(ServingConfig, tmp_path / "none.yaml", "serving config")
+    with pytest.raises(SpecError, match="online.yaml: invalid field 'workers'"):
+        load_config(ServingConfig, tmp_path / "online.yaml", "serving config", workers=0)

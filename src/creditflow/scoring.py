@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from creditflow.errors import CreditflowError, DataError, SpecError, TrackingError
+from creditflow.errors import CreditflowError, DataError, TrackingError
 from creditflow.predictions import (
     QUARANTINE_DIR,
     SCORED_DIR,
@@ -47,7 +46,7 @@ from creditflow.predictions import (
     safe_url,
     staging_dir,
 )
-from creditflow.specs import DatasetSpec, spec_from_config
+from creditflow.specs import DatasetSpec, load_config, spec_from_config
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -116,22 +115,7 @@ class SparkConfig(BaseModel):
 
 def load_batch_config(path: str | Path | None, **overrides: Any) -> SparkConfig:
     """The job's YAML config (if any) with command-line overrides; one-line errors."""
-    data: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"batch config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    data.update({k: v for k, v in overrides.items() if v not in (None, "")})
-    try:
-        return SparkConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpecError(f"{path or 'batch config'}: invalid field '{'.'.join(map(str, err['loc']))}': "
-                        f"{err['msg']}") from None
+    return load_config(SparkConfig, path, "batch config", **overrides)
 
 
 def start_spark(config: SparkConfig, app_name: str = "creditflow-batch") -> SparkSession:

@@ -32,12 +32,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from creditflow.errors import CreditflowError, SpecError
+from creditflow.errors import CreditflowError
 from creditflow.features import FeatureStore, FeatureStoreError, UnknownApplicants
 from creditflow.model import ERROR_SOURCE
+from creditflow.specs import load_config
 from creditflow.validation import BadRequest, parse_body
 
 logger = logging.getLogger(__name__)
@@ -76,21 +76,7 @@ class ServingConfig(BaseModel):
 
 def load_serving_config(path: str | Path | None, **overrides: Any) -> ServingConfig:
     """The YAML file (if any) with command-line overrides applied; one-line errors."""
-    data: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"serving config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ServingConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpecError(f"serving config: invalid field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    return load_config(ServingConfig, path, "serving config", **overrides)
 
 
 # ---------------------------------------------------------------- the guard

@@ -7,12 +7,14 @@ everything downstream takes these objects, never raw dictionaries or environment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from creditflow.errors import SpecError
+
+C = TypeVar("C", bound=BaseModel)
 
 GroupKind = Literal["numeric", "skewed", "categorical", "indicator"]
 
@@ -230,13 +232,15 @@ class ExperimentSpec(_Frozen):
         return _validated(ExperimentSpec, data, f"{self.name} (overrides)")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str = "spec file") -> dict[str, Any]:
     if not path.is_file():
-        raise SpecError(f"spec file not found: {path}")
+        raise SpecError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:  # an empty file: every field at its default
+        return {}
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     return data
@@ -249,6 +253,16 @@ def _validated(model: type[BaseModel], data: dict[str, Any], origin: str) -> Any
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise SpecError(f"{origin}: invalid field '{field}': {err['msg']}") from None
+
+
+def load_config(model: type[C], path: str | Path | None, what: str, **overrides: Any) -> C:
+    """A config object (serving, batch job, stream): its YAML file, if any, with the command line's overrides.
+
+    Overrides that are None or "" were not given. Every mistake is one SpecError line.
+    """
+    data = _read_yaml(Path(path), what) if path else {}
+    data.update({k: v for k, v in overrides.items() if v not in (None, "")})
+    return _validated(model, data, str(path) if path else what)
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from creditflow.data import coerce_columns, rule_violations
 from creditflow.errors import SpecError
 from creditflow.features import FeatureStore, FeatureStoreError
-from creditflow.specs import DatasetSpec
+from creditflow.specs import DatasetSpec, load_config
 
 SUMS_PREFIX = "creditflow:stream"
 APPLY = """
@@ -65,17 +64,7 @@ class StreamConfig(BaseModel):
 
 
 def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"stream config not found: {path}")
-    try:
-        data = {**(yaml.safe_load(path.read_text()) or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        return StreamConfig.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpecError(f"{path}: invalid field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    return load_config(StreamConfig, path, "stream config", **overrides)
 
 
 def check_event_columns(config: StreamConfig, spec: DatasetSpec) -> None:
