@@ -11,7 +11,6 @@ shift, 0.25 and above a major one (investigate, retrain).
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -178,13 +177,11 @@ def load_profile(model_dir: Path, model_uri: str) -> ReferenceProfile:
 
 def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
-    from creditflow.scoring import resolve_model
-    from creditflow.serve import download_model
+    from creditflow.scoring import model_files, resolve_model
 
     ref = resolve_model(model_uri)
     X = read_applicants(input_path, ref.dataset)
-    with tempfile.TemporaryDirectory(prefix="creditflow-monitor-") as tmp:
-        path = download_model(ref.uri, Path(tmp))
+    with model_files(ref) as path:
         profile = load_profile(path, model_uri)
         valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
         probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []

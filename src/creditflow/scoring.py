@@ -589,6 +589,13 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
 
 
 @contextmanager
+def model_files(model: ModelRef) -> Iterator[Path]:
+    """The model's files, downloaded into a temporary directory for the block; MLflow's errors in one line."""
+    with tempfile.TemporaryDirectory(prefix="creditflow-model-") as tmp, _model_errors(model.uri):
+        yield Path(mlflow.artifacts.download_artifacts(model.uri, dst_path=tmp))
+
+
+@contextmanager
 def batch_copy(model: ModelRef) -> Iterator[str]:
     """A local copy of the model with its batch overrides written into its MLmodel config: what spark_udf loads.
 
@@ -596,8 +603,7 @@ def batch_copy(model: ModelRef) -> Iterator[str]:
     it through MLflow's SparkModelCache, without the config, and the model would answer in the types
     Spark does not expect. A copy that carries the overrides is loaded the same way everywhere.
     """
-    with tempfile.TemporaryDirectory(prefix="creditflow-batch-model-") as tmp, _model_errors(model.uri):
-        path = Path(mlflow.artifacts.download_artifacts(model.uri, dst_path=tmp))
+    with model_files(model) as path:
         meta = Model.load(path / MLMODEL_FILE_NAME)
         pyfunc = meta.flavors["python_function"]
         pyfunc["config"] = {**pyfunc.get("config", {}), **model.batch_config}
