@@ -379,7 +379,7 @@ def test_a_batch_that_fails_mid_job_returns_after_its_tasks_stopped(
     try:
         with pytest.raises(TableError, match="unreachable"):
             score_batch(spark, CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="late")
-        running = scoring._tasks_running(tracker, group)
+        running = scoring._tasks_running(spark.sparkContext, group)
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")

@@ -711,39 +711,36 @@ def _job_group(spark: SparkSession, group: str, description: str) -> Iterator[No
         yield
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
-        tracker, deadline = sc.statusTracker(), time.monotonic() + TASK_STOP_SECONDS
-        while _listener_caught_up(sc) and _tasks_running(tracker, group) and time.monotonic() < deadline:
+        deadline = time.monotonic() + TASK_STOP_SECONDS
+        while _tasks_running(sc, group) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
-def _listener_caught_up(sc: Any) -> bool:
-    """Let Spark's listener bus process the events posted so far (always True, to chain in a condition).
+def _group_jobs(tracker: Any, group: str) -> list[Any]:
+    """The group's jobs, as Spark's status tracker knows them (SparkJobInfo)."""
+    return [info for job in tracker.getJobIdsForGroup(group) if (info := tracker.getJobInfo(job))]
 
-    The status tracker learns of tasks from the bus, asynchronously: on a busy machine it still knew
-    nothing of a cancelled job's last tasks when the job's failure reached us (CI, twice).
+
+def _group_stages(tracker: Any, group: str) -> Iterator[Any]:
+    """The stages of the group's jobs (SparkStageInfo)."""
+    for job in _group_jobs(tracker, group):
+        yield from filter(None, map(tracker.getStageInfo, job.stageIds))
+
+
+def _tasks_running(sc: Any, group: str) -> bool:
+    """Whether a job of the group is still running or any of its tasks has not ended.
+
+    The status tracker learns of tasks from Spark's listener bus, asynchronously: on a busy machine it
+    still knew nothing of a cancelled job's last tasks when the job's failure reached us (CI, twice).
+    So the bus first processes what was posted so far.
     """
     from py4j.protocol import Py4JError
 
     with suppress(Py4JError):  # timed out (a very busy bus) or a Spark without it: the tracker may lag
         sc._jsc.sc().listenerBus().waitUntilEmpty(5000)
-    return True
-
-
-def _group_stages(tracker: Any, group: str) -> Iterator[Any]:
-    """The stages of the group's jobs, as Spark's status tracker knows them (SparkStageInfo)."""
-    for job in tracker.getJobIdsForGroup(group):
-        info = tracker.getJobInfo(job)
-        for stage_id in info.stageIds if info else ():
-            stage = tracker.getStageInfo(stage_id)
-            if stage:
-                yield stage
-
-
-def _tasks_running(tracker: Any, group: str) -> bool:
-    """Whether a job of the group is still running or any of its tasks has not ended."""
-    jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
-    return any(job and job.status == "RUNNING" for job in jobs) or any(
-        stage.numActiveTasks for stage in _group_stages(tracker, group))
+    tracker = sc.statusTracker()
+    return (any(job.status == "RUNNING" for job in _group_jobs(tracker, group))
+            or any(stage.numActiveTasks for stage in _group_stages(tracker, group)))
 
 
 def _committed_files(path: Path, outcome: _Outcome) -> Iterator[Path]:
