@@ -75,12 +75,9 @@ def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False) -> p
     A nullable column may be absent, as the model's signature allows: it is missing in every row.
     With `ids`, the spec's id column (Kaggle's unnamed first column counts) comes first, as text.
     """
-    frame = read_table(path)
-    if UNNAMED_FIRST in frame.columns and spec.id_column not in frame.columns:
-        frame = frame.rename(columns={UNNAMED_FIRST: spec.id_column})
-    needed = [spec.id_column] if ids else []
-    missing = needed + [raw for raw, col in spec.columns.items() if not col.nullable]
-    missing = [c for c in missing if c not in frame.columns]
+    frame = _named_id_column(read_table(path), spec)
+    needed = ([spec.id_column] if ids else []) + [raw for raw, col in spec.columns.items() if not col.nullable]
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
     X = coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin=str(path))
@@ -101,9 +98,14 @@ def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditDat
         source = f"generated(rows={spec.generated.rows},seed={spec.generated.seed})"
     else:
         frame, truth = read_table(source), None
+    return _validated(_named_id_column(frame, spec), spec, source, truth)
+
+
+def _named_id_column(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Kaggle's cs-training.csv leaves its id column's header blank: give it the spec's id name."""
     if UNNAMED_FIRST in frame.columns and spec.id_column not in frame.columns:
-        frame = frame.rename(columns={UNNAMED_FIRST: spec.id_column})
-    return _validated(frame, spec, source, truth)
+        return frame.rename(columns={UNNAMED_FIRST: spec.id_column})
+    return frame
 
 
 def _validated(frame: pd.DataFrame, spec: DatasetSpec, source: str, truth: np.ndarray | None) -> CreditData:
