@@ -172,6 +172,12 @@ def test_bad_input_and_unknown_models_are_one_line(model: TrainingOutcome, batch
         assert main(["monitor", "drift", "--model-uri", uri, "--input", str(path), "--no-log"]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+    (tmp_path / "a-file").write_text("")
+    assert main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(same), "--no-log",
+                 "--report", str(tmp_path / "a-file" / "report.json")]) == 2  # its folder is a file
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write the report to {tmp_path / 'a-file' / 'report.json'}: ") and (
+        len(err.splitlines()) == 1), err
 
 
 def test_a_model_logged_before_profiles_says_to_retrain(model: TrainingOutcome, batches: tuple[Path, Path],

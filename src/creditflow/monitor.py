@@ -232,5 +232,8 @@ def alert_if_major(report: DriftReport) -> None:
 
 
 def write_report(report: DriftReport, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report.to_dict(), indent=2))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report.to_dict(), indent=2))
+    except OSError as exc:
+        raise CreditflowError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
