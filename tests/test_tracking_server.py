@@ -466,6 +466,7 @@ def test_batch_scoring_on_a_spark_cluster_against_the_production_server_matches_
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rows in 40 = scored 40 + quarantined 0" in out.stdout
     assert "FutureWarning" not in out.stderr  # PySpark's pandas-3 notice, four times a job, is not the user's
+    assert "does not recreate the same environment" not in out.stderr  # MLflow's env_manager notice, by design
     scored = pd.read_parquet(tmp_path / "out" / "scored" / "batch_id=flow")
     assert set(scored.model_version) == {champion.registered_version}
     assert set(scored.decision) <= {"approve", "decline"}

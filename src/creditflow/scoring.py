@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import sys
@@ -575,7 +576,8 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
                                  "reason_codes_as" in overrides)
     codes_type = "bigint" if by_key else "string" if as_json else "array<string>"
     result_type = f"probability double, decision {'int' if by_index else 'string'}, reason_codes {codes_type}"
-    with batch_copy(model) as local:  # spark_udf copies it (local mode) or ships it to the executors when made
+    with batch_copy(model) as local, _quiet_logger("mlflow.pyfunc"):  # spark_udf copies or ships it when made
+        # env_manager="local" on purpose: the workers run this interpreter (start_spark); MLflow warns of it always
         udf = mlflow.pyfunc.spark_udf(spark, local, result_type=result_type, env_manager="local")
     decision = (F.element_at(F.array(*[F.lit(label) for label in model.decisions]), F.col("_p.decision") + 1)
                 if by_index else F.col("_p.decision"))
@@ -586,6 +588,18 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
     kept = [c for c in predicted.columns if c != "_p"]
     return predicted.select(*kept, "_p.probability", decision.alias("decision"), codes.alias("reason_codes"))
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """The logger's warnings off for the block (errors still shown)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
