@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the MLflow tracking server after start-up checks (the logic is in src/creditflow/server.py).
+# Start the MLflow tracking server after start-up checks (the logic is in src/creditflow/ops/tracking_server.py).
 #   scripts/start_tracking_server.sh --profile local                  # SQLite ./mlflow.db + ./mlartifacts
 #   scripts/start_tracking_server.sh --profile production [--auth]    # PostgreSQL + S3, from the env or .env
 # Options: --host (127.0.0.1) --port (5000) --workers (1) --create-bucket --env-file --check-only; see --help.
@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
 export PATH="$VENV_BIN:$PATH"
-exec "$VENV_BIN/python" -m creditflow.server "$@"
+exec "$VENV_BIN/python" -m creditflow.ops.tracking_server "$@"

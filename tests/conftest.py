@@ -1,15 +1,24 @@
-"""Shared fixtures: an isolated tracking store per test, small data, fitted pipelines, a real mlflow server."""
+"""The one set of shared fixtures (tests/<layer>/ mirror src/creditflow/; this file serves them all).
+
+An isolated tracking store per test, small data, fitted pipelines, ONE trained champion store for the session,
+one PostgreSQL fixture (throwaway databases), real mlflow servers, Spark. Tests that need a service carry its
+marker (`integration` for Redis, PostgreSQL and servers, `spark` for Spark), so `make test-unit` runs with every
+service stopped; a test using one of the service fixtures below without its marker fails the collection.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +26,34 @@ import mlflow
 import pytest
 import requests
 
-from creditflow.data import CreditData, load_dataset, split_data
-from creditflow.pipeline import build_pipeline
+from creditflow.data.dataset import CreditData, load_dataset, split_data
+from creditflow.model.pipeline import build_pipeline
 from creditflow.specs import DatasetSpec, ExperimentSpec, load_dataset_spec, load_experiment_spec
-from creditflow.tracking import TrainingOutcome, train_and_log
+from creditflow.train.run import TrainingOutcome, train_and_log
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 DATASET_YAML = EXPERIMENTS / "datasets" / "give_me_some_credit.yaml"
+FIXTURES = ROOT / "tests" / "fixtures"
+REGISTRY_DRIVER = ROOT / "tests" / "registry_driver.py"
 VENV_BIN = Path(sys.executable).parent
 SMALL_ROWS = 6_000
+CHAMPION = "models:/credit-default@champion"
+
+# fixture -> the marker a test using it (directly or through another fixture) must carry
+SERVICE_FIXTURES = {
+    "postgres": "integration", "mlflow_server": "integration", "mlflow_server_on_postgres": "integration",
+    "spark": "spark", "spark_cluster": "spark",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs a service must say so, or `make test-unit` (services stopped) would run it."""
+    unmarked = [f"{item.nodeid} uses {fixture} but is not marked {marker}"
+                for item in items for fixture, marker in SERVICE_FIXTURES.items()
+                if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
+    if unmarked:
+        raise pytest.UsageError("tests needing a service must carry its marker:\n  " + "\n  ".join(unmarked))
 
 
 def free_port() -> int:
@@ -113,6 +140,14 @@ def fitted_xgboost(small_spec: DatasetSpec, small_data: CreditData):
     return exp, build_pipeline(exp, small_spec).fit(split.X_train, split.y_train), split
 
 
+@pytest.fixture(scope="session")
+def fitted_hist_gradient_boosting(small_spec: DatasetSpec, small_data: CreditData):
+    """HistGradientBoosting kept small (40 iterations), the baseline's other settings."""
+    exp = small_experiment("logistic_baseline.yaml", family="hist_gradient_boosting", params={"model__max_iter": 40})
+    split = split_data(small_data, exp.test_size, exp.seed)
+    return exp, build_pipeline(exp, small_spec).fit(split.X_train, split.y_train), split
+
+
 @contextmanager
 def running_mlflow_server(backend_store_uri: str, root: Path, timeout: float = 120) -> Iterator[str]:
     """A real `mlflow server` subprocess over `backend_store_uri` (SQLite file or PostgreSQL database), proxied
@@ -143,32 +178,98 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
-          small_data: CreditData) -> Iterator[tuple[str, TrainingOutcome]]:
-    """One tracking store per test module with a logistic model registered and promoted to @champion."""
-    root = tmp_path_factory.mktemp("champion-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+# ---------------------------------------------------------------- the session's champion
+
+
+def champion_experiment() -> ExperimentSpec:
+    """The champion's experiment: the logistic baseline with small budgets and no explanations."""
+    return small_experiment("logistic_baseline.yaml", **{"explain.enabled": False})
+
+
+@dataclass(frozen=True)
+class ChampionStore:
+    root: Path  # mlflow.db and mlruns/ (the artifacts)
+    uri: str  # its sqlite:/// tracking URI
+    outcome: TrainingOutcome
+    exp: ExperimentSpec
+
+
+@contextmanager
+def tracking_at(uri: str, cwd: Path | None = None) -> Iterator[None]:
+    """MLflow (and subprocesses, through MLFLOW_TRACKING_URI) pointed at `uri` for the block; both restored after."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
+        if cwd is not None:
+            mp.chdir(cwd)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
-        outcome = train_and_log(small_experiment(**{"explain.enabled": False}), small_spec, small_data)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)  # unsets the variable; leaving the context puts back what was there
+
+
+@pytest.fixture(scope="session")
+def champion_store(tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
+                   small_data: CreditData) -> ChampionStore:
+    """THE trained champion of the test session: a SQLite tracking store with the logistic champion trained once,
+    registered as credit-default and aliased @champion. Every module that only reads a champion uses it.
+
+    Shared, so read-only: a test that moves aliases, registers versions or touches the model's files takes
+    `own_champion_store` (a private copy) instead; tests whose point is training keep their own training.
+    """
+    root = tmp_path_factory.mktemp("champion-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp = champion_experiment()
+    with tracking_at(uri, cwd=root):
+        outcome = train_and_log(exp, small_spec, small_data)
         mlflow.MlflowClient().set_registered_model_alias("credit-default", "champion", outcome.registered_version)
-    yield uri, outcome
+    return ChampionStore(root, uri, outcome, exp)
+
+
+@pytest.fixture(scope="session")
+def store(champion_store: ChampionStore) -> tuple[str, TrainingOutcome]:
+    """(tracking URI, training outcome) of the session's champion store."""
+    return champion_store.uri, champion_store.outcome
 
 
 @pytest.fixture
 def model(store: tuple[str, TrainingOutcome], monkeypatch: pytest.MonkeyPatch) -> TrainingOutcome:
-    """Point this test at the module's store; returns the champion's training outcome."""
+    """Point this test at the session's champion store; returns the champion's training outcome."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
     mlflow.set_tracking_uri(store[0])
     return store[1]
 
 
+def copy_store(source: Path, target: Path) -> str:
+    """A copy of a SQLite tracking store folder (database and artifacts) whose recorded paths point into the copy;
+    its tracking URI."""
+    shutil.copytree(source, target)
+    old, new = str(source), str(target)
+    with sqlite3.connect(target / "mlflow.db") as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
+                db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                           f'WHERE typeof("{column}") = ? AND instr("{column}", ?) > 0', (old, new, "text", old))
+    for mlmodel in target.rglob("MLmodel"):
+        mlmodel.write_text(mlmodel.read_text().replace(old, new))
+    return f"sqlite:///{target / 'mlflow.db'}"
+
+
+@pytest.fixture
+def own_champion_store(champion_store: ChampionStore, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> tuple[str, TrainingOutcome]:
+    """A private copy of the session's champion store, this test pointed at it: for a test that changes the
+    registry (aliases, versions) or the model's files, which must not change the shared store."""
+    uri = copy_store(champion_store.root, tmp_path / "own-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri, champion_store.outcome
+
+
 def spark_test_config(**changes: object) -> Any:
     """The test session's Spark settings (a scoring.SparkConfig): local[2], tiny Arrow batches for tiny data."""
-    from creditflow.scoring import SparkConfig
+    from creditflow.serving.batch.spark import SparkConfig
 
     return SparkConfig(master="local[2]", arrow_batch_rows=500, driver_memory="1g", progress_seconds=1.0,
                        conf={"spark.sql.shuffle.partitions": "2"}).model_copy(update=changes)
@@ -177,7 +278,7 @@ def spark_test_config(**changes: object) -> Any:
 @pytest.fixture(scope="session")
 def spark():
     """One Spark local[2] session for the whole test run (start-up ~13 s); tiny Arrow batches for tiny data."""
-    from creditflow.scoring import start_spark
+    from creditflow.serving.batch.spark import start_spark
 
     session = start_spark(spark_test_config(), app_name="creditflow-tests")
     yield session
@@ -219,6 +320,8 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=30)
 
 
+# ---------------------------------------------------------------- PostgreSQL and mlflow servers
+
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 
@@ -247,8 +350,31 @@ def throwaway_postgres_database() -> Iterator[str]:
         postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+class Postgres:
+    """The local PostgreSQL server: `database()` is a throwaway database for as long as the block lasts."""
+
+    database = staticmethod(throwaway_postgres_database)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """THE PostgreSQL fixture (every test or fixture that needs PostgreSQL goes through it): the local server,
+    checked once, handing out throwaway databases."""
+    postgres_admin("SELECT 1")
+    return Postgres()
+
+
 @pytest.fixture
-def postgres_db() -> Iterator[str]:
+def postgres_db(postgres: Postgres) -> Iterator[str]:
     """A fresh database on the local PostgreSQL for one test, dropped afterwards."""
-    with throwaway_postgres_database() as uri:
+    with postgres.database() as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_on_postgres(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` for the session whose backend store is a throwaway PostgreSQL database."""
+    root = tmp_path_factory.mktemp("mlflow-postgres")
+    with (postgres.database() as db,
+          running_mlflow_server(db.replace("postgresql://", "postgresql+psycopg2://", 1), root) as url):
+        yield url

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from creditflow.cli import build_parser, quiet_downloads
+from creditflow.cli import build_parser, promote_command, quiet_downloads
 from creditflow.errors import CreditflowError
-from creditflow.registry import promote_command
 
 KILLED = 137
 

@@ -85,7 +85,7 @@ def test_overrides_are_validated() -> None:
 
 
 def test_configs_load_from_yaml_with_command_line_overrides(tmp_path: Path) -> None:
-    from creditflow.serve import ServingConfig
+    from creditflow.serving.online import ServingConfig
     from creditflow.specs import load_config
 
     (tmp_path / "empty.yaml").write_text("")

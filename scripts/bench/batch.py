@@ -10,7 +10,7 @@ course logistic pipeline; a 300-tree, depth-6 XGBoost), all logged with `reason_
           P(default) = element 1), 10,000-row Arrow batches (logistic only)
   ours    `spark_udf` of our pyfunc (probability, decision, reason codes struct), our Arrow batch size,
           written as the job writes its Parquet (`scored_parquet_options`)
-  job     `creditflow.scoring.run_batch`: read, value rules, quarantine, score, Parquet and SQLite table;
+  job     `creditflow.serving.batch.job.run_batch`: read, value rules, quarantine, score, Parquet and SQLite table;
           after the phases above, `--repeats` times, each into a new output (a first load, not a rerun)
 Spark phases run in one child process per size (a fresh JVM, so memory peaks belong to that size);
 Spark start-up is timed on its own. UDF and job phases run `--repeats` times: the first run is
@@ -53,9 +53,9 @@ def prepare_models(work: Path, families: list[str], train_rows: int) -> dict[str
     import mlflow
     from mlflow.models import infer_signature
 
-    from creditflow.data import load_dataset, split_data
+    from creditflow.data.dataset import load_dataset, split_data
     from creditflow.specs import load_experiment_spec
-    from creditflow.tracking import train_and_log
+    from creditflow.train.run import train_and_log
 
     models = {}
     for family in families:
@@ -74,7 +74,7 @@ def prepare_models(work: Path, families: list[str], train_rows: int) -> dict[str
                 info = mlflow.sklearn.log_model(
                     pipe, name="model", pyfunc_predict_fn="predict_proba",
                     signature=infer_signature(X.head(200), pipe.predict_proba(X.head(200))),
-                    skops_trusted_types=["numpy.dtype", "creditflow.pipeline.CreditFeatures"],
+                    skops_trusted_types=["numpy.dtype", "creditflow.model.pipeline.CreditFeatures"],
                     registered_model_name="credit-default-stock",
                 )
             models["stock"] = f"models:/credit-default-stock/{info.registered_model_version}"
@@ -86,7 +86,7 @@ def write_input(path: Path, rows: int, chunk: int = 250_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from creditflow.synthetic import ID_COLUMN, TARGET, generate_credit_data
+    from creditflow.data.synthetic import ID_COLUMN, TARGET, generate_credit_data
 
     writer = None
     for start in range(0, rows, chunk):
@@ -188,7 +188,10 @@ def _rss_mb(pid: int) -> float:
 
 
 def _cpu_seconds() -> dict[str, float]:
-    """CPU time (user + system) of this process, its JVM and the Python workers: robust on a busy machine."""
+    """CPU time (user + system) of this process, its JVM and the Python workers: robust on a busy machine.
+
+    Each process counts its reaped children too: a Python worker that exits between two readings stays counted
+    (through the PySpark daemon that reaps it)."""
     import os
 
     total = {"driver": 0.0, "jvm": 0.0, "workers": 0.0}
@@ -196,7 +199,7 @@ def _cpu_seconds() -> dict[str, float]:
         kind = "driver" if depth == 0 else "jvm" if name == "java" else "workers"
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total[kind] += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
         except OSError:
             pass
     return total
@@ -240,16 +243,11 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
     import pyarrow.dataset as pads
     from pyspark.sql import functions as F
 
-    from creditflow.scoring import (
-        ROW_GROUP_BYTES,
-        load_batch_config,
-        plan_batch,
-        resolve_model,
-        run_batch,
-        score_rows,
-        scored_parquet_options,
-        start_spark,
-    )
+    from creditflow.registry.client import resolve_model
+    from creditflow.serving.batch.columns import score_rows
+    from creditflow.serving.batch.job import ROW_GROUP_BYTES, run_batch, scored_parquet_options
+    from creditflow.serving.batch.plan import plan_batch
+    from creditflow.serving.batch.spark import load_batch_config, start_spark
 
     work_dir = Path(work)
     start = time.perf_counter()

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def prepare_model(rows: int) -> str:
     """Train the course logistic baseline on `rows` generated rows; its registered version's URI."""
-    from creditflow.data import load_dataset
+    from creditflow.data.dataset import load_dataset
     from creditflow.specs import load_experiment_spec
-    from creditflow.tracking import train_and_log
+    from creditflow.train.run import train_and_log
 
     exp, ds = load_experiment_spec(ROOT / "experiments" / "logistic_baseline.yaml")
     exp = exp.with_overrides(**{"explain.enabled": False, "cv_folds": 2})
@@ -58,8 +58,8 @@ def main() -> int:
         import mlflow
         import pandas as pd
 
-        from creditflow.monitor import drift_report
-        from creditflow.synthetic import generate_credit_data
+        from creditflow.data.synthetic import generate_credit_data
+        from creditflow.monitor.drift import drift_report
 
         model_uri = prepare_model(args.train_rows)
         model = mlflow.pyfunc.load_model(model_uri)

@@ -72,10 +72,10 @@ def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
 
-    from creditflow.data import load_dataset, split_data
-    from creditflow.model import input_schema
+    from creditflow.data.dataset import load_dataset, split_data
+    from creditflow.model.artifact import input_schema
     from creditflow.specs import load_experiment_spec
-    from creditflow.tracking import train_and_log
+    from creditflow.train.run import train_and_log
 
     exp, ds = load_experiment_spec(ROOT / "experiments" / experiment)
     exp = exp.with_overrides(**{"explain.enabled": False, "cv_folds": 2, "search.trials": 1})
@@ -93,7 +93,7 @@ def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
             signature=ModelSignature(inputs=input_schema(ds), outputs=outputs),
             input_example=X.head(5),
             skops_trusted_types=["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
-                                 "creditflow.pipeline.CreditFeatures"],
+                                 "creditflow.model.pipeline.CreditFeatures"],
             registered_model_name="credit-default-stock",
         )
     stock = f"models:/credit-default-stock/{info.registered_model_version}"

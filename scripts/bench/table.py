@@ -8,6 +8,7 @@ Then, in this one process and interleaved run by run:
   sqlite3  the former loader: Python's sqlite3, 200-row INSERT statements of Python values, rows in
            file order (a copy kept here as the baseline; same tables, transaction and PRAGMAs)
   adbc     `PredictionTable.replace_batch`: ADBC ingest of Arrow columns, each chunk in applicant order
+  adbc-file-order  the same, each chunk ingested in file order (no sorting; docs/performance.md)
 Each run loads the batch into a fresh database (first load), then loads it again into the same
 database (rerun: the batch's rows are replaced). Medians of `--repeats` runs; also CPU seconds
 (the machine may be shared). The loader's peak resident memory is measured apart: one more load
@@ -17,6 +18,7 @@ The Parquet is generated in a child process too.
     .venv/bin/python scripts/bench/table.py                          # 1M and 5M rows (~10 min)
     .venv/bin/python scripts/bench/table.py --sizes 1000000 --ids random   # applicant ids in random order
     .venv/bin/python scripts/bench/table.py --sizes 200000 --repeats 1   # a quick look
+    .venv/bin/python scripts/bench/table.py --sizes 1000000 --ids random --loaders adbc,adbc-file-order
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from creditflow.predictions import COLUMNS, LOAD_CACHE_KB, ROWS, PredictionTable, _chunks
+from creditflow.serving.batch.table import COLUMNS, LOAD_CACHE_KB, ROWS, PredictionTable, _chunks, _table_rows
 
 LABELS = ["Times 90+ days late", "Revolving utilization", "Debt ratio", "Age", "Monthly income",
           "Times 30-59 days late", "Open credit lines"]
@@ -112,6 +114,14 @@ class Sqlite3Table(PredictionTable):
                         part)
 
 
+class FileOrderTable(PredictionTable):
+    """The current loader with each chunk ingested as it comes, applicant ids not sorted."""
+
+    @staticmethod
+    def _insert_sqlite(cur: Any, chunk: pa.Table, batch_key: int) -> None:
+        cur.adbc_ingest(ROWS, _table_rows(chunk, batch_key), mode="append")
+
+
 def sqlite3_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
     return Sqlite3Table(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
 
@@ -120,8 +130,12 @@ def adbc_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str
     return PredictionTable(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
 
 
-LOADERS: dict[str, Callable[[Path, str, Path, dict[str, str]], int]] = {"sqlite3": sqlite3_replace_batch,
-                                                                       "adbc": adbc_replace_batch}
+def file_order_replace_batch(db: Path, batch_id: str, parquet: Path, lineage: dict[str, str]) -> int:
+    return FileOrderTable(f"sqlite:///{db}").replace_batch(batch_id, parquet, lineage)
+
+
+LOADERS: dict[str, Callable[[Path, str, Path, dict[str, str]], int]] = {
+    "sqlite3": sqlite3_replace_batch, "adbc": adbc_replace_batch, "adbc-file-order": file_order_replace_batch}
 
 
 # ---------------------------------------------------------------- measuring
@@ -174,16 +188,18 @@ def check(db: Path, rows: int) -> None:
 Results = dict[str, dict[str, list[dict[str, float]]]]
 
 
-def bench(size: int, work: Path, repeats: int, ids: str) -> tuple[Results, dict[str, dict[str, int]]]:
+def bench(size: int, work: Path, repeats: int, ids: str,
+          loaders: list[str]) -> tuple[Results, dict[str, dict[str, int]]]:
     parquet = work / f"scored-{size}-{ids}"
     if not parquet.exists():
         print(f"generating {size:,} scored rows, applicant ids {ids}", flush=True)
         subprocess.run([sys.executable, __file__, "--generate", str(size), str(parquet), ids], check=True)
     for _ in _chunks(sorted(parquet.glob("*.parquet"))):  # warm up: file cache, Arrow pool; neither loader pays them
         pass
-    results: Results = {name: {"first": [], "rerun": []} for name in LOADERS}
+    results: Results = {name: {"first": [], "rerun": []} for name in loaders}
     for run in range(repeats):
-        for name, loader in LOADERS.items():
+        for name in loaders if run % 2 == 0 else loaders[::-1]:  # alternating: neither always goes first
+            loader = LOADERS[name]
             db = work / f"{name}-{size}.db"
             remove_db(db)
             first = timed(loader, db, parquet, size)
@@ -195,7 +211,7 @@ def bench(size: int, work: Path, repeats: int, ids: str) -> tuple[Results, dict[
                   f"(cpu {first['cpu']:.2f}), rerun {rerun['seconds']:6.2f} s (cpu {rerun['cpu']:.2f}), "
                   f"db {db.stat().st_size / 2**20:,.0f} MiB", flush=True)
             remove_db(db)
-    return results, {name: peak_rss(name, parquet, work / f"rss-{name}.db") for name in LOADERS}
+    return results, {name: peak_rss(name, parquet, work / f"rss-{name}.db") for name in loaders}
 
 
 def main() -> None:
@@ -204,6 +220,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ids", choices=["sequential", "random"], default="sequential",
                         help="applicant ids 1..N in order, or shuffled")
+    parser.add_argument("--loaders", default="sqlite3,adbc",
+                        help=f"comma-separated, the first is the baseline of the ratios ({', '.join(LOADERS)})")
     parser.add_argument("--work", type=Path, help="where the Parquet and databases go (default: a temp dir)")
     parser.add_argument("--generate", nargs=3, metavar=("ROWS", "PATH", "IDS"), help=argparse.SUPPRESS)
     parser.add_argument("--rss-of", nargs=3, metavar=("LOADER", "PARQUET", "DB"), help=argparse.SUPPRESS)
@@ -218,7 +236,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-        table = {size: bench(size, work, args.repeats, args.ids) for size in args.sizes}
+        loaders = [name for name in args.loaders.split(",") if name]
+        unknown = [name for name in loaders if name not in LOADERS]
+        if unknown:
+            raise SystemExit(f"error: unknown loader(s) {', '.join(unknown)} (known: {', '.join(LOADERS)})")
+        table = {size: bench(size, work, args.repeats, args.ids, loaders) for size in args.sizes}
         print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
 
     median = statistics.median
@@ -229,13 +251,15 @@ def main() -> None:
             for phase, runs in phases.items():
                 seconds = median(r["seconds"] for r in runs)
                 rate[name, phase] = size / seconds
-                print(f"{size:>9,} {name:7} {phase:5}: {size / seconds:>10,.0f} rows/s  {seconds:6.2f} s "
+                print(f"{size:>9,} {name:15} {phase:5}: {size / seconds:>10,.0f} rows/s  {seconds:6.2f} s "
                       f"(cpu {median(r['cpu'] for r in runs):.2f} s)")
         for name, mem in rss.items():
-            print(f"{size:>9,} {name:7} loader peak RSS {mem['peak'] / 2**20:,.0f} MiB "
+            print(f"{size:>9,} {name:15} loader peak RSS {mem['peak'] / 2**20:,.0f} MiB "
                   f"({mem['before'] / 2**20:,.0f} MiB before loading)")
-        print(f"{size:>9,} adbc/sqlite3: first load {rate['adbc', 'first'] / rate['sqlite3', 'first']:.2f}x, "
-              f"rerun {rate['adbc', 'rerun'] / rate['sqlite3', 'rerun']:.2f}x")
+        base = loaders[0]
+        for name in loaders[1:]:
+            print(f"{size:>9,} {name}/{base} in rows/s: first load {rate[name, 'first'] / rate[base, 'first']:.2f}x, "
+                  f"rerun {rate[name, 'rerun'] / rate[base, 'rerun']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from creditflow.data import load_dataset, split_data
-from creditflow.explain import write_explanations
+from creditflow.data.dataset import load_dataset, split_data
 from creditflow.specs import load_experiment_spec
-from creditflow.train import cross_validate_pipeline, fit_final
+from creditflow.train.explain import write_explanations
+from creditflow.train.search import cross_validate_pipeline, fit_final
 
 SPECS = {"logistic": "logistic_baseline.yaml", "xgboost": "xgboost_bayes.yaml",
          "hist_gradient_boosting": "hist_gradient_boosting.yaml"}
@@ -32,7 +32,7 @@ def bench_family(family: str) -> dict[str, float]:
     exp, ds = load_experiment_spec(ROOT / "experiments" / SPECS[family])
     data, t_load = timed(load_dataset, ds)
     split = split_data(data, exp.test_size, exp.seed)
-    from creditflow.pipeline import build_pipeline
+    from creditflow.model.pipeline import build_pipeline
 
     _, t_cv = timed(cross_validate_pipeline, build_pipeline(exp, ds), split.X_train, split.y_train, exp.cv_folds,
                     exp.seed)

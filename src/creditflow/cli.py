@@ -1,29 +1,33 @@
 """The `creditflow` command line: thin wrappers over the library, one subcommand per entry point.
 
 Every user mistake (bad spec, bad data, unknown model, unreachable server) ends as one line on
-stderr and exit code 2 (3 for a promotion refused by a gate); never a traceback.
+stderr and exit code 2 (3 for a promotion refused by a gate); never a traceback. The library logs;
+this module is what shows its progress lines on the terminal (`console_logging`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from creditflow.errors import CreditflowError
-from creditflow.promotion import add_promote_arguments
+from creditflow.registry.policy import add_promote_arguments
+from creditflow.scoped import environ
+from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
 
 Handler = Callable[[argparse.Namespace], int]
 PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's switch for its artifact-download bars
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from creditflow.data import load_dataset
+    from creditflow.data.dataset import load_dataset
+    from creditflow.registry.client import check_tracking_server
     from creditflow.specs import load_experiment_spec
-    from creditflow.tracking import check_tracking_server, detach_project_run, link_to_project_run, train_and_log
+    from creditflow.train.run import detach_project_run, link_to_project_run, train_and_log
 
     exp, ds = load_experiment_spec(args.spec)
     overrides = {k: v for k, v in {"search.trials": args.trials, "cv_folds": args.cv_folds}.items() if v}
@@ -37,46 +41,60 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_main(args: argparse.Namespace) -> int:
-    from creditflow.flow import Budget, run_main
-    from creditflow.tracking import detach_project_run, link_to_project_run
+    from creditflow.pipelines.main import Budget, demo_tail, run_main
+    from creditflow.train.run import detach_project_run, link_to_project_run
 
     launcher = detach_project_run()
-    budget = Budget(args.trials, args.cv_folds, args.search_seconds)
-    outcomes = run_main(Path(args.experiments), args.data or None, budget)
+    outcomes = run_main(Path(args.experiments), args.data or None,
+                        Budget(args.trials, args.cv_folds, args.search_seconds))
     link_to_project_run(launcher, outcomes)
-    if args.batch_sample:  # the demo ends by batch-scoring a sample with the champion, and its drift
-        from creditflow.monitor import monitor_drift
-        from creditflow.scoring import DEMO_SAMPLE, score_sample
-
-        result = score_sample(outcomes, args.batch_sample)
-        print(f"\n== drift of the sample against {result.model_uri}'s training data", flush=True)
-        monitor_drift(result.model_uri, DEMO_SAMPLE)
+    if args.batch_sample:
+        demo_tail(outcomes, args.batch_sample)
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from creditflow.tracking import check_tracking_server, rebuild_explanations
+    from creditflow.registry.client import check_tracking_server
+    from creditflow.train.run import rebuild_explanations
 
     check_tracking_server()
     rebuild_explanations(args.run_id, args.data or None)
     return 0
 
 
-def _cmd_promote(args: argparse.Namespace) -> int:
-    from creditflow.registry import promote_command
+def promote_command(args: argparse.Namespace, on_step: Callable[[str], None] | None = None) -> int:
+    """`creditflow promote` / `scripts/promote_model.py`: show the decision, return its exit code.
 
-    return promote_command(args)
+    `on_step` is the registry's step hook (fault tests stop the process between two registry writes).
+    """
+    from creditflow.registry.lease import no_step
+    from creditflow.registry.policy import load_policy, request_from_args
+    from creditflow.registry.promote import promote
+    from creditflow.train.run import detach_project_run
+
+    req = request_from_args(args)
+    policy = load_policy(args.policy)
+    detach_project_run()
+    decision = promote(req, policy, on_step or no_step)
+    print(decision.report(), flush=True)
+    return decision.exit_code
 
 
 def _cmd_registry_history(args: argparse.Namespace) -> int:
-    from creditflow.registry import history_command
+    from creditflow.registry.audit import format_history, history
+    from creditflow.registry.client import check_tracking_server, mlflow_errors
 
-    return history_command(args)
+    check_tracking_server()
+    with mlflow_errors(f"cannot read the history of '{args.name}'"):
+        print(format_history(args.name, history(args.name, args.all)))
+    return 0
 
 
 def _cmd_score_batch(args: argparse.Namespace) -> int:
-    from creditflow.scoring import load_batch_config, log_batch, plan_batch, run_batch, start_spark
-    from creditflow.tracking import detach_project_run
+    from creditflow.serving.batch.job import log_batch, run_batch
+    from creditflow.serving.batch.plan import plan_batch
+    from creditflow.serving.batch.spark import load_batch_config, start_spark
+    from creditflow.train.run import detach_project_run
 
     config = load_batch_config(args.config or None, master=args.master)
     launcher = detach_project_run()
@@ -94,7 +112,7 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
 def _cmd_predictions_get(args: argparse.Namespace) -> int:
     import json
 
-    from creditflow.predictions import PredictionTable, default_table_url
+    from creditflow.serving.batch.table import PredictionTable, default_table_url
 
     record = PredictionTable(args.table or default_table_url(args.output)).get_latest(args.id)
     print(json.dumps(record, indent=2))
@@ -102,8 +120,8 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
-    from creditflow.monitor import alert_if_major, monitor_drift
-    from creditflow.tracking import detach_project_run
+    from creditflow.monitor.drift import alert_if_major, monitor_drift
+    from creditflow.train.run import detach_project_run
 
     launcher = detach_project_run()
     alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
@@ -113,8 +131,8 @@ def _cmd_monitor_drift(args: argparse.Namespace) -> int:
 def _cmd_stream_score(args: argparse.Namespace) -> int:
     import mlflow
 
-    from creditflow.scoring import resolve_model
-    from creditflow.streaming import StreamScorer, load_stream_config
+    from creditflow.registry.client import resolve_model
+    from creditflow.serving.stream import StreamScorer, load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store)
     ref = resolve_model(config.model_uri)
@@ -126,7 +144,7 @@ def _cmd_stream_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from creditflow.serve import load_serving_config, serve
+    from creditflow.serving.online import load_serving_config, serve
 
     serve(load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
                               workers=args.workers, feature_store=args.feature_store))
@@ -134,18 +152,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_features_load(args: argparse.Namespace) -> int:
-    from creditflow.features import FeatureStore, load_features
-    from creditflow.scoring import resolve_model
+    from creditflow.registry.client import resolve_model
+    from creditflow.serving.features import FeatureStore, load_features
 
     spec = resolve_model(args.model_uri).dataset
     print(load_features(args.input, spec, FeatureStore(args.store, spec.name), args.ttl_hours).summary())
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one experiment spec as an MLflow run")
     p.add_argument("--spec", required=True, help="experiment spec YAML, e.g. experiments/logistic_baseline.yaml")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the spec's source (e.g. cs-training.csv)")
@@ -154,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("main", help="the demo pipeline: one small experiment per family, best first")
-    p.add_argument("--experiments", default="experiments", help="folder of experiment specs")
+    p.add_argument("--experiments", default="experiments", help="folder of experiment specs (and main.yaml)")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the generated default")
     p.add_argument("--trials", type=int, default=4, help="trials per Bayesian search")
     p.add_argument("--cv-folds", type=int, default=3, help="cross-validation folds")
@@ -169,9 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
     p.set_defaults(handler=_cmd_explain)
 
+
+def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("promote", help="promote a model version through the gates (exit 0 promoted, 3 refused)")
+    add_promote_arguments(p).set_defaults(handler=promote_command)
+
+    p = sub.add_parser("registry", help="read the model registry")
+    reg = p.add_subparsers(dest="registry_command", required=True)
+    p = reg.add_parser("history", help="the champion history of a registered model (from the audit runs)")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    p.add_argument("--all", action="store_true", help="every audited decision, refusals and challengers included")
+    p.set_defaults(handler=_cmd_registry_history)
+
+
+def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the REST endpoint: MLflow's scoring app with request limits and safe errors")
     p.add_argument("--config", default="", help="serving config YAML, e.g. serving/online.yaml")
-    p.add_argument("-m", "--model-uri", default=None, help="model to serve (default models:/credit-default@champion)")
+    p.add_argument("-m", "--model-uri", default=None, help=f"model to serve (default {CHAMPION_URI})")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("-p", "--port", type=int, default=None, help="port (default 5001)")
     p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
@@ -179,24 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redis://host:port/db of precomputed features: enables POST /invocations/by-id")
     p.set_defaults(handler=_cmd_serve)
 
-    p = sub.add_parser("score", help="batch scoring")
-    score = p.add_subparsers(dest="score_command", required=True)
-    p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
-    p.add_argument("--model-uri", required=True, help="e.g. models:/credit-default@champion (pinned to its version)")
-    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
-    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
-    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
-    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
-    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
-    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
-                                               "(default: sqlite under --output)")
-    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
-    p.set_defaults(handler=_cmd_score_batch)
-
     p = sub.add_parser("features", help="precomputed applicant features for online prediction by id")
     feat = p.add_subparsers(dest="features_command", required=True)
     p = feat.add_parser("load", help="write a file of applicants' features into the feature store (Redis)")
-    p.add_argument("--model-uri", default="models:/credit-default@champion", help="whose dataset spec to read by")
+    p.add_argument("--model-uri", default=CHAMPION_URI, help="whose dataset spec to read by")
     p.add_argument("--input", required=True, help="applicants with their id column: .csv or .parquet, or a directory")
     p.add_argument("--store", default="redis://127.0.0.1:6379/0", help="feature store URL (default: local Redis)")
     p.add_argument("--ttl-hours", type=float, default=0, help="expire each applicant's features (0: never)")
@@ -212,15 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=float, default=0, help="stop after this long without events (0: never)")
     p.set_defaults(handler=_cmd_stream_score)
 
-    p = sub.add_parser("monitor", help="data drift against the model's training data")
-    mon = p.add_subparsers(dest="monitor_command", required=True)
-    p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
-    p.add_argument("--model-uri", required=True, help="e.g. models:/credit-default@champion")
-    p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
-    p.add_argument("--report", default="", help="also write the report as JSON to this file")
-    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
-                   help="log the report as an MLflow run (default: yes)")
-    p.set_defaults(handler=_cmd_monitor_drift)
+
+def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="batch scoring")
+    score = p.add_subparsers(dest="score_command", required=True)
+    p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
+    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
+    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
+    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
+    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
+    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
+    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
+                                               "(default: sqlite under --output)")
+    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
+    p.set_defaults(handler=_cmd_score_batch)
 
     p = sub.add_parser("predictions", help="read stored batch predictions")
     pred = p.add_subparsers(dest="predictions_command", required=True)
@@ -230,36 +251,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="", help="SQL table URL instead (sqlite:///... or postgresql://...)")
     p.set_defaults(handler=_cmd_predictions_get)
 
-    p = sub.add_parser("promote", help="promote a model version through the gates (exit 0 promoted, 3 refused)")
-    add_promote_arguments(p).set_defaults(handler=_cmd_promote)
 
-    p = sub.add_parser("registry", help="read the model registry")
-    reg = p.add_subparsers(dest="registry_command", required=True)
-    p = reg.add_parser("history", help="the champion history of a registered model (from the audit runs)")
-    p.add_argument("--name", default="credit-default", help="registered model name")
-    p.add_argument("--all", action="store_true", help="every audited decision, refusals and challengers included")
-    p.set_defaults(handler=_cmd_registry_history)
+def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("monitor", help="data drift against the model's training data")
+    mon = p.add_subparsers(dest="monitor_command", required=True)
+    p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
+    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
+    p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
+    p.add_argument("--report", default="", help="also write the report as JSON to this file")
+    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log the report as an MLflow run (default: yes)")
+    p.set_defaults(handler=_cmd_monitor_drift)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_training_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
+                add_registry_parsers):
+        add(sub)
     return parser
 
 
-@contextmanager
-def quiet_downloads() -> Iterator[None]:
+def quiet_downloads() -> AbstractContextManager[None]:
     """No artifact-download progress bars: on stderr they would bury the results and the one-line errors."""
-    before = os.environ.get(PROGRESS_BARS)
-    os.environ[PROGRESS_BARS] = "false"
+    return environ(PROGRESS_BARS, "false")
+
+
+@contextmanager
+def console_logging() -> Iterator[None]:
+    """The library's progress lines (creditflow loggers, INFO and up) on stdout, as they are, for the command."""
+    logger = logging.getLogger("creditflow")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    before = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(PROGRESS_BARS, None)
-        else:
-            os.environ[PROGRESS_BARS] = before
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with quiet_downloads():
+        with quiet_downloads(), console_logging():
             return args.handler(args)
     except CreditflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

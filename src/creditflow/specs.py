@@ -12,9 +12,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from creditflow.errors import SpecError
+from creditflow.errors import SpecError, first_line
 
 C = TypeVar("C", bound=BaseModel)
+
+DEFAULT_MODEL_NAME = "credit-default"  # the registered model every command uses unless told otherwise
+CHAMPION_URI = f"models:/{DEFAULT_MODEL_NAME}@champion"
 
 GroupKind = Literal["numeric", "skewed", "categorical", "indicator"]
 
@@ -218,7 +221,7 @@ class ExperimentSpec(_Frozen):
     reason_codes: int = Field(3, ge=1)
     reason_codes_for: Literal["all", "declined"] = "all"  # "declined": adverse-action reasons only (fast batches)
     explain: ExplainSpec = ExplainSpec()
-    register_as: str | None = "credit-default"
+    register_as: str | None = DEFAULT_MODEL_NAME
 
     def with_overrides(self, **changes: Any) -> ExperimentSpec:
         """A copy with nested fields replaced (e.g. budgets from the command line), re-validated."""
@@ -229,16 +232,16 @@ class ExperimentSpec(_Frozen):
             for key in parents:
                 target = target[key]
             target[leaf] = value
-        return _validated(ExperimentSpec, data, f"{self.name} (overrides)")
+        return validated(ExperimentSpec, data, f"{self.name} (overrides)")
 
 
-def _read_yaml(path: Path, what: str = "spec file") -> dict[str, Any]:
+def read_yaml(path: Path, what: str = "spec file") -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:  # an empty file: every field at its default
         return {}
     if not isinstance(data, dict):
@@ -246,13 +249,18 @@ def _read_yaml(path: Path, what: str = "spec file") -> dict[str, Any]:
     return data
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], origin: str) -> Any:
+def validated(model: type[BaseModel], data: dict[str, Any], origin: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise SpecError(f"{origin}: invalid field '{field}': {err['msg']}") from None
+        field, message = first_error(exc)
+        raise SpecError(f"{origin}: invalid field '{field or '(top level)'}': {message}") from None
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """A pydantic error as (dotted field, message without pydantic's "Value error, " prefix): one line for users."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), str(err["msg"]).removeprefix("Value error, ")
 
 
 def load_config(model: type[C], path: str | Path | None, what: str, **overrides: Any) -> C:
@@ -260,20 +268,20 @@ def load_config(model: type[C], path: str | Path | None, what: str, **overrides:
 
     Overrides that are None or "" were not given. Every mistake is one SpecError line.
     """
-    data = _read_yaml(Path(path), what) if path else {}
+    data = read_yaml(Path(path), what) if path else {}
     data.update({k: v for k, v in overrides.items() if v not in (None, "")})
-    return _validated(model, data, str(path) if path else what)
+    return validated(model, data, str(path) if path else what)
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:
     path = Path(path)
-    return _validated(DatasetSpec, _read_yaml(path), str(path))
+    return validated(DatasetSpec, read_yaml(path), str(path))
 
 
 def load_experiment_spec(path: str | Path) -> tuple[ExperimentSpec, DatasetSpec]:
     """Load an experiment spec and the dataset spec it names (a path relative to the experiment file)."""
     path = Path(path)
-    spec: ExperimentSpec = _validated(ExperimentSpec, _read_yaml(path), str(path))
+    spec: ExperimentSpec = validated(ExperimentSpec, read_yaml(path), str(path))
     dataset_path = (path.parent / spec.dataset).resolve()
     return spec, load_dataset_spec(dataset_path)
 

@@ -1,0 +1,135 @@
+"""The dataset spec's value rules, written once as a table, and their checks over pandas and numpy.
+
+`value_rules` lists every rule of a spec in the order checks apply them (by column; then missing,
+unknown category or below the minimum, above the maximum, not a whole number, infinite), each with
+the message every checker uses. `rule_violations` checks a DataFrame (training, monitoring, the
+feature store), `RuleCheck` the raw float matrix the served model scores; the batch job turns the
+same table into Spark conditions (`serving.batch.columns.rule_checks`). Per row, the first broken
+rule is reported. Tests check the three agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from creditflow.specs import DatasetSpec
+
+Check = Literal["missing", "category", "below", "above", "whole", "infinite"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One value rule of one raw column, and how it is worded."""
+
+    column: str
+    check: Check
+    message: str
+    bound: float = np.nan  # below: the minimum, above: the maximum
+    allowed: tuple = ()  # below/above: sentinel values exempt from the bound; category: the known categories
+
+
+def value_rules(spec: DatasetSpec) -> list[Rule]:
+    """Every value rule of the spec, in the order they are checked."""
+    rules = []
+    for raw, col in spec.columns.items():
+        if not col.nullable:
+            rules.append(Rule(raw, "missing", f"{raw} is missing"))
+        if col.group == "categorical":
+            if col.categories:
+                rules.append(Rule(raw, "category", f"{raw} is not a known category", allowed=col.categories))
+            continue
+        if col.min is not None:
+            rules.append(Rule(raw, "below", f"{raw} below {col.min:g}", col.min, col.sentinels))
+        if col.max is not None:
+            rules.append(Rule(raw, "above", f"{raw} above {col.max:g}", col.max, col.sentinels))
+        if col.integer:
+            rules.append(Rule(raw, "whole", f"{raw} is not a whole number"))
+        rules.append(Rule(raw, "infinite", f"{raw} is infinite"))
+    return rules
+
+
+def broken(rule: Rule, values: np.ndarray) -> np.ndarray:
+    """Where a numeric column (float64, NaN for missing) breaks the rule."""
+    with np.errstate(invalid="ignore"):
+        if rule.check == "missing":
+            return np.isnan(values)
+        if rule.check in ("below", "above"):
+            outside = values < rule.bound if rule.check == "below" else values > rule.bound
+            return outside & ~np.isin(values, rule.allowed) if rule.allowed else outside
+        if rule.check == "whole":
+            return ~np.isnan(values) & (np.remainder(values, 1) != 0)
+        return np.isinf(values)
+
+
+def _broken_category(rule: Rule, values: pd.Series) -> np.ndarray:
+    if rule.check == "missing":
+        return values.isna().to_numpy()
+    return (values.notna() & ~values.isin(rule.allowed)).to_numpy()
+
+
+def rule_violations(X: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
+    """Per row, the first value rule it breaks ("" when none): the rules travel with the model."""
+    reasons, unbroken = np.full(len(X), "", dtype=object), np.ones(len(X), dtype=bool)
+    numeric: dict[str, np.ndarray] = {}
+    for rule in value_rules(spec):
+        if spec.columns[rule.column].group == "categorical":
+            mask = _broken_category(rule, X[rule.column])
+        else:
+            if rule.column not in numeric:
+                numeric[rule.column] = X[rule.column].to_numpy(dtype="float64", na_value=np.nan)
+            mask = broken(rule, numeric[rule.column])
+        first = mask & unbroken  # boolean arrays only: comparing the texts is far slower
+        reasons[first], unbroken = rule.message, unbroken & ~first
+    return pd.Series(reasons, index=X.index, dtype=object)
+
+
+def _fractional(column: np.ndarray) -> bool:
+    """Whether a column holds a number that is not whole (NaN is missing, not fractional)."""
+    return bool(((np.trunc(column) != column) & ~np.isnan(column)).any())
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """The value rules over the raw float matrix the model scores (signature column order; numeric data sets)."""
+
+    rules: tuple[Rule, ...]
+    positions: tuple[int, ...]  # each rule's column in the matrix
+    messages: np.ndarray
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> RuleCheck:
+        if any(c.group == "categorical" for c in spec.columns.values()):
+            raise ValueError("categorical columns: use rule_violations")
+        rules = tuple(value_rules(spec))
+        positions = tuple(spec.raw_columns.index(r.column) for r in rules)
+        return cls(rules, positions, np.asarray([r.message for r in rules], dtype=object))
+
+    def reasons(self, R: np.ndarray) -> np.ndarray:
+        """Per row, the first rule it breaks ("" when none)."""
+        if not self.rules:
+            return np.full(len(R), "", dtype=object)
+        masks = np.column_stack([broken(r, R[:, j]) for r, j in zip(self.rules, self.positions, strict=True)])
+        return np.where(masks.any(axis=1), self.messages[masks.argmax(axis=1)], "")
+
+    def any_broken(self, R: np.ndarray) -> bool:
+        """Whether any row breaks a rule, with no per-row text (the common, clean case).
+
+        Column reductions first (no copy of the whole batch): they flag every rule a row breaks, and
+        maybe more (they ignore the sentinels' exemption). Only a flagged batch gets the exact checks.
+        """
+        if not len(R) or not self.rules:
+            return False
+        smallest, largest = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped; ±inf kept
+        has_nan = np.isnan(R.sum(axis=0))
+
+        def flagged(rule: Rule, j: int) -> bool:
+            return bool({"missing": has_nan[j], "below": smallest[j] < rule.bound, "above": largest[j] > rule.bound,
+                         "infinite": np.isinf(smallest[j]) or np.isinf(largest[j])}.get(rule.check, False)
+                        or (rule.check == "whole" and _fractional(R[:, j])))
+
+        suspects = [(r, j) for r, j in zip(self.rules, self.positions, strict=True) if flagged(r, j)]
+        return any(broken(r, R[:, j]).any() for r, j in suspects)

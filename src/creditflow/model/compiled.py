@@ -1,0 +1,330 @@
+"""The request path: the fitted pipeline's preprocessing compiled into vectorised numpy.
+
+scikit-learn's `ColumnTransformer` spends most of a one-row call on pandas selection and validation,
+not arithmetic (docs/performance.md). `compile_scorer` reads the fitted parameters of the
+pipeline (renames, sentinels, derived flags, imputer statistics, Yeo-Johnson lambdas, scaler
+moments) once and replays them as array operations on a float matrix of the raw columns. The final
+estimator is called as fitted, on the same preprocessed matrix, so probabilities equal the
+pipeline's (tests check 1e-9 for every family). Explanations are computed on that same matrix:
+
+- linear models: exact interventional SHAP in closed form, coef * (z - reference), where the
+  reference is the mean preprocessed training row stored with the model (as `model.shap.raw_shap`
+  with the training rows as background);
+- XGBoost: the booster's own `pred_contribs` (TreeSHAP);
+- other trees: shap's path-dependent `TreeExplainer`, built once.
+
+Each is linear in the number of rows. A data set with categorical columns, or a pipeline holding a
+step this module does not know, raises `NotCompilable`; the caller then uses `fast=False`, which
+keeps scikit-learn's preprocessing (on an object matrix) and shares the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.special import expit
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
+from xgboost import XGBClassifier
+
+from creditflow.model.pipeline import OPS, CreditFeatures, is_linear, positive_index
+from creditflow.model.shap import (
+    linear_terms,
+    raw_projection,
+    tree_contributions,
+    tree_explainer,
+    xgboost_contributions,
+)
+from creditflow.specs import DatasetSpec
+
+Block = Callable[[np.ndarray], np.ndarray]
+
+
+class NotCompilable(ValueError):
+    """The pipeline holds a step the fast path does not replay."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per row: P(default), and SHAP values in the raw columns (log-odds; probability for forests)."""
+
+    probability: np.ndarray
+    contributions: np.ndarray
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], Block]:
+    """CreditFeatures as array code (rename, sentinels, derived flags, caps): names and the block."""
+    known = {"renames", "sentinels", "derived", "caps"}
+    if set(step.get_params()) != known:
+        raise NotCompilable(f"the features step has parameters beyond {sorted(known)}")
+    renames = step.renames or {}
+    if list(renames) != raw_columns:
+        raise NotCompilable("the features step does not read the raw columns in signature order")
+    names = list(renames.values())
+    sentinels = [(names.index(col), np.asarray(values, dtype="float64"))
+                 for col, values in (step.sentinels or {}).items() if values]
+    derived = [(names.index(col), op, value) for col, op, value in (step.derived or {}).values()]
+    caps = [(names.index(col), float(ceiling)) for col, ceiling in (step.caps or {}).items()]
+
+    def apply(R: np.ndarray) -> np.ndarray:
+        F = np.empty((len(R), len(names) + len(derived)), order="F")  # column-major: every step works by column
+        F[:, :len(names)] = R  # a copy: sentinels are written in place
+        for j, values in sentinels:
+            F[np.isin(F[:, j], values), j] = np.nan
+        for i, (j, op, value) in enumerate(derived, start=len(names)):
+            F[:, i] = np.isnan(F[:, j]) if op == "isnull" else OPS[op](F[:, j], value)
+        for j, ceiling in caps:  # after the indicators, which see the uncapped values
+            np.minimum(F[:, j], ceiling, out=F[:, j])
+        return F
+
+    return names + list(step.derived or {}), apply
+
+
+def _imputer(step: SimpleImputer) -> Block:
+    if np.asarray(step.statistics_).dtype.kind not in "fiub":
+        raise NotCompilable("imputer of text columns")
+    stats = np.asarray(step.statistics_, dtype="float64")
+    keep = np.ones(len(stats), bool) if step.keep_empty_features else ~np.isnan(stats)
+    if not (isinstance(step.missing_values, float) and np.isnan(step.missing_values)):
+        raise NotCompilable("imputer with a missing-value marker other than NaN")
+    flagged = None if step.indicator_ is None else np.asarray(step.indicator_.features_)
+
+    kept = np.flatnonzero(keep)
+    flags = [] if flagged is None else list(flagged)
+
+    def apply(B: np.ndarray) -> np.ndarray:
+        out = np.empty((len(B), len(kept) + len(flags)), order="F")
+        for o, c in enumerate(kept):
+            out[:, o] = B[:, c]
+            np.copyto(out[:, o], stats[c], where=np.isnan(B[:, c]))
+        for o, c in enumerate(flags, start=len(kept)):
+            out[:, o] = np.isnan(B[:, c])
+        return out
+
+    return apply
+
+
+def _yeo_johnson(x: np.ndarray, lmbda: float) -> np.ndarray:
+    """scipy.stats.yeojohnson with a fixed lambda, written out (same operations, same numbers)."""
+    eps = np.finfo(np.float64).eps
+    pos = x >= 0
+    if abs(lmbda) >= eps and pos.all():  # the usual case here (amounts and ratios): no masks, no gathers
+        out = np.log1p(x)
+        out *= lmbda
+        np.expm1(out, out=out)
+        out /= lmbda
+        return out
+    out = np.zeros_like(x)
+    out[pos] = np.log1p(x[pos]) if abs(lmbda) < eps else np.expm1(lmbda * np.log1p(x[pos])) / lmbda
+    neg = ~pos
+    if abs(lmbda - 2) > eps:
+        out[neg] = -np.expm1((2 - lmbda) * np.log1p(-x[neg])) / (2 - lmbda)
+    else:
+        out[neg] = -np.log1p(-x[neg])
+    return out
+
+
+def _scaler(step: StandardScaler) -> Block:
+    mean = step.mean_ if step.with_mean else None
+    scale = step.scale_ if step.with_std else None
+
+    def apply(B: np.ndarray) -> np.ndarray:
+        B = B - mean if mean is not None else np.array(B)
+        if scale is not None:
+            B /= scale
+        return B
+
+    return apply
+
+
+def _power(step: PowerTransformer) -> Block:
+    if step.method != "yeo-johnson":
+        raise NotCompilable(f"power transform '{step.method}'")
+    lambdas = np.asarray(step.lambdas_, dtype="float64")
+    standardize = _scaler(step._scaler) if step.standardize else None
+
+    def apply(B: np.ndarray) -> np.ndarray:
+        out = np.empty(B.shape, order="F")
+        for i, lam in enumerate(lambdas):
+            out[:, i] = _yeo_johnson(B[:, i], lam)
+        return standardize(out) if standardize else out
+
+    return apply
+
+
+def _step(step: Any) -> Block:
+    if isinstance(step, str) and step == "passthrough":
+        return lambda B: B
+    if isinstance(step, FunctionTransformer) and step.func is None:  # how ColumnTransformer stores passthrough
+        return lambda B: B
+    if isinstance(step, Pipeline):
+        blocks = [_step(s) for _, s in step.steps]
+
+        def chain(B: np.ndarray) -> np.ndarray:
+            for block in blocks:
+                B = block(B)
+            return B
+
+        return chain
+    if isinstance(step, SimpleImputer):
+        return _imputer(step)
+    if isinstance(step, PowerTransformer):
+        return _power(step)
+    if isinstance(step, StandardScaler):
+        return _scaler(step)
+    raise NotCompilable(f"no fast path for {type(step).__name__}")
+
+
+def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
+    parts = []
+    for group, transformer, cols in pre.transformers_:
+        if transformer == "drop" or (group == "remainder" and len(cols) == 0):
+            continue
+        if group == "remainder":
+            raise NotCompilable("the column transformer passes remainder columns through")
+        parts.append(([names.index(c) for c in cols], _step(transformer)))
+
+    def apply(F: np.ndarray) -> np.ndarray:
+        blocks = [block(_columns(F, idx)) for idx, block in parts]
+        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")  # np.hstack would make it row-major
+        return np.concatenate(blocks, axis=1, out=Z)
+
+    return apply
+
+
+def _columns(F: np.ndarray, idx: list[int]) -> np.ndarray:
+    """Columns of F, column-major as every step works (fancy indexing returns them row-major)."""
+    out = np.empty((len(F), len(idx)), order="F")
+    for o, c in enumerate(idx):
+        out[:, o] = F[:, c]
+    return out
+
+
+# ---------------------------------------------------------------- estimator and explanations
+
+
+def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
+    if reference is None:
+        raise NotCompilable("a linear model needs the SHAP reference row (mean preprocessed training row)")
+    coef, intercept = linear_terms(model)
+
+    def probability(Z: np.ndarray) -> np.ndarray:
+        return expit(Z @ coef + intercept)
+
+    def contributions(Z: np.ndarray) -> np.ndarray:
+        return (Z - reference) * coef
+
+    return probability, contributions
+
+
+def _tree(model: Any) -> tuple[Callable, Callable]:
+    pos = positive_index(model)
+    if isinstance(model, XGBClassifier):
+        def contributions(Z: np.ndarray) -> np.ndarray:
+            return xgboost_contributions(model, Z)[:, :-1]
+    else:
+        explainer = tree_explainer(model)
+
+        def contributions(Z: np.ndarray) -> np.ndarray:
+            return tree_contributions(explainer, model, Z)
+
+    def probability(Z: np.ndarray) -> np.ndarray:
+        return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
+
+    return probability, contributions
+
+
+# ---------------------------------------------------------------- the compiled scorer
+
+
+@dataclass(frozen=True)
+class FastScorer:
+    """The compiled pipeline: raw float matrix (signature column order) → probability and raw-space SHAP."""
+
+    raw_columns: list[str]
+    features: Block
+    preprocess: Block
+    probability_of: Callable[[np.ndarray], np.ndarray]
+    contributions_of: Callable[[np.ndarray], np.ndarray]
+    to_raw: np.ndarray  # preprocessed columns x raw columns, 1 where the column comes from the raw one
+
+    def transform(self, R: np.ndarray) -> np.ndarray:
+        return self.preprocess(self.features(R))
+
+    def probability(self, R: np.ndarray) -> np.ndarray:
+        return self.probability_of(self.transform(R))
+
+    def score(self, R: np.ndarray) -> Scored:
+        Z = self.transform(R)
+        return Scored(self.probability_of(Z), self.raw_contributions(Z))
+
+    def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
+        """SHAP values of preprocessed rows, summed back onto the raw columns they come from."""
+        return self.contributions_of(Z) @ self.to_raw
+
+
+def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str]) -> tuple[Block, Block]:
+    """The slow path: scikit-learn's own transform on a DataFrame of the raw matrix."""
+
+    def transform(R: np.ndarray) -> np.ndarray:
+        Z = pipe[:-1].transform(pd.DataFrame(R, columns=raw_columns).infer_objects())
+        return Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
+
+    return transform, lambda Z: Z
+
+
+def compile_scorer(
+    pipe: Pipeline, spec: DatasetSpec, reference: np.ndarray | None = None, fast: bool = True
+) -> FastScorer:
+    """Compile a fitted features → preprocess → model pipeline; `reference` is the linear SHAP baseline.
+
+    `fast=False` keeps scikit-learn's preprocessing (for pipelines with steps this module does not know).
+    """
+    if [name for name, _ in pipe.steps][-1:] != ["model"]:
+        raise NotCompilable("expected the last step to be named 'model'")
+    if fast:
+        if any(c.group == "categorical" for c in spec.columns.values()):
+            raise NotCompilable("categorical columns (the fast path takes a float matrix)")
+        if [name for name, _ in pipe.steps] != ["features", "preprocess", "model"]:
+            raise NotCompilable("expected the steps features, preprocess, model")
+        names, features = _features(pipe.named_steps["features"], spec.raw_columns)
+        preprocess = _preprocessor(pipe.named_steps["preprocess"], names)
+    else:
+        features, preprocess = _pipeline_blocks(pipe, spec.raw_columns)
+    model = pipe.named_steps["model"]
+    probability, contributions = _linear(model, reference) if is_linear(model) else _tree(model)
+    return FastScorer(spec.raw_columns, features, preprocess, probability, contributions, raw_projection(pipe, spec))
+
+
+def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Per row, the up-to-k raw columns raising risk most (positive SHAP), largest first.
+
+    Returned as the distinct column sets and, per row, the index of its set: rows share few sets, so
+    callers format labels once per set instead of once per row.
+    """
+    n, m = contributions.shape
+    k = min(k, m)
+    work = np.where(np.isnan(contributions), -np.inf, contributions)
+    rows = np.arange(n)
+    digits = np.zeros((n, k), dtype=np.int64)  # column + 1 of the i-th largest raising value; 0: none
+    for i in range(k):  # k argmax passes: cheaper than sorting every row, same order (ties: first column)
+        j = work.argmax(axis=1) if m else np.zeros(n, dtype=np.int64)
+        digits[:, i] = np.where(work[rows, j] > 0, j + 1, 0)
+        work[rows, j] = -np.inf
+    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D unique is far cheaper than a row-wise one
+        keys = digits @ ((m + 1) ** np.arange(k, dtype=np.int64))
+        _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+        sets = digits[first]
+    else:
+        sets, which = np.unique(digits, axis=0, return_inverse=True)
+    return [tuple(int(d) - 1 for d in row if d) for row in sets], which.reshape(-1)

@@ -1,0 +1,148 @@
+"""The served credit model: an MLflow pyfunc returning P(default), the decision and reason codes.
+
+Logged as models-from-code (`model_code.py`), with its artifacts and config (`model.artifact`), so
+every consumer (REST endpoint, spark_udf, registry gates) scores exactly the same way. Scoring goes
+through the compiled scorer (`model.compiled`) and the input checks (`model.inputs`). Errors leave
+`predict` as `ServingError`: a client's mistake with status 400 and a message naming the problem,
+anything else with status 500 and a generic message; neither repeats the applicant's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from sklearn.pipeline import Pipeline
+
+from creditflow.data.rules import RuleCheck
+from creditflow.errors import BadRequest
+from creditflow.model.artifact import DECISIONS, ERROR_SOURCE, PIPELINE_ARTIFACT, check_config_keys, load_pipeline
+from creditflow.model.compiled import FastScorer, NotCompilable, compile_scorer, reason_sets
+from creditflow.model.inputs import applicant_matrix, check_rules
+from creditflow.specs import DatasetSpec, spec_from_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Everything one scoring call needs, built once per loaded model."""
+
+    spec: DatasetSpec
+    scorer: FastScorer
+    rules: RuleCheck | None
+    threshold: float
+    k: int
+    labels: list[str]
+    declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
+    codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
+    decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
+
+    @classmethod
+    def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
+        reference = config.get("shap_reference")
+        ref = None if reference is None else np.asarray(reference, dtype="float64")
+        try:
+            scorer = compile_scorer(pipe, ds, ref)
+        except NotCompilable as exc:
+            logger.warning("scoring with the scikit-learn pipeline (slow path): %s", exc)
+            scorer = compile_scorer(pipe, ds, ref, fast=False)
+        try:
+            rules = RuleCheck.from_spec(ds)
+        except ValueError:
+            rules = None
+        return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), ds.reason_labels(),
+                   config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json",
+                   np.asarray(config.get("decisions", DECISIONS), dtype=object))
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        R = applicant_matrix(frame, self.spec)
+        check_rules(R, self.spec, self.rules)
+        if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
+            Z = self.scorer.transform(R)  # once: the declined rows' explanations reuse it
+            probability = self.scorer.probability_of(Z)
+            explained = np.flatnonzero(probability >= self.threshold)
+            contributions = (self.scorer.raw_contributions(Z[explained]) if len(explained)
+                             else np.empty((0, len(self.labels))))
+        else:
+            scored = self.scorer.score(R)
+            probability, explained, contributions = scored.probability, np.arange(len(R)), scored.contributions
+        sets, which = reason_sets(contributions, self.k)
+        per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
+        per_row[explained] = which + 1
+        declined = (probability >= self.threshold).astype(np.int32)  # the index into decisions
+        return pd.DataFrame({
+            "probability": probability,
+            "decision": pd.Series(self.decisions[declined], dtype=object),
+            "reason_codes": self._codes(sets, per_row),
+        })
+
+    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray) -> pd.Series:
+        """Each row's reason codes, formatted once per distinct set (object columns: MLflow casts them cheaply)."""
+        named = [[self.labels[j] for j in columns] for columns in sets]
+        if self.codes_as_json:
+            texts = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
+            return pd.Series(texts[per_row], dtype=object)
+        pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
+        return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
+
+
+def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
+    """P(default), decision at the model's threshold, and top reason codes for each row.
+
+    Raises `errors.BadRequest` when a row breaks the dataset spec's value rules.
+    """
+    return Scoring.build(pipe, ds, config)(X)
+
+
+class ServingError(MlflowException):
+    """An error `predict` reports: MLflow's scoring server maps the error code to the HTTP status.
+
+    MLflow's scoring server rewrites the message of any MlflowException raised by `predict` to
+    "Failed to predict data '<the whole input>'..." before returning it; this class keeps its own
+    message, so neither `mlflow models serve` nor `creditflow serve` echoes applicant data.
+    """
+
+    def __init__(self, message: str, internal: bool = False):
+        self._safe = message
+        super().__init__(message, error_code=INTERNAL_ERROR if internal else INVALID_PARAMETER_VALUE,
+                         source=ERROR_SOURCE)
+
+    @property
+    def message(self) -> str:
+        return self._safe
+
+    @message.setter
+    def message(self, value: str) -> None:  # MLflow's rewrite (with the input in it) is dropped
+        pass
+
+
+class CreditModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper: raw applicant rows in, probability + decision + reason codes out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        start = time.perf_counter()
+        check_config_keys(context.model_config)
+        self.pipeline = load_pipeline(context.artifacts[PIPELINE_ARTIFACT])
+        self.config = dict(context.model_config)
+        self.dataset = spec_from_config(self.config)
+        self.scoring = Scoring.build(self.pipeline, self.dataset, self.config)
+        self.load_seconds = time.perf_counter() - start
+        logger.debug("credit model (%s) ready in %.2f s", self.config.get("family"), self.load_seconds)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        try:
+            return self.scoring(model_input)
+        except BadRequest as exc:
+            raise ServingError(exc.message) from None
+        except Exception:
+            logger.exception("internal error while scoring %s row(s)", getattr(model_input, "shape", ("?",))[0])
+            raise ServingError("internal error while scoring; the server log has the details", internal=True) from None

@@ -1,0 +1,1 @@
+"""Monitoring: how the data a model scores drifts from the data it was trained on."""

@@ -1,0 +1,160 @@
+"""Data drift: how far a batch of applicants has moved from the data the model was trained on.
+
+`drift_report` compares a new batch with the training profile logged inside the model
+(`model.profile`) by the population stability index (PSI), the credit-risk industry's measure of
+population shift: below 0.10 stable, 0.10 to 0.25 a moderate shift, 0.25 and above a major one
+(investigate, retrain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import pandas as pd
+
+from creditflow.data.dataset import read_applicants
+from creditflow.data.rules import rule_violations
+from creditflow.errors import CreditflowError
+from creditflow.model.profile import ColumnProfile, load_profile, psi
+from creditflow.registry.client import check_tracking_server, model_files, resolve_model
+from creditflow.specs import DEFAULT_MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+MODERATE, MAJOR = 0.10, 0.25  # PSI bands, as credit-risk monitoring reads them
+SCORE = "score"  # the model's probability of default, profiled like a column
+MONITOR_EXPERIMENT = f"{DEFAULT_MODEL_NAME}-monitoring"
+
+Status = Literal["stable", "moderate shift", "major shift"]
+
+
+class DriftAlert(CreditflowError):
+    """A major shift: the report is shown, and the exit code tells a scheduler to alert."""
+
+    exit_code = 3
+
+
+def status_of(value: float) -> Status:
+    return "major shift" if value >= MAJOR else "moderate shift" if value >= MODERATE else "stable"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One column's (or the score's) shift: PSI and the shares behind it."""
+
+    column: str
+    label: str
+    psi: float
+    reference: list[float]
+    batch: list[float]
+
+    @property
+    def status(self) -> Status:
+        return status_of(self.psi)
+
+
+def column_drift(column: str, label: str, profile: ColumnProfile, values: pd.Series) -> Drift:
+    counts = profile.counts(values)
+    shares = counts / max(counts.sum(), 1.0)
+    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist())
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A batch compared with the model's training population."""
+
+    model_uri: str
+    lineage: dict[str, str]
+    source: str
+    rows: int
+    rows_scored: int  # rows that pass the value rules: the score's shift is measured on them
+    reference_rows: int
+    columns: list[Drift]
+    score: Drift
+
+    @property
+    def worst(self) -> Drift:
+        return max([*self.columns, self.score], key=lambda d: d.psi)
+
+    def table(self) -> str:
+        """The report as text lines, largest shift first."""
+        rows = sorted([*self.columns, self.score], key=lambda d: -d.psi)
+        width = max(len(d.label) for d in rows)
+        head = (f"[drift] {self.rows:,} rows from {self.source} against {self.reference_rows:,} training rows "
+                f"of {self.model_uri} (score on {self.rows_scored:,} rows within the value rules)")
+        return "\n".join([head, f"{'column':<{width}}  {'PSI':>7}  status",
+                          *[f"{d.label:<{width}}  {d.psi:7.3f}  {d.status}" for d in rows]])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.model_uri, **self.lineage, "source": self.source, "rows": self.rows,
+            "rows_scored": self.rows_scored, "reference_rows": self.reference_rows, "status": self.worst.status,
+            "thresholds": {"moderate": MODERATE, "major": MAJOR},
+            "columns": {d.column: {"label": d.label, "psi": d.psi, "status": d.status, "reference": d.reference,
+                                   "batch": d.batch} for d in [*self.columns, self.score]},
+        }
+
+
+def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
+    """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
+    ref = resolve_model(model_uri)
+    X = read_applicants(input_path, ref.dataset)
+    with model_files(ref) as path:
+        profile = load_profile(path, model_uri)
+        valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
+        probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []
+    labels = ref.dataset.display_names()
+    columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
+               for raw in ref.dataset.raw_columns if raw in profile.columns]
+    score = column_drift(SCORE, "Score (probability of default)", profile.score, pd.Series(probability, dtype=float))
+    return DriftReport(ref.uri, ref.lineage, str(input_path), len(X), len(valid), profile.rows, columns, score)
+
+
+def log_report(report: DriftReport, run_id: str | None = None, experiment: str = MONITOR_EXPERIMENT) -> str:
+    """Log the report as an MLflow run (a PSI metric per column), so drift over time shows in the MLflow UI.
+
+    Into `run_id` when given (the `mlflow run` project run), else a new run of the monitoring experiment.
+    """
+    check_tracking_server()
+    if not run_id:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=f"drift {Path(report.source).name}") as run:
+        mlflow.set_tags({"creditflow.kind": "drift", "drift_status": report.worst.status, **report.lineage})
+        mlflow.log_params({"drift.model_uri": report.model_uri, "drift.input": report.source,
+                           "drift.rows": report.rows, "drift.rows_scored": report.rows_scored})
+        mlflow.log_metrics({f"psi.{d.column}": d.psi for d in [*report.columns, report.score]})
+        mlflow.log_dict(report.to_dict(), "drift_report.json")
+    return run.info.run_id
+
+
+def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
+                  run_id: str | None = None) -> DriftReport:
+    """Report a batch's drift: shown, written to `report_path` if given, logged (into `run_id` if given)."""
+    report = drift_report(model_uri, input_path)
+    logger.info("%s", report.table())
+    if report_path:
+        write_report(report, report_path)
+    if log:
+        logger.info("[drift] logged to MLflow run %s", log_report(report, run_id))
+    return report
+
+
+def alert_if_major(report: DriftReport) -> None:
+    """Raise DriftAlert (exit 3) naming every column with a major shift."""
+    major = [d for d in sorted([*report.columns, report.score], key=lambda d: -d.psi) if d.status == "major shift"]
+    if major:
+        shifted = ", ".join(f"{d.label} (PSI {d.psi:.2f})" for d in major)
+        raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
+
+
+def write_report(report: DriftReport, path: str | Path) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report.to_dict(), indent=2))
+    except OSError as exc:
+        raise CreditflowError(f"cannot write the report to {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,1 @@
+"""Pipelines: the `main` demo, end to end over the layers below."""

@@ -1,0 +1,1 @@
+"""Batch prediction on Spark: plan, Spark session, columns, the job, the prediction table."""

@@ -1,0 +1,124 @@
+"""Precomputed applicant features in Redis: online prediction with batch features.
+
+A batch job (`creditflow features load`) writes each applicant's raw columns, as the model reads
+them, under `creditflow:features:<dataset>:<applicant id>` (one JSON object, null for missing).
+The online endpoint (`creditflow serve --feature-store redis://...`) then scores applicants by id:
+POST /invocations/by-id `{"applicant_ids": ["17", "42"]}` looks their features up and scores them
+exactly as POST /invocations would score the same records. redis is imported where a store is opened.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from creditflow.data.dataset import read_applicants
+from creditflow.data.rules import rule_violations
+from creditflow.errors import CreditflowError, first_line
+from creditflow.specs import DatasetSpec
+
+KEY_PREFIX = "creditflow:features"
+LOADED_AT = "_loaded_at"  # stored with each applicant's features; not a model column
+CHUNK = 10_000  # applicants per Redis round trip
+
+
+class FeatureStoreError(CreditflowError):
+    """The feature store cannot be reached, or refused a command."""
+
+
+class UnknownApplicants(CreditflowError):
+    """Applicants the feature store holds no features for."""
+
+    def __init__(self, ids: list[str]):
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        super().__init__(f"no precomputed features for applicant(s) {shown}")
+        self.ids = ids
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    rows: int
+    loaded: int
+    skipped: int  # rows breaking a value rule: the endpoint would refuse them
+    store: str
+
+    def summary(self) -> str:
+        return (f"features: {self.loaded:,} applicants loaded into {self.store}, {self.skipped:,} skipped "
+                f"(they break a value rule), of {self.rows:,} rows")
+
+
+class FeatureStore:
+    """One dataset's applicant features in Redis, keyed by applicant id."""
+
+    def __init__(self, url: str, dataset: str):
+        import redis
+
+        try:
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        except ValueError as exc:
+            raise FeatureStoreError(f"feature store URL {url!r}: {exc}") from None
+        self.url, self.dataset = url, dataset
+
+    def key(self, applicant_id: str) -> str:
+        return f"{KEY_PREFIX}:{self.dataset}:{applicant_id}"
+
+    def call(self, what: str, fn: Any, *args: Any) -> Any:
+        """A Redis command with one-line errors."""
+        import redis
+
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise FeatureStoreError(f"feature store {self.url} {what} failed ({type(exc).__name__}: "
+                                    f"{first_line(exc) if str(exc) else 'no detail'})") from None
+
+    def put(self, frame: pd.DataFrame, id_column: str, ttl_seconds: int = 0) -> int:
+        """Write each row's columns (all but the id) as one JSON object; returns the rows written."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        values = frame.drop(columns=[id_column]).assign(**{LOADED_AT: stamp})
+        records = values.astype(object).where(values.notna(), None).to_dict("records")
+        lines = [json.dumps(record) for record in records]  # exact doubles (pandas' to_json rounds), null for NaN
+        for start in range(0, len(lines), CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for applicant, line in zip(frame[id_column].iloc[start:start + CHUNK], lines[start:start + CHUNK],
+                                       strict=True):
+                pipe.set(self.key(applicant), line, ex=ttl_seconds or None)
+            self.call("write", pipe.execute)
+        return len(lines)
+
+    def find(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        """The stored features of each id, in order (loaded-at stamp removed); None where there are none."""
+        found = self.call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
+        records = [None if value is None else json.loads(value) for value in found]
+        for record in records:
+            if record is not None:
+                record.pop(LOADED_AT, None)
+        return records
+
+    def get(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored features of each id, in order; UnknownApplicants if any is absent."""
+        records = self.find(ids)
+        unknown = [i for i, record in zip(ids, records, strict=True) if record is None]
+        if unknown:
+            raise UnknownApplicants(unknown)
+        return records  # type: ignore[return-value]
+
+    def ping(self) -> None:
+        self.call("ping", self.client.ping)
+
+    def ttl(self, applicant_id: str) -> int:
+        """Seconds the applicant's features have left (-1: no expiry, -2: absent)."""
+        return int(self.call("read", self.client.ttl, self.key(applicant_id)))
+
+
+def load_features(path: str | Path, spec: DatasetSpec, store: FeatureStore, ttl_hours: float = 0) -> LoadResult:
+    """Load a file of applicants into the store; rows breaking a value rule are skipped and counted."""
+    frame = read_applicants(path, spec, ids=True)
+    ok = (rule_violations(frame[spec.raw_columns], spec) == "").to_numpy()
+    loaded = store.put(frame[ok], spec.id_column, int(ttl_hours * 3600))
+    return LoadResult(len(frame), loaded, int((~ok).sum()), store.url)

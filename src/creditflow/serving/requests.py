@@ -1,0 +1,211 @@
+"""Scoring requests read at the edge: a raw `/invocations` body becomes a typed frame, or a `BadRequest`.
+
+`parse_body` reads JSON (`dataframe_split`/`dataframe_records`) or CSV, checking its shape: content
+type, UTF-8, JSON syntax, format keys, duplicated, unknown and missing columns, value types (no
+booleans, text or nested objects in numeric columns), row count. `creditflow serve` uses it instead
+of MLflow's parser, which repeats the input in its errors and silently turns `true` into 1.0.
+Messages name columns and rows (0-based positions); they never repeat a submitted value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from creditflow.errors import BadRequest
+from creditflow.model.inputs import MAX_NAME, shown_names
+from creditflow.specs import DatasetSpec
+
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv",)
+FORMATS = ("dataframe_split", "dataframe_records")
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, without saying what it holds."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int):
+        return "a number out of range"
+    return type(value).__name__
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header; 415 for anything but UTF-8 JSON or CSV."""
+    if not content_type:
+        raise BadRequest("missing Content-Type: send application/json or text/csv", 415)
+    mime, *params = [part.strip().lower() for part in content_type.split(";")]
+    if mime not in JSON_TYPES + CSV_TYPES:
+        raise BadRequest(f"unsupported Content-Type '{mime[:MAX_NAME]}': send application/json or text/csv", 415)
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip() != "charset" or value.strip().strip('"') not in ("utf-8", "utf8"):
+            raise BadRequest("unsupported Content-Type parameter: only charset=utf-8 is accepted", 415)
+    return mime
+
+
+def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int) -> pd.DataFrame:
+    """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem."""
+    mime = media_type(content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    if not text.strip():
+        raise BadRequest("the body is empty: send applicants as dataframe_split, dataframe_records or CSV")
+    csv_text = mime in CSV_TYPES
+    columns, rows = _csv_rows(text) if csv_text else _json_rows(text)
+    if not rows:
+        raise BadRequest("the request holds no applicants")
+    if len(rows) > max_rows:
+        raise BadRequest(f"too many applicants in one request: {len(rows)} (at most {max_rows})", 413)
+    _check_columns(columns, spec)
+    _check_values(columns, rows, spec, text_cells=csv_text)
+    return _frame(columns, rows, spec, csv_text)
+
+
+def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool) -> pd.DataFrame:
+    """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None."""
+    if csv_text:
+        rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
+    numeric = [spec.columns[c].group != "categorical" for c in columns]
+    if all(numeric):
+        return pd.DataFrame(np.array(rows, dtype="float64").reshape(len(rows), len(columns)), columns=columns)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
+    return frame.astype({c: "float64" for c, num in zip(columns, numeric, strict=True) if num})
+
+
+def _no_constants(name: str) -> None:
+    raise BadRequest(f"the body is not valid JSON: {name} is not a JSON value (send null for a missing value)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise BadRequest(f"a JSON object gives the same key twice: {shown_names(dupes)}")
+    return dict(pairs)
+
+
+def _json_rows(text: str) -> tuple[list[str], list[list[Any]]]:
+    try:
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the JSON body must be an object with one of {', '.join(FORMATS)}; got {_kind(doc)}")
+    given = [k for k in doc if k in FORMATS]
+    other = [k for k in doc if k not in FORMATS]
+    if other:
+        tf_style = {"instances", "inputs"} & set(other)
+        hint = " (this model takes dataframe_split or dataframe_records)" if tf_style else ""
+        raise BadRequest(f"unknown top-level field(s): {shown_names(other)}{hint}")
+    if len(given) != 1:
+        raise BadRequest(f"the JSON body must hold exactly one of {', '.join(FORMATS)}")
+    if given[0] == "dataframe_split":
+        return _split_rows(doc["dataframe_split"])
+    return _record_rows(doc["dataframe_records"])
+
+
+def _split_rows(split: Any) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(split, dict):
+        raise BadRequest(f"dataframe_split must be an object with 'columns' and 'data'; got {_kind(split)}")
+    extra = [k for k in split if k not in ("columns", "data", "index")]
+    if extra:
+        raise BadRequest(f"dataframe_split has unknown field(s): {shown_names(extra)}")
+    columns, data = split.get("columns"), split.get("data")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise BadRequest("dataframe_split needs 'columns': a list of column names")
+    if not isinstance(data, list):
+        raise BadRequest("dataframe_split needs 'data': a list of rows")
+    for i, row in enumerate(data):
+        if not isinstance(row, list):
+            raise BadRequest(f"dataframe_split row {i} is {_kind(row)}, not a list of values")
+        if len(row) != len(columns):
+            raise BadRequest(f"dataframe_split row {i} has {len(row)} values for {len(columns)} columns")
+    return columns, data
+
+
+def _record_rows(records: Any) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(records, list):
+        raise BadRequest(f"dataframe_records must be a list of objects; got {_kind(records)}")
+    columns: list[str] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(f"dataframe_records item {i} is {_kind(record)}, not an object")
+        if i == 0:
+            columns = list(record)
+        elif record.keys() != set(columns):
+            raise BadRequest(f"dataframe_records item {i} has different columns from item 0")
+    return columns, [[record[c] for c in columns] for record in records]
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
+    try:
+        table = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as exc:
+        raise BadRequest(f"the body is not valid CSV ({str(exc).split(':')[0]})") from None
+    table = [row for row in table if row]
+    header, rows = table[0], table[1:]
+    for i, row in enumerate(rows):
+        if len(row) != len(header):
+            raise BadRequest(f"CSV row {i} has {len(row)} fields for {len(header)} columns")
+    return header, rows
+
+
+def _check_columns(columns: list[str], spec: DatasetSpec) -> None:
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise BadRequest(f"column(s) given twice: {shown_names(dupes)}")
+    unknown = [c for c in columns if c not in spec.columns]
+    if unknown:
+        raise BadRequest(f"unknown column(s): {shown_names(unknown)} (the model takes the raw applicant columns)")
+    missing = [c for c, col in spec.columns.items() if c not in columns and not col.nullable]
+    if missing:
+        raise BadRequest(f"missing column(s): {shown_names(missing)}")
+
+
+def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, text_cells: bool) -> None:
+    numeric = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group != "categorical"]
+    categorical = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group == "categorical"]
+    for i, row in enumerate(rows):
+        for j, name in numeric:
+            value = row[j]
+            ok = _numeric_cell(value) if text_cells else _numeric_json(value)
+            if not ok:
+                shown = "text" if text_cells else _kind(value)
+                raise BadRequest(f"column {name[:MAX_NAME]} must hold numbers or null; row {i} holds {shown}")
+        for j, name in categorical:
+            if not (row[j] is None or isinstance(row[j], str)):
+                raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
+
+
+def _numeric_json(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 2**63  # larger integers overflow pandas' parser
+    return value is None or isinstance(value, float)
+
+
+def _numeric_cell(value: str) -> bool:
+    if value.strip() == "":
+        return True
+    try:
+        return not math.isnan(float(value))
+    except ValueError:
+        return False
+
+

@@ -1,0 +1,1 @@
+"""Training: search (grid, Bayesian), metrics, explanation artifacts, logging the model, the MLflow run."""

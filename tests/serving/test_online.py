@@ -1,0 +1,365 @@
+"""Online prediction over real HTTP: `creditflow serve` and `mlflow models serve` subprocesses on free ports.
+
+The session's champion and one server of each kind per module (start-up ~10 s each, started together).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from creditflow.data.dataset import split_data
+from creditflow.model.shap import raw_shap, reason_codes
+from tests.conftest import VENV_BIN, ChampionStore, free_port, subprocess_env, tracking_at, wait_for_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_BODY = 120_000
+MAX_ROWS = 500
+ODD = {"MonthlyIncome": 31337.25, "DebtRatio": 0.424242}  # applicant values that must never be echoed
+JSON = "application/json"
+BAD_REQUEST_SECONDS = 1.0  # latency budget of a rejected request
+
+
+@dataclass(frozen=True)
+class Served:
+    ours: str
+    plain: str
+    ours_log: Path
+    ours_pid: int
+    store: str
+    pipe: object
+    exp: object
+    X_test: pd.DataFrame
+    X_train: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def served(champion_store: ChampionStore, small_spec, small_data, tmp_path_factory) -> Served:
+    """The session's champion (registered, aliased @champion; the servers only read its store), served both ways."""
+    root = tmp_path_factory.mktemp("serving")
+    store, exp = champion_store.uri, champion_store.exp
+    with tracking_at(store):
+        pipe = mlflow.pyfunc.load_model(champion_store.outcome.model_uri).unwrap_python_model().pipeline
+    config = root / "online.yaml"
+    config.write_text(f"max_body_bytes: {MAX_BODY}\nmax_rows: {MAX_ROWS}\n")
+    uri = "models:/credit-default@champion"
+    ports = free_port(), free_port()
+    env = subprocess_env(MLFLOW_TRACKING_URI=store)
+    commands = [
+        [str(VENV_BIN / "creditflow"), "serve", "--config", str(config), "-m", uri, "-p", str(ports[0])],
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "-p", str(ports[1])],
+    ]
+    logs = [root / "ours.log", root / "plain.log"]
+    procs = []
+    for cmd, log in zip(commands, logs, strict=True):
+        with open(log, "wb") as out:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root))
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        for url, proc in zip(urls, procs, strict=True):
+            wait_for_http(f"{url}/ping", proc, timeout=120)
+        split = split_data(small_data, exp.test_size, exp.seed)
+        yield Served(urls[0], urls[1], logs[0], procs[0].pid, store, pipe, exp,
+                     split.X_test[small_spec.raw_columns], split.X_train)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def post(url: str, body: bytes | str, content_type: str | None = JSON, **kw) -> requests.Response:
+    headers = {"Content-Type": content_type} if content_type else {}
+    return requests.post(f"{url}/invocations", data=body, headers=headers, timeout=30, **kw)
+
+
+def split_body(X: pd.DataFrame) -> str:
+    return json.dumps({"dataframe_split": json.loads(X.to_json(orient="split", index=False))})
+
+
+def applicants(served: Served, n: int = 3) -> pd.DataFrame:
+    return served.X_test.head(n).assign(**ODD)
+
+
+# ---------------------------------------------------------------- the contract
+
+
+@pytest.fixture(scope="module")
+def spec(small_spec):
+    return small_spec
+
+
+def test_formats_return_probability_decision_and_reason_codes(served, spec) -> None:
+    X = applicants(served, 5)
+    X.iloc[0, X.columns.get_loc("NumberOfTimes90DaysLate")] = 4.0  # a risky applicant: reasons expected
+    records = json.dumps({"dataframe_records": json.loads(X.to_json(orient="records"))})
+    for url in (served.ours, served.plain):
+        for body, content_type in ((split_body(X), JSON), (records, JSON), (X.to_csv(index=False), "text/csv")):
+            response = post(url, body, content_type)
+            check_contract(served, spec, X, response)
+    assert "Times 90+ days late" in post(served.ours, split_body(X)).json()["predictions"][0]["reason_codes"]
+
+
+def check_contract(served: Served, spec, X: pd.DataFrame, response: requests.Response) -> None:
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [set(p) for p in predictions] == [{"probability", "decision", "reason_codes"}] * len(X)
+    proba = np.asarray([p["probability"] for p in predictions])
+    assert np.max(np.abs(proba - served.pipe.predict_proba(X)[:, 1])) <= 1e-9
+    threshold = served.exp.threshold
+    assert [p["decision"] for p in predictions] == ["decline" if q >= threshold else "approve" for q in proba]
+    direct = raw_shap(served.pipe, spec, X, background=served.X_train)
+    assert [p["reason_codes"] for p in predictions] == reason_codes(direct, spec, served.exp.reason_codes)
+
+
+def test_nullable_columns_accept_null_or_may_be_left_out(served, spec) -> None:
+    X = applicants(served, 2).assign(MonthlyIncome=np.nan, NumberOfDependents=np.nan)
+    with_nulls = post(served.ours, split_body(X))
+    check_contract(served, spec, X, with_nulls)
+    left_out = post(served.ours, split_body(X.drop(columns=["MonthlyIncome", "NumberOfDependents"])))
+    assert left_out.json() == with_nulls.json()
+
+
+def test_health_version_and_load_time(served) -> None:
+    for url in (served.ours, served.plain):
+        for path in ("/ping", "/health"):
+            assert requests.get(f"{url}{path}", timeout=5).status_code == 200
+        version = requests.get(f"{url}/version", timeout=5)
+        assert version.status_code == 200 and version.text == mlflow.__version__
+    log = served.ours_log.read_text()
+    assert "loaded models:/credit-default@champion in" in log and " s" in log
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+def _row(served: Served) -> dict:
+    return json.loads(applicants(served, 1).to_json(orient="records"))[0]
+
+
+def _split(columns: list[str], data: list[list]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
+
+
+def bad_requests(served: Served, spec) -> dict[str, tuple[bytes, str | None, int, str]]:
+    """name -> (body, content type, expected status, words the message must contain)."""
+    row = _row(served)
+    cols, values = list(row), list(row.values())
+    at = {c: i for i, c in enumerate(cols)}
+
+    def with_value(col: str, value) -> bytes:
+        data = list(values)
+        data[at[col]] = value
+        return _split(cols, [data])
+
+    big_row = _split(cols, [values] * 2_000)  # ~ 300 KB: over the body limit
+    many_rows = _split(cols, [values] * (MAX_ROWS + 1))
+    assert len(big_row) > MAX_BODY > len(many_rows)
+    return {
+        "missing column": (_split(cols[1:], [values[1:]]), JSON, 400, "missing column(s): RevolvingUtil"),
+        "unknown column": (_split([*cols, "Salary"], [[*values, 1.0]]), JSON, 400, "unknown column(s): Salary"),
+        "text in a numeric column": (with_value("age", "forty"), JSON, 400, "column age must hold numbers"),
+        "boolean in a numeric column": (with_value("age", True), JSON, 400, "holds true/false"),
+        "negative value": (with_value("NumberRealEstateLoansOrLines", -2), JSON, 400,
+                           "NumberRealEstateLoansOrLines below 0"),
+        "absurd value": (with_value("age", 250), JSON, 400, "age above 120"),
+        "fraction in a count": (with_value("NumberOfDependents", 1.5), JSON, 400,
+                                "NumberOfDependents is not a whole number"),
+        "infinite value": (_split(cols, [values]).replace(b"0.424242", b"1e999"), JSON, 400, "DebtRatio is infinite"),
+        "required value missing": (with_value("age", None), JSON, 400, "age is missing"),
+        "null everywhere": (_split(cols, [[None] * len(cols)]), JSON, 400, "is missing"),
+        "empty list": (json.dumps({"dataframe_records": []}).encode(), JSON, 400, "no applicants"),
+        "empty split": (_split(cols, []), JSON, 400, "no applicants"),
+        "empty body": (b"", JSON, 400, "body is empty"),
+        "not JSON": (b'{"dataframe_split": {"columns": ', JSON, 400, "not valid JSON"),
+        "NaN literal": (_split(cols, [values]).replace(b"0.424242", b"NaN"), JSON, 400, "NaN is not a JSON value"),
+        "wrong content type": (_split(cols, [values]), "text/plain", 415, "unsupported Content-Type"),
+        "no content type": (_split(cols, [values]), None, 415, "missing Content-Type"),
+        "unsupported charset": (_split(cols, [values]), "application/json; charset=latin-1", 415, "charset"),
+        "top-level list": (json.dumps([row]).encode(), JSON, 400, "must be an object"),
+        "nested object": (with_value("DebtRatio", {"value": 0.3}), JSON, 400, "holds an object"),
+        "list in a cell": (with_value("DebtRatio", [0.3]), JSON, 400, "holds a list"),
+        "duplicated column": (_split([*cols, "age"], [[*values, 40]]), JSON, 400, "given twice: age"),
+        "duplicated key in a record": (
+            json.dumps({"dataframe_records": [row]}).encode()[:-3] + b', "age": 41}]}', JSON, 400,
+            "same key twice: age"),
+        "records with different columns": (
+            json.dumps({"dataframe_records": [row, {k: v for k, v in row.items() if k != "MonthlyIncome"}]}).encode(),
+            JSON, 400, "different columns"),
+        "ragged split row": (_split(cols, [values[:-1]]), JSON, 400, "has 9 values for 10 columns"),
+        "tensor-style input": (json.dumps({"instances": [row]}).encode(), JSON, 400, "dataframe_split or"),
+        "two formats at once": (json.dumps({"dataframe_split": {"columns": cols, "data": [values]},
+                                            "dataframe_records": [row]}).encode(), JSON, 400, "exactly one"),
+        "non-UTF-8 bytes": (_split(cols, [values]).replace(b"MonthlyIncome", b"Monthly\xff\xfeIncome"), JSON, 400,
+                            "not UTF-8"),
+        "text in a CSV number": (
+            applicants(served, 1).assign(age="forty").to_csv(index=False).encode(), "text/csv", 400,
+            "column age must hold numbers"),
+        "ragged CSV": (b"age,DebtRatio\n40\n", "text/csv", 400, "CSV row 0 has 1 fields"),
+        "body over the size limit": (big_row, JSON, 413, f"limit of {MAX_BODY} bytes"),
+        "huge row count": (many_rows, JSON, 413, f"too many applicants in one request: {MAX_ROWS + 1}"),
+    }
+
+
+@pytest.fixture(scope="module")
+def matrix(served, spec):
+    return bad_requests(served, spec)
+
+
+BAD_NAMES = [
+    "missing column", "unknown column", "text in a numeric column", "boolean in a numeric column", "negative value",
+    "absurd value", "fraction in a count", "infinite value", "required value missing", "null everywhere",
+    "empty list", "empty split", "empty body", "not JSON", "NaN literal", "wrong content type", "no content type",
+    "unsupported charset", "top-level list", "nested object", "list in a cell", "duplicated column",
+    "duplicated key in a record", "records with different columns", "ragged split row", "tensor-style input",
+    "two formats at once", "non-UTF-8 bytes", "text in a CSV number", "ragged CSV", "body over the size limit",
+    "huge row count",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_request_gets_a_clean_4xx_and_the_server_keeps_serving(name, served, spec, matrix) -> None:
+    body, content_type, status, words = matrix[name]
+    start = time.perf_counter()
+    response = post(served.ours, body, content_type)
+    seconds = time.perf_counter() - start
+    assert response.status_code == status, response.text
+    message = response.json()["message"]
+    assert words in message
+    for value in ("31337", "0.424242", "forty"):  # nothing the applicant sent comes back
+        assert value not in response.text
+    assert seconds < BAD_REQUEST_SECONDS
+    X = applicants(served, 2)
+    check_contract(served, spec, X, post(served.ours, split_body(X)))
+
+
+def test_matrix_is_complete() -> None:
+    assert len(BAD_NAMES) >= 20 and len(set(BAD_NAMES)) == len(BAD_NAMES)
+
+
+def test_wrong_method_and_path_are_4xx(served) -> None:
+    assert requests.get(f"{served.ours}/invocations", timeout=5).status_code == 405
+    assert requests.post(f"{served.ours}/predict", data="{}", timeout=5).status_code == 404
+
+
+def test_plain_mlflow_serve_keeps_rule_errors_safe_but_echoes_its_own_parse_errors(served, matrix) -> None:
+    """What plain `mlflow models serve` gives: our model's errors are safe; MLflow's parser repeats the input."""
+    body, content_type, _, words = matrix["absurd value"]
+    rule = post(served.plain, body, content_type)
+    assert rule.status_code == 400 and words in rule.json()["message"] and "31337" not in rule.text
+    body, content_type, _, _ = matrix["text in a numeric column"]
+    assert "forty" in post(served.plain, body, content_type).text  # the privacy problem `creditflow serve` fixes
+    assert "forty" not in post(served.ours, body, content_type).text
+    truncated = split_body(applicants(served, 1))[:-5]  # not JSON: MLflow repeats the whole body
+    assert "31337" in post(served.plain, truncated).text
+    assert "31337" not in post(served.ours, truncated).text
+
+
+# ---------------------------------------------------------------- many requests (short; the soak is a benchmark)
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def hammer(url: str, body: str, concurrency: int, seconds: float) -> tuple[int, int]:
+    """`concurrency` clients posting `body` for `seconds`; returns (requests, errors)."""
+    stop = time.monotonic() + seconds
+    counts = [0, 0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            ok = session.post(f"{url}/invocations", data=body, headers={"Content-Type": JSON}, timeout=30).ok
+            with lock:
+                counts[0] += 1
+                counts[1] += not ok
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(client)
+    return counts[0], counts[1]
+
+
+def test_many_requests_without_errors_or_memory_growth(served) -> None:
+    one, hundred = split_body(served.X_test.head(1)), split_body(served.X_test.head(100))
+    hammer(served.ours, one, 4, 1.0)  # warm-up
+    before = rss_mb(served.ours_pid)
+    for body in (one, hundred):
+        for concurrency in (1, 8, 32):
+            total, errors = hammer(served.ours, body, concurrency, 1.5)
+            assert total > 10 and errors == 0, (concurrency, total, errors)
+    assert rss_mb(served.ours_pid) - before < 60  # MB; the bench's --soak mode runs this for 60 s per case
+
+
+# ---------------------------------------------------------------- a model bug is not the client's fault
+
+
+@pytest.fixture()
+def broken_app(served, spec):
+    """MLflow's scoring app (plain and guarded) for the champion with a corrupted coefficient vector,
+    under uvicorn in a thread: a fault inside the model, not in the request."""
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    from creditflow.model.pyfunc import Scoring
+    from creditflow.serving.online import RequestGuard, ServingConfig
+
+    mlflow.set_tracking_uri(served.store)
+    model = mlflow.pyfunc.load_model("models:/credit-default@champion")
+    python_model = model.unwrap_python_model()
+    python_model.pipeline[-1].coef_ = python_model.pipeline[-1].coef_[:, :-1]
+    python_model.scoring = Scoring.build(python_model.pipeline, python_model.dataset, python_model.config)
+    servers, urls = [], []
+    for app in (scoring_server.init(model), RequestGuard(scoring_server.init(model), model, ServingConfig())):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append(server)
+        urls.append(f"http://127.0.0.1:{port}")
+    for url in urls:
+        wait_for_http(f"{url}/ping", timeout=30)
+    yield urls
+    for server in servers:
+        server.should_exit = True
+
+
+def test_model_bug_is_a_5xx_with_a_generic_message(served, broken_app) -> None:
+    X = applicants(served, 2)
+    for url in broken_app:  # plain MLflow app and creditflow's guarded app
+        response = post(url, split_body(X))
+        assert response.status_code == 500, response.text
+        assert "internal error" in response.json()["message"] and "31337" not in response.text
+        bad = post(url, split_body(X.assign(age=-1.0)))  # the client's own mistakes stay 4xx
+        assert bad.status_code == 400 and "age below 0" in bad.json()["message"]
+
+
+# ---------------------------------------------------------------- start-up mistakes: one line, exit 2
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["serve", "-m", "models:/no-such-model@champion"], "cannot load model models:/no-such-model@champion"),
+    (["serve", "--config", "missing.yaml"], "serving config not found: missing.yaml"),
+    (["serve", "-p", "70000"], "invalid field 'port'"),
+])
+def test_serve_mistakes_are_one_line_and_exit_2(argv, words, capsys, tmp_path) -> None:
+    from creditflow.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # MLflow may log INFO lines too
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in err

@@ -1,0 +1,162 @@
+"""Streaming prediction: events on a real Redis stream, batch + streaming features, predictions out.
+
+Real Redis on this machine (database 15); each test has its own streams and applicant ids, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import redis
+import yaml
+
+from creditflow.cli import main
+from creditflow.data.dataset import CreditData
+from creditflow.errors import SpecError
+from creditflow.serving.features import FeatureStore
+from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
+from creditflow.specs import DatasetSpec
+from creditflow.train.run import TrainingOutcome
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration  # every test runs against the real Redis
+
+REDIS = "redis://127.0.0.1:6379/15"
+CHAMPION = "models:/credit-default@champion"
+LATE_90 = "NumberOfTimes90DaysLate"
+OPEN_LINES = "NumberOfOpenCreditLinesAndLoans"
+
+
+@pytest.fixture
+def config() -> Iterator[StreamConfig]:
+    """The shipped serving/stream.yaml on streams of this test's own (deleted afterwards)."""
+    tag = uuid.uuid4().hex[:8]
+    config = load_stream_config(ROOT / "serving" / "stream.yaml", store=REDIS, events_stream=f"t-{tag}:events",
+                                predictions_stream=f"t-{tag}:predictions", rejected_stream=f"t-{tag}:rejected")
+    yield config
+    client = redis.Redis.from_url(REDIS)
+    keys = [config.events_stream, config.predictions_stream, config.rejected_stream,
+            *client.scan_iter(f"creditflow:stream:applied:{config.events_stream}:*")]
+    client.delete(*keys)
+
+
+@pytest.fixture
+def applicants(small_spec: DatasetSpec, small_data: CreditData) -> Iterator[pd.DataFrame]:
+    """Three applicants with no late payments and two open lines, their batch features in the store."""
+    ids = [f"s-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    clean = small_data.X[(small_data.X[LATE_90] == 0) & (small_data.X[OPEN_LINES] == 2)].head(3)
+    frame = clean.assign(Id=ids).reset_index(drop=True)
+    FeatureStore(REDIS, small_spec.name).put(frame, "Id")
+    yield frame
+    client = redis.Redis.from_url(REDIS)
+    client.delete(*[f"creditflow:features:{small_spec.name}:{i}" for i in ids],
+                  *[f"creditflow:stream:{small_spec.name}:{i}" for i in ids])
+
+
+def scorer(config: StreamConfig, consumer: str = "test") -> StreamScorer:
+    return StreamScorer(config, mlflow.pyfunc.load_model(CHAMPION), CHAMPION, consumer)
+
+
+def send(config: StreamConfig, *events: dict[str, str]) -> list[str]:
+    client = redis.Redis.from_url(REDIS)
+    return [client.xadd(config.events_stream, event).decode() for event in events]
+
+
+def entries(stream: str) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()}
+            for _, fields in redis.Redis.from_url(REDIS).xrange(stream)]
+
+
+def expected(row: pd.Series, **added: float) -> dict:
+    """What the model answers for the applicant's batch features plus `added`."""
+    changed = row.drop("Id").copy()
+    for column, amount in added.items():
+        changed[column] += amount
+    return mlflow.pyfunc.load_model(CHAMPION).predict(changed.to_frame().T.astype(float)).iloc[0].to_dict()
+
+
+def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame) -> None:
+    first, second = applicants.iloc[0], applicants.iloc[1]
+    ids = send(config, {"applicant_id": first.Id, "event": "late_payment_90"},
+               {"applicant_id": first.Id, "event": "late_payment_90"},
+               {"applicant_id": second.Id, "event": "mortgage_opened"})
+    tally = scorer(config).run(max_events=3)
+    assert (tally.scored, tally.rejected) == (3, 0)
+    out = entries(config.predictions_stream)
+    assert [e["event_id"] for e in out] == ids
+    late = expected(first, **{LATE_90: 2})  # both events were read together: scored with both
+    assert [float(e["probability"]) for e in out[:2]] == [late["probability"]] * 2
+    assert late["probability"] > expected(first)["probability"]  # late payments raise the risk
+    mortgage = expected(second, **{OPEN_LINES: 1, "NumberRealEstateLoansOrLines": 1})
+    assert float(out[2]["probability"]) == mortgage["probability"] and out[2]["decision"] == mortgage["decision"]
+    assert out[2]["model_uri"] == CHAMPION and out[2]["event"] == "mortgage_opened"
+    assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
+
+
+def test_a_dead_scorers_event_is_claimed_scored_and_counted_once(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame, small_spec: DatasetSpec) -> None:
+    applicant = applicants.iloc[0]
+    send(config, {"applicant_id": applicant.Id, "event": "late_payment_90"})
+    crashed = scorer(config, consumer="worker-1")
+    crashed.ensure_group()
+    (entry_id, fields), = crashed.read(pending=False)
+    event, _ = crashed.parse(entry_id, fields)
+    crashed.apply(event)  # ... and dies before publishing and acknowledging
+
+    assert scorer(config, consumer="worker-2").run(idle_seconds=0.3).scored == 0  # not idle long enough to claim
+
+    tally = scorer(config.model_copy(update={"claim_idle_ms": 0}), consumer="worker-2").run(idle_seconds=0.3)
+    assert tally.scored == 1  # another scorer claimed the dead one's event
+    sums = redis.Redis.from_url(REDIS).hgetall(f"creditflow:stream:{small_spec.name}:{applicant.Id}")
+    assert sums == {LATE_90.encode(): b"1"}
+    assert float(entries(config.predictions_stream)[0]["probability"]) == expected(
+        applicant, **{LATE_90: 1})["probability"]
+
+
+def test_unscorable_events_are_rejected_with_the_reason_and_the_rest_scored(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame) -> None:
+    ok, closing = applicants.iloc[0].Id, applicants.iloc[1].Id
+    send(config, {"applicant_id": ok, "event": "credit_line_opened"},
+         {"applicant_id": ok, "event": "won_the_lottery"},
+         {"event": "late_payment_90"},
+         {"applicant_id": "nobody-" + uuid.uuid4().hex, "event": "late_payment_90"},
+         *[{"applicant_id": closing, "event": "credit_line_closed"}] * 3)  # two open lines, three closed
+    tally = scorer(config).run(idle_seconds=0.5)
+    assert (tally.scored, tally.rejected) == (1, 6)
+    reasons = [e["reason"] for e in entries(config.rejected_stream)]
+    assert reasons[0].startswith("unknown event type 'won_the_lottery'") and reasons[1] == "no applicant_id field"
+    assert reasons[2].startswith("no precomputed features for applicant nobody-")
+    assert reasons[3:] == [f"the applicant's features break a value rule: {OPEN_LINES} below 0"] * 3
+    assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
+
+
+def test_config_mistakes_are_one_line(model: TrainingOutcome, config: StreamConfig, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SpecError, match="event 'x' adds to Salary, not numeric columns"):
+        scorer(config.model_copy(update={"events": {"x": {"Salary": 1.0}}}))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"events": {"x": {OPEN_LINES: 1}}, "batch_size": 0}))
+    cases = [(["--config", str(tmp_path / "bad.yaml")], "invalid field 'batch_size'"),
+             (["--config", str(tmp_path / "none.yaml")], "stream config not found"),
+             (["--config", str(ROOT / "serving" / "stream.yaml"), "--store", "redis://127.0.0.1:1/0"],
+              "feature store redis://127.0.0.1:1/0 setup failed")]
+    for argv, words in cases:
+        assert main(["stream", "score", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_the_stream_command_scores_until_idle(model: TrainingOutcome, config: StreamConfig,
+                                              applicants: pd.DataFrame, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump()))
+    send(config, *[{"applicant_id": i, "event": "late_payment_30_59"} for i in applicants.Id])
+    assert main(["stream", "score", "--config", str(path), "--idle-seconds", "1"]) == 0
+    assert "3 events: 3 scored, 0 rejected" in capsys.readouterr().out
+    assert len(entries(config.predictions_stream)) == 3
