@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
 export PATH="$VENV_BIN:$PATH"
-exec "$VENV_BIN/python" -m creditflow.ops.tracking_server "$@"
+exec "$VENV_BIN/creditflow" tracking-server "$@"

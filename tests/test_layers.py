@@ -14,7 +14,7 @@ LAYERS = {
     "model": 3,  # with creditflow.pipeline, the class path of models logged before the layout
     "train": 4, "registry": 5, "serving": 6, "monitor": 7, "pipelines": 8, "ops": 8, "cli": 9,
 }
-MAY_PRINT = {"creditflow.cli", "creditflow.ops.tracking_server"}  # the command lines; the library logs
+MAY_PRINT = {"creditflow.cli"}  # the command line; the library logs
 MAX_LINES = 400
 
 

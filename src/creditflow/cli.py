@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -160,6 +161,20 @@ def _cmd_features_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tracking_server(args: argparse.Namespace) -> int:
+    from creditflow.ops.tracking_server import build_config, launch, prepare, read_settings, server_env
+
+    env_file = Path(args.env_file)
+    settings = read_settings(os.environ, env_file if env_file.is_file() else None)
+    config = build_config(args, settings)
+    for line in prepare(config):
+        print(line, flush=True)
+    env = server_env(config, settings)
+    if not args.check_only:
+        launch(config, env)  # the process becomes `mlflow server`
+    return 0
+
+
 def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one experiment spec as an MLflow run")
     p.add_argument("--spec", required=True, help="experiment spec YAML, e.g. experiments/logistic_baseline.yaml")
@@ -264,11 +279,27 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_monitor_drift)
 
 
+def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tracking-server", help="the MLflow tracking server, after start-up checks "
+                                               "(scripts/start_tracking_server.sh)")
+    p.add_argument("--profile", required=True, choices=("local", "production"),
+                   help="local: SQLite ./mlflow.db + ./mlartifacts; production: PostgreSQL + S3 (.env.example)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    p.add_argument("--auth", action="store_true", help="MLflow basic auth: users and per-experiment permissions")
+    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
+    p.add_argument("--env-file", default=".env", help="file of MLflow variables (default .env; the environment wins)")
+    p.add_argument("--state-dir", default=".tracking-server", help="where the generated auth config is kept")
+    p.add_argument("--check-only", action="store_true", help="run the start-up checks, then exit")
+    p.set_defaults(handler=_cmd_tracking_server)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_training_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
-                add_registry_parsers):
+                add_registry_parsers, add_ops_parsers):
         add(sub)
     return parser
 

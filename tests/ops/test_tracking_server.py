@@ -26,8 +26,8 @@ import psycopg2
 import pytest
 import requests
 
+from creditflow.cli import main as cli
 from creditflow.errors import TrackingError
-from creditflow.ops import tracking_server
 from creditflow.train import run as tracking
 from creditflow.train.run import train_and_log
 from tests.conftest import (
@@ -343,7 +343,7 @@ def test_start_up_checks_refuse_bad_stores(case, database, moto_s3, monkeypatch,
         settings["MLFLOW_ARTIFACTS_DESTINATION"] = "./mlartifacts"
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
-    assert tracking_server.main(["--profile", "production", "--check-only"]) == 2
+    assert cli(["tracking-server", "--profile", "production", "--check-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert "no-such-bucket" not in [b["Name"] for b in s3_client(moto_s3).list_buckets().get("Buckets", [])]

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from creditflow.cli import build_parser
 from creditflow.ops import tracking_server as server
 from creditflow.ops.tracking_server import ServerError
 
 
 def config(argv: list[str], environ: dict[str, str], env_file: Path | None = None) -> server.ServerConfig:
-    args = server.build_parser().parse_args(argv)
+    args = build_parser().parse_args(["tracking-server", *argv])
     return server.build_config(args, server.read_settings(environ, env_file))
 
 
@@ -27,7 +28,7 @@ def test_env_file_fills_in_and_the_environment_wins(tmp_path: Path) -> None:
                         "MLFLOW_ARTIFACTS_DESTINATION=s3://from-file\nAWS_SECRET_ACCESS_KEY=file-secret\n"
                         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=20\n")
     settings = server.read_settings({"MLFLOW_ARTIFACTS_DESTINATION": "s3://from-env"}, env_file)
-    cfg = server.build_config(server.build_parser().parse_args(["--profile", "production"]), settings)
+    cfg = server.build_config(build_parser().parse_args(["tracking-server", "--profile", "production"]), settings)
     assert cfg.backend_store_uri == "postgresql+psycopg2://u:p@from-file/db"  # the driver we ship
     assert cfg.bucket == "from-env"
     assert cfg.aws_secret_access_key.get_secret_value() == "file-secret"

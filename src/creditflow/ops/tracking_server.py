@@ -5,15 +5,16 @@ process environment wins), are validated once into a frozen `ServerConfig`, chec
 real database and bucket, and only then handed to `mlflow server`. Anything wrong ends as one line
 on stderr and exit code 2: never a silent fallback to local storage.
 
-    python -m creditflow.ops.tracking_server --profile production --auth   # scripts/start_tracking_server.sh
+    creditflow tracking-server --profile production --auth   # what scripts/start_tracking_server.sh runs
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -22,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from creditflow.errors import CreditflowError, first_line, without_password
 from creditflow.specs import first_error
+
+logger = logging.getLogger(__name__)
 
 LEGACY_ADMIN_PASSWORD = "password1234"  # shipped by old MLflow versions; refused here as by MLflow
 MIN_PASSWORD = 12  # MLflow's basic-auth password policy
@@ -274,40 +277,7 @@ def prepare(cfg: ServerConfig) -> list[str]:
     return [migrate_database(cfg, current), *found]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="start_tracking_server", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", required=True, choices=("local", "production"),
-                        help="local: SQLite ./mlflow.db + ./mlartifacts; production: PostgreSQL + S3 (.env.example)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    parser.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
-    parser.add_argument("--auth", action="store_true", help="MLflow basic auth: users and per-experiment permissions")
-    parser.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
-    parser.add_argument("--env-file", default=".env",
-                        help="file of MLflow variables (default .env; the environment wins)")
-    parser.add_argument("--state-dir", default=".tracking-server", help="where the generated auth config is kept")
-    parser.add_argument("--check-only", action="store_true", help="run the start-up checks, then exit")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        env_file = Path(args.env_file)
-        settings = read_settings(os.environ, env_file if env_file.is_file() else None)
-        cfg = build_config(args, settings)
-        for line in prepare(cfg):
-            print(line, flush=True)
-        env = server_env(cfg, settings)
-    except CreditflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if args.check_only:
-        return 0
-    print(f"starting mlflow server ({cfg.profile}{', auth' if cfg.auth else ''}) on {cfg.url}", flush=True)
+def launch(cfg: ServerConfig, env: Mapping[str, str]) -> None:
+    """Replace this process with `mlflow server` (`env`: its environment, from server_env); never returns."""
+    logger.info("starting mlflow server (%s%s) on %s", cfg.profile, ", auth" if cfg.auth else "", cfg.url)
     os.execve(sys.executable, server_command(cfg), env)
-    return 0  # not reached: the process is now `mlflow server`
-
-
-if __name__ == "__main__":
-    sys.exit(main())
