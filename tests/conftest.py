@@ -378,3 +378,31 @@ def mlflow_server_on_postgres(postgres: Postgres, tmp_path_factory: pytest.TempP
     with (postgres.database() as db,
           running_mlflow_server(db.replace("postgresql://", "postgresql+psycopg2://", 1), root) as url):
         yield url
+
+
+# ---------------------------------------------------------------- SHAP and explanation cases
+
+
+@pytest.fixture(scope="session")
+def shap_data() -> tuple:
+    """(X_train, y_train, X_test, y_test) of a small generated credit frame (tests/model/shap_cases.py)."""
+    from tests.model.shap_cases import split_frames
+
+    return split_frames()
+
+
+@pytest.fixture(scope="session")
+def shap_pipes(shap_data: tuple) -> dict:
+    """One small fitted pipeline per family on `shap_data`: the SHAP and explanation tests share them."""
+    from tests.model.shap_cases import FAMILIES, SPEC, fit
+
+    X_train, y_train, _, _ = shap_data
+    return {family: fit(family, SPEC, X_train, y_train) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def housing_spec() -> DatasetSpec:
+    """The credit spec plus a categorical column (one-hot columns must fold back into it)."""
+    from tests.model.shap_cases import spec_with_housing
+
+    return spec_with_housing()

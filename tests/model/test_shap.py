@@ -6,81 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import expit
-from sklearn.pipeline import Pipeline
 
-from creditflow.model.pipeline import build_pipeline, predict_default
+from creditflow.model.pipeline import predict_default
 from creditflow.model.shap import RawShap, model_margin, raw_shap, reason_codes
-from creditflow.specs import DatasetSpec, ExperimentSpec, load_dataset_spec
-from tests.conftest import DATASET_YAML
-
-SPEC = load_dataset_spec(DATASET_YAML)
-LATE_90 = "NumberOfTimes90DaysLate"
-FAMILIES = {  # small models: tests check exactness, not quality
-    "logistic": {},
-    "xgboost": {"model__n_estimators": 30},
-    "hist_gradient_boosting": {"model__max_iter": 30},
-    "random_forest": {"model__n_estimators": 30},
-}
-
-
-def credit_frame(n: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
-    """Raw rows in the Give Me Some Credit schema with its quirks; default driven by utilization and 90+ days late."""
-    rng = np.random.default_rng(seed)
-    late_90 = rng.poisson(0.15, n).astype("float64")
-    late_90[rng.random(n) < 0.005] = 98  # sentinel: unknown
-    income = rng.lognormal(8.5, 0.6, n)
-    income[rng.random(n) < 0.2] = np.nan
-    X = pd.DataFrame({
-        "RevolvingUtilizationOfUnsecuredLines": rng.beta(0.6, 1.2, n),
-        "age": rng.integers(21, 90, n).astype("float64"),
-        "NumberOfTime30-59DaysPastDueNotWorse": rng.poisson(0.3, n).astype("float64"),
-        "DebtRatio": np.where(np.isnan(income), rng.lognormal(5, 1, n), rng.lognormal(-1, 0.8, n)),
-        "MonthlyIncome": income,
-        "NumberOfOpenCreditLinesAndLoans": rng.poisson(8, n).astype("float64"),
-        LATE_90: late_90,
-        "NumberRealEstateLoansOrLines": rng.poisson(1, n).astype("float64"),
-        "NumberOfTime60-89DaysPastDueNotWorse": rng.poisson(0.1, n).astype("float64"),
-        "NumberOfDependents": np.where(rng.random(n) < 0.03, np.nan, rng.poisson(0.8, n)),
-    })
-    logit = -3 + 2.5 * X["RevolvingUtilizationOfUnsecuredLines"] + 0.9 * np.minimum(late_90, 5) - 0.02 * (X["age"] - 50)
-    y = pd.Series((rng.random(n) < expit(logit)).astype("int64"), name="SeriousDlqin2yrs")
-    return X, y
-
-
-def fit(family: str, spec: DatasetSpec, X: pd.DataFrame, y: pd.Series) -> Pipeline:
-    exp = ExperimentSpec(name=f"test-{family}", dataset="give_me_some_credit.yaml", family=family,
-                         params=FAMILIES[family])
-    return build_pipeline(exp, spec).fit(X, y)
-
-
-def split_frames() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-    """(X_train, y_train, X_test, y_test): 3,000 rows to fit on, 1,000 held out (index from 13,000)."""
-    X, y = credit_frame(4_000, seed=1)
-    return X[:3_000], y[:3_000], X[3_000:].set_index(X.index[3_000:] + 10_000), y[3_000:]
-
-
-def spec_with_housing() -> DatasetSpec:
-    """The credit spec plus a categorical column, to check that one-hot columns fold back into it."""
-    raw = SPEC.model_dump()
-    raw["columns"]["Housing"] = {"name": "housing", "group": "categorical", "categories": ["own", "rent", "other"],
-                                 "display": "Housing"}
-    return DatasetSpec.model_validate(raw)
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-    return split_frames()
-
-
-@pytest.fixture(scope="module")
-def pipes(data: tuple) -> dict[str, Pipeline]:
-    X_train, y_train, _, _ = data
-    return {family: fit(family, SPEC, X_train, y_train) for family in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def housing_spec() -> DatasetSpec:
-    return spec_with_housing()
+from creditflow.specs import DatasetSpec
+from tests.model.shap_cases import FAMILIES, LATE_90, SPEC, fit
 
 
 def with_housing(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -94,9 +24,9 @@ def with_housing(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_shap_adds_up_to_the_model_output(family: str, pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
-    pipe = pipes[family]
+def test_shap_adds_up_to_the_model_output(family: str, shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
+    pipe = shap_pipes[family]
     explained = raw_shap(pipe, SPEC, X)
     margin = model_margin(pipe, X)
     np.testing.assert_allclose(explained.base_value + explained.values.sum(axis=1), margin, rtol=0, atol=1e-6)
@@ -111,9 +41,9 @@ def test_shap_adds_up_to_the_model_output(family: str, pipes: dict, data: tuple)
     assert np.abs(explained.values.to_numpy()).sum() > 1  # not a trivially zero explanation
 
 
-def test_linear_shap_is_interventional_against_the_background(pipes: dict, data: tuple) -> None:
-    X_train, _, X, _ = data
-    pipe = pipes["logistic"]
+def test_linear_shap_is_interventional_against_the_background(shap_pipes: dict, shap_data: tuple) -> None:
+    X_train, _, X, _ = shap_data
+    pipe = shap_pipes["logistic"]
     own = raw_shap(pipe, SPEC, X)
     against_train = raw_shap(pipe, SPEC, X, background=X_train)
     np.testing.assert_allclose(against_train.base_value + against_train.values.sum(axis=1), model_margin(pipe, X),
@@ -129,17 +59,17 @@ def test_linear_shap_is_interventional_against_the_background(pipes: dict, data:
     pd.testing.assert_frame_equal(served.values, against_train.values.iloc[[0]])
 
 
-def test_values_are_indexed_by_raw_columns_and_rows(pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
-    explained = raw_shap(pipes["xgboost"], SPEC, X[:50])
+def test_values_are_indexed_by_raw_columns_and_rows(shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
+    explained = raw_shap(shap_pipes["xgboost"], SPEC, X[:50])
     assert list(explained.values.columns) == SPEC.raw_columns
     assert explained.values.index.equals(X.index[:50])
     pd.testing.assert_frame_equal(explained.data, X[:50][SPEC.raw_columns])
 
 
-def test_indicator_columns_fold_into_their_raw_column(pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
-    pipe = pipes["logistic"]
+def test_indicator_columns_fold_into_their_raw_column(shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
+    pipe = shap_pipes["logistic"]
     Z = pipe[:-1].transform(X)
     names = list(pipe[:-1].get_feature_names_out())
     phi = (Z - Z.mean(axis=0)) * pipe[-1].coef_.ravel()  # exact linear SHAP per preprocessed column
@@ -152,8 +82,8 @@ def test_indicator_columns_fold_into_their_raw_column(pipes: dict, data: tuple) 
     np.testing.assert_allclose(explained.values[LATE_90], phi[:, late].sum(axis=1), atol=1e-12)
 
 
-def test_one_hot_columns_fold_into_their_categorical_column(housing_spec: DatasetSpec, data: tuple) -> None:
-    X_train, y_train, X, y = data
+def test_one_hot_columns_fold_into_their_categorical_column(housing_spec: DatasetSpec, shap_data: tuple) -> None:
+    X_train, y_train, X, y = shap_data
     X_train, y_train = with_housing(X_train, y_train, seed=2)
     X, _ = with_housing(X, y, seed=3)
     pipe = fit("logistic", housing_spec, X_train, y_train)
@@ -164,9 +94,10 @@ def test_one_hot_columns_fold_into_their_categorical_column(housing_spec: Datase
     assert by_housing["rent"] > 0 > by_housing["own"]  # renting was made riskier
 
 
-def test_hist_gradient_boosting_with_categoricals_is_explained_exactly(housing_spec: DatasetSpec, data: tuple) -> None:
+def test_hist_gradient_boosting_with_categoricals_is_explained_exactly(housing_spec: DatasetSpec,
+                                                                      shap_data: tuple) -> None:
     """HGB keeps categoricals ordinal-coded (shap 0.51 misreads its native categorical splits), so SHAP adds up."""
-    X_train, y_train, X, y = data
+    X_train, y_train, X, y = shap_data
     X_train, y_train = with_housing(X_train, y_train, seed=2)
     pipe = fit("hist_gradient_boosting", housing_spec, X_train, y_train)
     rows = with_housing(X, y, seed=3)[0]
@@ -177,11 +108,11 @@ def test_hist_gradient_boosting_with_categoricals_is_explained_exactly(housing_s
 
 
 @pytest.mark.parametrize("family", ["logistic", "xgboost", "hist_gradient_boosting"])
-def test_more_90_days_late_raises_its_contribution(family: str, pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
+def test_more_90_days_late_raises_its_contribution(family: str, shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
     typical = X[(X[LATE_90] == 0) & X["MonthlyIncome"].notna()].head(20)
     late = typical.assign(**{LATE_90: 4.0}).set_index(typical.index + 100_000)
-    explained = raw_shap(pipes[family], SPEC, pd.concat([typical, late]))
+    explained = raw_shap(shap_pipes[family], SPEC, pd.concat([typical, late]))
     clean, risky = explained.values[LATE_90].to_numpy().reshape(2, -1)
     assert (risky > clean).all()
     assert (risky > 0).all() and (clean < 0).all()
@@ -203,9 +134,9 @@ def test_reason_codes_are_positive_contributions_largest_first() -> None:
     ]
 
 
-def test_reason_codes_on_a_model_follow_its_shap_values(pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
-    explained = raw_shap(pipes["xgboost"], SPEC, X[:300])
+def test_reason_codes_on_a_model_follow_its_shap_values(shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
+    explained = raw_shap(shap_pipes["xgboost"], SPEC, X[:300])
     label_to_raw = {SPEC.columns[c].label: c for c in SPEC.raw_columns}
     codes = reason_codes(explained, SPEC, k=3)
     assert len(codes) == 300 and any(len(row) == 3 for row in codes)

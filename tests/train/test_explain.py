@@ -9,34 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.pipeline import Pipeline
 
 from creditflow.model.shap import model_margin, raw_shap
 from creditflow.specs import DatasetSpec, ExplainSpec
 from creditflow.train.explain import example_rows, interaction_pair, write_explanations
-from tests.model.test_shap import LATE_90, SPEC, fit, spec_with_housing, split_frames
+from tests.model.shap_cases import LATE_90, SPEC
 
 
-@pytest.fixture(scope="module")
-def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-    return split_frames()
-
-
-@pytest.fixture(scope="module")
-def pipes(data: tuple) -> dict[str, Pipeline]:
-    """The families these tests explain (tests/model/test_shap.py checks every family's SHAP values)."""
-    X_train, y_train, _, _ = data
-    return {family: fit(family, SPEC, X_train, y_train) for family in ("logistic", "xgboost")}
-
-
-@pytest.fixture(scope="module")
-def housing_spec() -> DatasetSpec:
-    return spec_with_housing()
-
-
-def test_example_rows_run_from_highest_to_lowest_risk(pipes: dict, data: tuple) -> None:
-    _, _, X, _ = data
-    explained = raw_shap(pipes["logistic"], SPEC, X[:101])
+def test_example_rows_run_from_highest_to_lowest_risk(shap_pipes: dict, shap_data: tuple) -> None:
+    _, _, X, _ = shap_data
+    explained = raw_shap(shap_pipes["logistic"], SPEC, X[:101])
     total = explained.base_value + explained.values.sum(axis=1).to_numpy()
     rows = example_rows(explained, 3)
     assert rows[0] == np.argmax(total) and rows[2] == np.argmin(total)
@@ -58,9 +40,10 @@ SMALL = ExplainSpec(pdp_features=3, pdp_rows=300, permutation_rows=600, permutat
 
 
 @pytest.mark.parametrize("family", ["logistic", "xgboost"])
-def test_write_explanations_writes_every_artifact(family: str, pipes: dict, data: tuple, tmp_path: Path) -> None:
-    _, _, X, y = data
-    facts = write_explanations(pipes[family], SPEC, SMALL, X, y, tmp_path / "explanations")
+def test_write_explanations_writes_every_artifact(family: str, shap_pipes: dict, shap_data: tuple,
+                                                  tmp_path: Path) -> None:
+    _, _, X, y = shap_data
+    facts = write_explanations(shap_pipes[family], SPEC, SMALL, X, y, tmp_path / "explanations")
     out = tmp_path / "explanations"
     assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS)
     for name in ARTIFACTS:
@@ -80,7 +63,7 @@ def test_write_explanations_writes_every_artifact(family: str, pipes: dict, data
     assert len(shap_values) == SMALL.shap_rows and shap_values.index.isin(X.index).all()
     assert shap_values["base_value"].nunique() == 1
     rows = X.loc[shap_values.index]
-    np.testing.assert_allclose(shap_values.sum(axis=1), model_margin(pipes[family], rows), atol=1e-6)
+    np.testing.assert_allclose(shap_values.sum(axis=1), model_margin(shap_pipes[family], rows), atol=1e-6)
 
     assert facts["explain_rows"] == len(X)
     assert facts["explain_pdp_rows"] == SMALL.pdp_rows
@@ -95,23 +78,23 @@ def test_write_explanations_writes_every_artifact(family: str, pipes: dict, data
     assert facts["explain_seconds"] >= sum(facts[f"explain_{s}_seconds"] for s in steps) - 0.01
 
 
-def test_write_explanations_caps_sizes_at_the_rows_given(pipes: dict, data: tuple, tmp_path: Path) -> None:
-    _, _, X, y = data
+def test_write_explanations_caps_sizes_at_the_rows_given(shap_pipes: dict, shap_data: tuple, tmp_path: Path) -> None:
+    _, _, X, y = shap_data
     few = ExplainSpec(pdp_features=2, pdp_rows=10_000, permutation_rows=10_000, permutation_repeats=1,
                       shap_rows=10_000, waterfalls=0)
-    facts = write_explanations(pipes["logistic"], SPEC, few, X[:400], y[:400], tmp_path)
+    facts = write_explanations(shap_pipes["logistic"], SPEC, few, X[:400], y[:400], tmp_path)
     assert facts["explain_pdp_rows"] == facts["explain_shap_rows"] == facts["explain_permutation_rows"] == 400
     assert facts["explain_waterfalls"] == 0 and not list(tmp_path.glob("shap_waterfall_*.png"))
     assert len(pd.read_csv(tmp_path / "shap_values.csv")) == 400
 
 
-def test_subsamples_are_fixed_by_the_seed(pipes: dict, data: tuple, tmp_path: Path) -> None:
-    _, _, X, y = data
+def test_subsamples_are_fixed_by_the_seed(shap_pipes: dict, shap_data: tuple, tmp_path: Path) -> None:
+    _, _, X, y = shap_data
     tiny = ExplainSpec(pdp_features=1, pdp_rows=50, permutation_rows=200, permutation_repeats=1, shap_rows=40,
                        waterfalls=1, seed=3)
-    first = write_explanations(pipes["logistic"], SPEC, tiny, X, y, tmp_path / "a")
-    write_explanations(pipes["logistic"], SPEC, tiny, X, y, tmp_path / "b")
-    write_explanations(pipes["logistic"], SPEC, tiny.model_copy(update={"seed": 4}), X, y, tmp_path / "c")
+    first = write_explanations(shap_pipes["logistic"], SPEC, tiny, X, y, tmp_path / "a")
+    write_explanations(shap_pipes["logistic"], SPEC, tiny, X, y, tmp_path / "b")
+    write_explanations(shap_pipes["logistic"], SPEC, tiny.model_copy(update={"seed": 4}), X, y, tmp_path / "c")
     rows = {d: pd.read_csv(tmp_path / d / "shap_values.csv")["row"].tolist() for d in "abc"}
     assert rows["a"] == rows["b"] != rows["c"]
     assert first["explain_shap_rows"] == 40

@@ -95,14 +95,6 @@ class Scoring:
         return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
 
 
-def score_frame(pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
-    """P(default), decision at the model's threshold, and top reason codes for each row.
-
-    Raises `errors.BadRequest` when a row breaks the dataset spec's value rules.
-    """
-    return Scoring.build(pipe, ds, config)(X)
-
-
 class ServingError(MlflowException):
     """An error `predict` reports: MLflow's scoring server maps the error code to the HTTP status.
 
