@@ -130,17 +130,21 @@ def _cmd_monitor_drift(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream_score(args: argparse.Namespace) -> int:
-    import mlflow
-
-    from creditflow.registry.client import resolve_model
+    from creditflow.serving.live import LiveModel, fetch
     from creditflow.serving.stream import StreamScorer, load_stream_config
 
-    config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store)
-    ref = resolve_model(config.model_uri)
-    scorer = StreamScorer(config, mlflow.pyfunc.load_model(ref.uri), ref.uri)
-    print(f"[stream] scoring {config.events_stream} of {config.store} with {ref.uri} as {scorer.consumer} "
-          f"(group {config.group})", flush=True)
-    print(f"{scorer.run(args.max_events, args.idle_seconds).line()}; stopped", flush=True)
+    config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
+                                reload_seconds=args.reload_seconds)
+    live = LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream")
+    scorer = StreamScorer(config, live)
+    following = f", following {config.model_uri} every {config.reload_seconds:g} s" if live.follows else ""
+    print(f"[stream] scoring {config.events_stream} of {config.store} with {live.current.label} as "
+          f"{scorer.consumer} (group {config.group}{following})", flush=True)
+    try:
+        live.start()
+        print(f"{scorer.run(args.max_events, args.idle_seconds).line()}; stopped", flush=True)
+    finally:
+        live.stop()
     return 0
 
 
@@ -148,7 +152,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from creditflow.serving.online import load_serving_config, serve
 
     serve(load_serving_config(args.config or None, model_uri=args.model_uri, host=args.host, port=args.port,
-                              workers=args.workers, feature_store=args.feature_store))
+                              workers=args.workers, feature_store=args.feature_store,
+                              reload_seconds=args.reload_seconds, shadow=args.shadow))
     return 0
 
 
@@ -212,6 +217,11 @@ def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_registry_history)
 
 
+def add_reload_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reload-seconds", type=float, default=None,
+                   help="how often an alias is re-resolved and a new version swapped in (default 30; 0: pinned)")
+
+
 def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the REST endpoint: MLflow's scoring app with request limits and safe errors")
     p.add_argument("--config", default="", help="serving config YAML, e.g. serving/online.yaml")
@@ -221,6 +231,9 @@ def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
     p.add_argument("--feature-store", default=None,
                    help="redis://host:port/db of precomputed features: enables POST /invocations/by-id")
+    add_reload_argument(p)
+    p.add_argument("--shadow", default=None,
+                   help="a model scored on the same requests off the response path, e.g. models:/NAME@challenger")
     p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("features", help="precomputed applicant features for online prediction by id")
@@ -240,6 +253,7 @@ def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="override the config's Redis URL")
     p.add_argument("--max-events", type=int, default=0, help="stop after this many events (0: never)")
     p.add_argument("--idle-seconds", type=float, default=0, help="stop after this long without events (0: never)")
+    add_reload_argument(p)
     p.set_defaults(handler=_cmd_stream_score)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,3 +20,13 @@ def environ(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+@contextmanager
+def sys_path() -> Iterator[None]:
+    """`sys.path` as it was before the block (loading an MLflow model prepends its code folder to it)."""
+    before = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = before

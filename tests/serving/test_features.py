@@ -130,14 +130,16 @@ def guarded(model: TrainingOutcome, store_name: str) -> Iterator[dict[str, str]]
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
+    from creditflow.serving.live import LiveModel, fetch
     from creditflow.serving.online import RequestGuard, ServingConfig
 
-    loaded = mlflow.pyfunc.load_model(CHAMPION)
+    loaded = fetch(CHAMPION)
     stores = {"features": FeatureStore(REDIS, store_name), "down": FeatureStore(CLOSED, store_name), "none": None}
     servers, urls = [], {}
     for kind, features in stores.items():
         port = free_port()
-        app = RequestGuard(scoring_server.init(loaded), loaded, ServingConfig(max_rows=10), features)
+        app = RequestGuard(scoring_server.init(loaded.model), LiveModel(CHAMPION, loaded), ServingConfig(max_rows=10),
+                           features)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
         servers.append(server)

@@ -43,6 +43,7 @@ class Served:
     exp: object
     X_test: pd.DataFrame
     X_train: pd.DataFrame
+    version: str  # the champion's registered version
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def served(champion_store: ChampionStore, small_spec, small_data, tmp_path_facto
             wait_for_http(f"{url}/ping", proc, timeout=120)
         split = split_data(small_data, exp.test_size, exp.seed)
         yield Served(urls[0], urls[1], logs[0], procs[0].pid, store, pipe, exp,
-                     split.X_test[small_spec.raw_columns], split.X_train)
+                     split.X_test[small_spec.raw_columns], split.X_train, champion_store.outcome.registered_version)
     finally:
         for proc in procs:
             proc.terminate()
@@ -115,7 +116,11 @@ def test_formats_return_probability_decision_and_reason_codes(served, spec) -> N
 def check_contract(served: Served, spec, X: pd.DataFrame, response: requests.Response) -> None:
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [set(p) for p in predictions] == [{"probability", "decision", "reason_codes"}] * len(X)
+    ours = response.url.startswith(served.ours)  # creditflow serve names the answering version; MLflow's cannot
+    fields = {"probability", "decision", "reason_codes"} | ({"model_version"} if ours else set())
+    assert [set(p) for p in predictions] == [fields] * len(X)
+    if ours:
+        assert {p["model_version"] for p in predictions} == {f"credit-default/{served.version}"}
     proba = np.asarray([p["probability"] for p in predictions])
     assert np.max(np.abs(proba - served.pipe.predict_proba(X)[:, 1])) <= 1e-9
     threshold = served.exp.threshold
@@ -139,7 +144,9 @@ def test_health_version_and_load_time(served) -> None:
         version = requests.get(f"{url}/version", timeout=5)
         assert version.status_code == 200 and version.text == mlflow.__version__
     log = served.ours_log.read_text()
-    assert "loaded models:/credit-default@champion in" in log and " s" in log
+    assert f"loaded models:/credit-default@champion (credit-default/{served.version}) in" in log
+    health = requests.get(f"{served.ours}/health", timeout=5).json()
+    assert health["model_version"] == f"credit-default/{served.version}" and health["follows_registry"] is True
 
 
 # ---------------------------------------------------------------- bad requests
@@ -317,6 +324,7 @@ def broken_app(served, spec):
     from mlflow.pyfunc import scoring_server
 
     from creditflow.model.pyfunc import Scoring
+    from creditflow.serving.live import LiveModel, Loaded
     from creditflow.serving.online import RequestGuard, ServingConfig
 
     mlflow.set_tracking_uri(served.store)
@@ -325,7 +333,8 @@ def broken_app(served, spec):
     python_model.pipeline[-1].coef_ = python_model.pipeline[-1].coef_[:, :-1]
     python_model.scoring = Scoring.build(python_model.pipeline, python_model.dataset, python_model.config)
     servers, urls = [], []
-    for app in (scoring_server.init(model), RequestGuard(scoring_server.init(model), model, ServingConfig())):
+    live = LiveModel("models:/credit-default/1", Loaded(model, "models:/credit-default/1", "credit-default/1", "1"))
+    for app in (scoring_server.init(model), RequestGuard(scoring_server.init(model), live, ServingConfig())):
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()

@@ -19,6 +19,7 @@ from creditflow.cli import main
 from creditflow.data.dataset import CreditData
 from creditflow.errors import SpecError
 from creditflow.serving.features import FeatureStore
+from creditflow.serving.live import LiveModel, fetch
 from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
@@ -59,7 +60,7 @@ def applicants(small_spec: DatasetSpec, small_data: CreditData) -> Iterator[pd.D
 
 
 def scorer(config: StreamConfig, consumer: str = "test") -> StreamScorer:
-    return StreamScorer(config, mlflow.pyfunc.load_model(CHAMPION), CHAMPION, consumer)
+    return StreamScorer(config, LiveModel(CHAMPION, fetch(CHAMPION)), consumer)
 
 
 def send(config: StreamConfig, *events: dict[str, str]) -> list[str]:
@@ -95,7 +96,9 @@ def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
     assert late["probability"] > expected(first)["probability"]  # late payments raise the risk
     mortgage = expected(second, **{OPEN_LINES: 1, "NumberRealEstateLoansOrLines": 1})
     assert float(out[2]["probability"]) == mortgage["probability"] and out[2]["decision"] == mortgage["decision"]
-    assert out[2]["model_uri"] == CHAMPION and out[2]["event"] == "mortgage_opened"
+    version = model.registered_version
+    assert out[2]["event"] == "mortgage_opened" and out[2]["model_uri"] == f"models:/credit-default/{version}"
+    assert {e["model_version"] for e in out} == {f"credit-default/{version}"}  # the version behind @champion
     assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
 
 
@@ -140,6 +143,7 @@ def test_config_mistakes_are_one_line(model: TrainingOutcome, config: StreamConf
                                       capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SpecError, match="event 'x' adds to Salary, not numeric columns"):
         scorer(config.model_copy(update={"events": {"x": {"Salary": 1.0}}}))
+    capsys.readouterr()  # the in-process model download above writes a progress bar (the CLI turns it off)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"events": {"x": {OPEN_LINES: 1}}, "batch_size": 0}))
     cases = [(["--config", str(tmp_path / "bad.yaml")], "invalid field 'batch_size'"),
              (["--config", str(tmp_path / "none.yaml")], "stream config not found"),

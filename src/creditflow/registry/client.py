@@ -67,6 +67,10 @@ class ModelRef:
     config_keys: frozenset[str] = frozenset()  # the model-config keys the model reads
 
     @property
+    def label(self) -> str:
+        return model_label(self.name, self.version, self.uri)
+
+    @property
     def lineage(self) -> dict[str, str]:
         return {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
 
@@ -78,6 +82,17 @@ def quoted(text: str) -> str:
 
 def version_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
+
+
+def follows_registry(model_uri: str) -> bool:
+    """Whether the URI names a version through the registry (an alias or a stage) that can move under it."""
+    ref = model_uri.removeprefix("models:/")
+    return model_uri.startswith("models:/") and ("@" in ref or ("/" in ref and not ref.split("/", 1)[1].isdigit()))
+
+
+def model_label(name: str, version: str, uri: str) -> str:
+    """What answers name the model by: "name/version" for a registered version, else its URI."""
+    return f"{name}/{version}" if name else uri
 
 
 def registry_version(model_uri: str) -> tuple[str, str]:

@@ -8,17 +8,20 @@ gates, and the next promotion (which first runs `reconcile`) finishes the rest:
   lease ─► audit run opened ─► version tagged (gates passed, previous champion) ─► @champion moved
   (one call, the commit point; the alias is never deleted) ─► @challenger cleared if it was this version
   ─► version to Production, former ones Archived ─► audit run finished ─► lease released
+
+Gate (e) reads the candidate's shadow evidence (registry/evidence.py); the report prints it whenever it exists.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from creditflow.errors import TrackingError
+from creditflow.errors import TrackingError, first_line
 from creditflow.registry.audit import AUDIT_EXPERIMENT, TAG, close_stale_audits, open_audit, tag_decision
 from creditflow.registry.client import (
     check_tracking_server,
@@ -28,11 +31,13 @@ from creditflow.registry.client import (
     stages,
     version_uri,
 )
+from creditflow.registry.evidence import ShadowEvidence, shadow_evidence, shadow_gate
 from creditflow.registry.gates import Evaluation, Gate, evaluate, loads_gate, signature_of
 from creditflow.registry.lease import Lease, PromotionBusy, Step, lease_still_held, leased, no_step
 from creditflow.registry.policy import PromotionPolicy, PromotionRequest
 
 STAGE_OF = {"champion": "Production", "challenger": "Staging"}
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Decision:
     previous: str | None = None
     gates: tuple[Gate, ...] = ()
     audit_run: str | None = None
+    shadow: ShadowEvidence | None = None  # the candidate's shadow evidence, printed when there is some
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +61,8 @@ class Decision:
     def report(self) -> str:
         target = f"{self.name} v{self.version}" if self.version else self.name
         lines = [f"promotion of {target} to @{self.alias}:"] + [g.line() for g in self.gates]
+        if self.shadow:
+            lines.append(f"  {self.shadow.line()}")
         lines.append(f"decision: {self.outcome.replace('_', ' ')}: {self.reason}")
         if self.audit_run:
             lines.append(f"audit: run {self.audit_run} in experiment '{AUDIT_EXPERIMENT}'")
@@ -136,11 +144,30 @@ def _dry_run(client: MlflowClient, req: PromotionRequest, version: str, policy: 
     if aliases.get(req.alias) == version:
         return Decision("unchanged", req.name, version, req.alias, f"v{version} already holds @{req.alias}")
     champion = aliases.get("champion")
-    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
+    evaluation, shadow = _evaluate(client, req, version, champion, policy)
     ok = not evaluation.failed or (req.force and _loads(evaluation))
     reason = _gate_summary(evaluation) + " (dry run: nothing changed)"
     return Decision("would_promote" if ok else "would_refuse", req.name, version, req.alias, reason,
-                    champion, evaluation.gates)
+                    champion, evaluation.gates, shadow=shadow)
+
+
+def _evaluate(client: MlflowClient, req: PromotionRequest, version: str, champion: str | None,
+              policy: PromotionPolicy) -> tuple[Evaluation, ShadowEvidence | None]:
+    """Gates (a)-(d), then (e) on the candidate's shadow evidence; the evidence too, for the report."""
+    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
+    shadow = _shadow_evidence(client, f"{req.name}/{version}")
+    gate = shadow_gate(shadow, policy, req.alias, champion)
+    return replace(evaluation, gates=evaluation.gates + (gate,)), shadow
+
+
+def _shadow_evidence(client: MlflowClient, model_version: str) -> ShadowEvidence | None:
+    """The evidence, or None when it cannot be read: evidence informs a promotion and must never break one."""
+    try:
+        return shadow_evidence(client, model_version)
+    except Exception as exc:  # a failing search is "no evidence" (gate (e), when required, then fails)
+        logger.warning("cannot read the shadow evidence of %s, taken as none: %s: %s", model_version,
+                       type(exc).__name__, first_line(exc))
+        return None
 
 
 def _loads(evaluation: Evaluation) -> bool:
@@ -164,13 +191,13 @@ def _promote_leased(client: MlflowClient, req: PromotionRequest, version: str, p
         return _already(client, req, version, policy, lease, repairs, killed)
     if req.alias == "challenger" and champion == version:
         raise TrackingError(f"{req.name} v{version} is the champion; it cannot also be the challenger")
-    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
+    evaluation, shadow = _evaluate(client, req, version, champion, policy)
     if evaluation.failed and not (req.force and _loads(evaluation)):
         reason = _gate_summary(evaluation) + (" (--force cannot override gate (d))" if req.force else "")
         audit = open_audit(client, req, version, "refused", reason, evaluation, policy, champion, lease.token)
         tag_decision(client, req.name, version, "refused", reason, audit)
         client.set_terminated(audit)
-        return Decision("refused", req.name, version, req.alias, reason, champion, evaluation.gates, audit)
+        return Decision("refused", req.name, version, req.alias, reason, champion, evaluation.gates, audit, shadow)
     outcome = "forced" if evaluation.failed else "promoted"
     reason = _gate_summary(evaluation) + (f"; forced: {req.reason}" if evaluation.failed else "")
     if req.reason and not evaluation.failed:
@@ -185,7 +212,7 @@ def _promote_leased(client: MlflowClient, req: PromotionRequest, version: str, p
     tag_decision(client, req.name, version, outcome, reason, audit)
     client.set_terminated(audit)
     on_step("audited")
-    return Decision(outcome, req.name, version, req.alias, reason, champion, evaluation.gates, audit)
+    return Decision(outcome, req.name, version, req.alias, reason, champion, evaluation.gates, audit, shadow)
 
 
 def _commit(client: MlflowClient, name: str, version: str, alias: str, tags: dict[str, str], lease: Lease,

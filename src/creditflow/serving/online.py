@@ -30,6 +30,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from creditflow.errors import BadRequest, CreditflowError
 from creditflow.model.artifact import ERROR_SOURCE
-from creditflow.registry.client import download_model, resolve_model
+from creditflow.registry.client import ModelRef, download_model, follows_registry, resolve_model
 from creditflow.scoped import environ
 from creditflow.serving.features import FeatureStore, FeatureStoreError, UnknownApplicants
+from creditflow.serving.live import LiveModel, Loaded, load_local
+from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
 from creditflow.serving.requests import parse_body
+from creditflow.serving.shadow import ShadowRunner
 from creditflow.specs import CHAMPION_URI, load_config
 
 logger = logging.getLogger(__name__)
@@ -75,6 +79,10 @@ class ServingConfig(BaseModel):
     max_rows: int = Field(5_000, gt=0)
     timeout_seconds: int = Field(60, gt=0)
     feature_store: str = ""  # redis://host:port/db of precomputed features: enables POST /invocations/by-id
+    reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
+    shadow: str = ""  # a model scored on the same requests off the response path, compared with the champion
+    shadow_queue: int = Field(1_000, gt=0)  # answered requests waiting for the shadow; beyond it they are dropped
+    shadow_window_seconds: float = Field(60, gt=0)  # how often the comparison is written to MLflow
 
 
 def load_serving_config(path: str | Path | None, **overrides: Any) -> ServingConfig:
@@ -89,10 +97,11 @@ def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error_code": ERROR_CODES.get(status, "BAD_REQUEST"), "message": message}).encode()
 
 
-async def respond(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def respond(send: Send, status: int, body: bytes, content_type: str = "application/json") -> int:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
@@ -123,47 +132,85 @@ def safe_error(exc: Any) -> tuple[int, bytes]:
 class RequestGuard:
     """ASGI app in front of MLflow's scoring app: limits, one strict parse, the pyfunc, safe error bodies.
 
-    POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the
-    loaded pyfunc (MLflow's signature enforcement, then our model); MLflow's `predictions_to_json`
-    writes the answer. Requests of more than INLINE_ROWS applicants run in a worker thread under the
-    request timeout. Every other route is MLflow's app.
+    POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the version the
+    `LiveModel` serves when the request arrives (MLflow's signature enforcement, then our model); MLflow's
+    `predictions_to_json` writes the answer, each prediction with its `model_version`. Requests of more
+    than INLINE_ROWS applicants run in a worker thread under the request timeout. GET /health reports the
+    served version and the registry polls, GET /metrics the Prometheus figures; every other route is MLflow's.
     """
 
-    def __init__(self, app: ASGIApp, model: Any, config: ServingConfig, features: FeatureStore | None = None):
-        self.app = app
-        self.model = model
-        self.spec = model.unwrap_python_model().dataset
-        self.config = config
-        self.features = features
+    def __init__(self, app: ASGIApp, live: LiveModel, config: ServingConfig, features: FeatureStore | None = None,
+                 metrics: Metrics | None = None, shadow: ShadowRunner | None = None):
+        self.app, self.live, self.config, self.features = app, live, config, features
+        self.metrics = metrics or live.metrics
+        self.shadow = shadow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in ("/invocations", BY_ID) or scope["method"] != "POST":
+        if scope["type"] == "lifespan":
+            await self.app(scope, self.on_shutdown(receive), send)
+        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in ("/health", "/metrics"):
+            await self.report(scope["path"], send)
+        elif scope["type"] != "http" or scope["path"] not in ("/invocations", BY_ID) or scope["method"] != "POST":
             await self.app(scope, receive, send)
+        else:
+            start = time.perf_counter()
+            status = await self.invocation(scope, receive, send)
+            self.metrics.requests.labels(scope["path"], str(status)).inc()
+            self.metrics.latency.labels(scope["path"]).observe(time.perf_counter() - start)
+
+    def on_shutdown(self, receive: Receive) -> Receive:
+        """`receive` for the lifespan protocol that also stops the followers and the shadow at shutdown."""
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.close)
+            return message
+        return watched
+
+    def close(self) -> None:
+        self.live.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
+            self.shadow.shadow.stop()
+
+    async def report(self, path: str, send: Send) -> None:
+        if path == "/metrics":
+            body, content_type = self.metrics.exposition()
+            await respond(send, 200, body, content_type)
             return
+        health = {"status": "ok", **self.live.health()}
+        if self.shadow is not None:
+            health["shadow"] = self.shadow.shadow.health()
+        await respond(send, 200, json.dumps(health).encode())
+
+    async def invocation(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer one scoring request; its status."""
         headers = dict(scope["headers"])
         limit = self.config.max_body_bytes
         declared = headers.get(b"content-length", b"0")
         body = await read_body(receive, limit) if declared.isdigit() and int(declared) <= limit else None
         if body is None:
-            await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
-            return
+            return await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
         content_type = headers.get(b"content-type", b"").decode("latin-1")
+        loaded = self.live.current  # this request's version, whatever is swapped in meanwhile
         try:
             if scope["path"] == BY_ID:
                 body, content_type = self.looked_up(body), "application/json"
-            frame = parse_body(body, content_type, self.spec, self.config.max_rows)
+            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows)
         except BadRequest as exc:
-            await respond(send, exc.status, error_body(exc.status, exc.message))
-            return
+            return await respond(send, exc.status, error_body(exc.status, exc.message))
         except UnknownApplicants as exc:
-            await respond(send, 404, error_body(404, str(exc)))
-            return
+            return await respond(send, 404, error_body(404, str(exc)))
         except FeatureStoreError as exc:
             logger.error("%s", exc)
-            await respond(send, 503, error_body(503, "the feature store is unavailable"))
-            return
-        status, payload = await self.score(frame)
+            return await respond(send, 503, error_body(503, "the feature store is unavailable"))
+        status, payload, answer = await self.score(loaded, frame)
         await respond(send, status, payload)
+        if answer is not None:
+            self.metrics.scored(loaded.label, answer["decision"])
+            if self.shadow is not None:
+                self.shadow.offer(frame, answer, loaded.label)
+        return status
 
     def looked_up(self, body: bytes) -> bytes:
         """A by-id body (`{"applicant_ids": [...]}`) as the dataframe_records body of their stored features."""
@@ -179,47 +226,75 @@ class RequestGuard:
             raise BadRequest(f"too many applicants in one request: {len(ids)} (at most {self.config.max_rows})", 413)
         return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
 
-    async def score(self, frame: Any) -> tuple[int, bytes]:
-        """(status, body) for a parsed request; errors from the model keep their status, never the input."""
+    async def score(self, loaded: Loaded, frame: Any) -> tuple[int, bytes, Any]:
+        """(status, body, answer frame or None) for a parsed request; errors keep their status, never the input."""
         from mlflow.exceptions import MlflowException
 
         try:
             if len(frame) <= INLINE_ROWS:  # small: a thread hand-off would cost more than it saves
-                return 200, self.predict(frame)
-            work = asyncio.to_thread(self.predict, frame)
-            return 200, await asyncio.wait_for(work, timeout=self.config.timeout_seconds)
+                return 200, *predict(loaded, frame)
+            work = asyncio.to_thread(predict, loaded, frame)
+            return 200, *await asyncio.wait_for(work, timeout=self.config.timeout_seconds)
         except MlflowException as exc:
-            return safe_error(exc)
+            return *safe_error(exc), None
         except TimeoutError:
-            return 504, error_body(504, "scoring took longer than the request timeout")
+            return 504, error_body(504, "scoring took longer than the request timeout"), None
         except Exception:
             logger.exception("internal error while scoring")
-            return 500, error_body(500, WITHHELD[500])
+            return 500, error_body(500, WITHHELD[500]), None
 
-    def predict(self, frame: Any) -> bytes:
-        from mlflow.pyfunc import scoring_server
 
-        out = io.StringIO()
-        scoring_server.predictions_to_json(self.model.predict(frame), out)
-        return out.getvalue().encode()
+def predict(loaded: Loaded, frame: Any) -> tuple[bytes, Any]:
+    """The answer body (each prediction with its model_version) and the model's answer frame."""
+    from mlflow.pyfunc import scoring_server
+
+    answer = loaded.model.predict(frame)
+    out = io.StringIO()
+    scoring_server.predictions_to_json(answer.assign(model_version=loaded.label), out)
+    return out.getvalue().encode(), answer
 
 
 # ---------------------------------------------------------------- the worker app and the server
 
 
 def create_app() -> ASGIApp:
-    """uvicorn's app factory, run in each worker: load the model, build MLflow's app, wrap it."""
-    from mlflow.pyfunc import load_model, scoring_server
+    """uvicorn's app factory, run in each worker: load the models, follow the registry, wrap MLflow's app."""
+    from mlflow.pyfunc import scoring_server
 
     settings = json.loads(os.environ[WORKER_ENV])
     config = ServingConfig.model_validate(settings["config"])
+    metrics = Metrics(settings["metrics_dir"])
     start = time.perf_counter()
-    model = load_model(settings["model_path"])
+    first = load_local(Path(settings["champion"]["path"]), **settings["champion"]["ref"])
     seconds = time.perf_counter() - start
-    logger.info("creditflow serve: worker %d loaded %s in %.2f s", os.getpid(), config.model_uri, seconds)
-    spec = model.unwrap_python_model().dataset
-    features = FeatureStore(config.feature_store, spec.name) if config.feature_store else None
-    return RequestGuard(scoring_server.init(model), model, config, features)
+    logger.info("creditflow serve: worker %d loaded %s (%s) in %.2f s", os.getpid(), config.model_uri, first.label,
+                seconds)
+    live = LiveModel(config.model_uri, first, config.reload_seconds, "champion", metrics).start()
+    shadow = None
+    if config.shadow:
+        model = load_local(Path(settings["shadow"]["path"]), **settings["shadow"]["ref"])
+        shadow_live = LiveModel(config.shadow, model, config.reload_seconds, "shadow", metrics).start()
+        shadow = ShadowRunner(shadow_live, metrics, config.shadow_queue, config.shadow_window_seconds).start()
+    features = FeatureStore(config.feature_store, first.spec.name) if config.feature_store else None
+    return RequestGuard(scoring_server.init(first.model), live, config, features, metrics, shadow)
+
+
+def downloaded(ref: ModelRef, into: Path) -> dict[str, Any]:
+    """A model's files for the workers, and how to name it: all workers start on the same version."""
+    path = download_model(ref, into)
+    return {"path": str(path), "ref": {"uri": ref.uri, "name": ref.name, "version": ref.version}}
+
+
+def shadow_settings(config: ServingConfig, champion: ModelRef, into: Path) -> dict[str, Any] | None:
+    """The shadow model's files, once it is known to read the champion's columns (one line if it does not)."""
+    if not config.shadow:
+        return None
+    shadow = resolve_model(config.shadow)
+    missing = sorted(set(shadow.required) - set(champion.columns))
+    if missing:
+        raise CreditflowError(f"shadow model {config.shadow} needs columns the champion's requests do not carry: "
+                              f"{', '.join(missing)}")
+    return downloaded(shadow, into)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -253,20 +328,28 @@ def serve(config: ServingConfig) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp:
-        path = download_model(resolve_model(config.model_uri), Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp, ExitStack() as scoped:
+        champion = resolve_model(config.model_uri)
+        settings = {"config": config.model_dump(), "champion": downloaded(champion, Path(tmp) / "champion"),
+                    "shadow": shadow_settings(config, champion, Path(tmp) / "shadow"), "metrics_dir": ""}
         if config.feature_store:  # fail now, in one line, rather than on the first request
             FeatureStore(config.feature_store, "").ping()
-        settings = json.dumps({"model_path": str(path), "config": config.model_dump()})
+        if config.workers > 1:  # prometheus_client's multiprocess mode, set before the workers import it
+            settings["metrics_dir"] = str(Path(tmp) / "metrics")
+            Path(settings["metrics_dir"]).mkdir()
+            scoped.enter_context(environ(MULTIPROC_ENV, settings["metrics_dir"]))
         sock = listening_socket(config.host, config.port)
         uv = uvicorn.Config("creditflow.serving.online:create_app", factory=True, host=config.host, port=config.port,
                             workers=config.workers, timeout_worker_healthcheck=60, log_level="info",
                             log_config=log_config())
         by_id = f"; applicants by id from {config.feature_store}" if config.feature_store else ""
-        logger.info("creditflow serve: %s on http://%s:%d with %d worker(s)%s", config.model_uri, config.host,
-                    config.port, config.workers, by_id)
-        with environ(WORKER_ENV, settings):  # the workers read it when uvicorn imports the app
-            if config.workers == 1:
-                uvicorn.Server(uv).run(sockets=[sock])
-            else:
-                Multiprocess(uv, sockets=[sock]).run()
+        follows = f"; following the registry every {config.reload_seconds:g} s" if (
+            config.reload_seconds and follows_registry(config.model_uri)) else ""
+        shadow = f"; shadow {config.shadow}" if config.shadow else ""
+        logger.info("creditflow serve: %s (%s) on http://%s:%d with %d worker(s)%s%s%s", config.model_uri,
+                    champion.label, config.host, config.port, config.workers, by_id, follows, shadow)
+        scoped.enter_context(environ(WORKER_ENV, json.dumps(settings)))  # the workers read it at start
+        if config.workers == 1:
+            uvicorn.Server(uv).run(sockets=[sock])
+        else:
+            Multiprocess(uv, sockets=[sock]).run()

@@ -35,6 +35,7 @@ from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
 from creditflow.errors import SpecError
 from creditflow.serving.features import FeatureStore, FeatureStoreError
+from creditflow.serving.live import LiveModel
 from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class StreamConfig(BaseModel):
     block_ms: int = Field(1000, gt=0)
     applied_ttl_days: int = Field(7, gt=0)  # how long an event is remembered as applied (redelivery window)
     claim_idle_ms: int = Field(60_000, ge=0)  # another scorer's events unacknowledged this long are taken over
+    reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
     events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
 
 
@@ -105,9 +107,9 @@ class Tally:
 class StreamScorer:
     """One consumer of the events stream: applies streaming sums, scores, publishes, acknowledges."""
 
-    def __init__(self, config: StreamConfig, model: Any, model_uri: str, consumer: str = ""):
-        self.config, self.model, self.model_uri = config, model, model_uri
-        self.spec: DatasetSpec = model.unwrap_python_model().dataset
+    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = ""):
+        self.config, self.live = config, live
+        self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
         self.features = FeatureStore(config.store, self.spec.name)
         self.redis = self.features.client
@@ -202,11 +204,12 @@ class StreamScorer:
         """Prediction fields per scorable event, and (entry id, fields, reason) per event that is not."""
         if not events:
             return [], []
+        loaded = self.live.current  # the version this batch is scored with, whatever is swapped in meanwhile
         frame, unknown = self.current([e.applicant_id for e in events])
         X = coerce_columns(frame[self.spec.raw_columns], self.spec, origin="stream")
         reasons = rule_violations(X, self.spec)
         broken, valid = dict(zip(frame["_id"], reasons, strict=True)), (reasons == "").to_numpy()
-        predicted = self.model.predict(X[valid]) if valid.any() else pd.DataFrame()
+        predicted = loaded.model.predict(X[valid]) if valid.any() else pd.DataFrame()
         answers = {applicant: row for applicant, row in zip(frame["_id"][valid], predicted.to_dict("records"),
                                                              strict=True)}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -221,8 +224,9 @@ class StreamScorer:
             else:
                 answer = answers[event.applicant_id]
                 scored.append({**source, "event_id": event.id, "probability": repr(float(answer["probability"])),
-                               "decision": str(answer["decision"]), "reason_codes": json.dumps(
-                                   list(answer["reason_codes"])), "model_uri": self.model_uri, "scored_at": scored_at})
+                               "decision": str(answer["decision"]),
+                               "reason_codes": json.dumps(list(answer["reason_codes"])), "model_uri": loaded.uri,
+                               "model_version": loaded.label, "scored_at": scored_at})
         return scored, rejected
 
     def run(self, max_events: int = 0, idle_seconds: float = 0) -> Tally:
