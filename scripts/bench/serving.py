@@ -11,8 +11,12 @@ and the medians are printed: requests/s, p50 and p99 latency, errors, and the ra
 `--soak` runs only `ours`, each combination for `--seconds` (at least 60), sampling the server's
 memory (RSS of its process tree) every 5 s; it fails (exit 1) on any error or on memory growth.
 
+`--swap` measures following the registry (scripts/bench/swap.py): 1-row requests at the first
+`--concurrency` in steady state, in the window around a hot swap, and with a shadow model on.
+
     .venv/bin/python scripts/bench/serving.py                      # comparison, 3 runs x 10 s
     .venv/bin/python scripts/bench/serving.py --soak --seconds 60  # many requests, memory flat
+    .venv/bin/python scripts/bench/serving.py --swap --concurrency 8 --experiment hist_gradient_boosting.yaml
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import swap  # scripts/bench/swap.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -242,6 +247,7 @@ def main() -> int:
     parser.add_argument("--endpoints", nargs="+", default=["stock", "plain", "ours"],
                         choices=["stock", "plain", "ours"], help="which endpoints to compare")
     parser.add_argument("--soak", action="store_true", help="only `ours`, >= 60 s per combination, memory sampled")
+    parser.add_argument("--swap", action="store_true", help="steady vs hot swap vs shadow on (scripts/bench/swap.py)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
@@ -251,12 +257,18 @@ def main() -> int:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.chdir(tmp)
         ours_uri, stock_uri, X = prepare_models(args.train_rows, args.experiment)
-        names = ["ours"] if args.soak else args.endpoints
+        names = ["ours"] if args.soak else ["follow", "shadow"] if args.swap else args.endpoints
         commands = {
             "stock": [str(BIN / "mlflow"), "models", "serve", "-m", stock_uri, "--env-manager", "local"],
             "plain": [str(BIN / "mlflow"), "models", "serve", "-m", ours_uri, "--env-manager", "local"],
             "ours": [str(BIN / "creditflow"), "serve", "-m", ours_uri],
         }
+        if args.swap:
+            name = swap.prepare_versions(ours_uri)
+            follow = [str(BIN / "creditflow"), "serve", "-m", f"models:/{name}@champion", "--reload-seconds", "1"]
+            commands["follow"] = follow
+            commands["shadow"] = [*follow, "--shadow", f"models:/{name}@challenger", "--config",
+                                  str(swap.shadow_config(tmp))]
         endpoints = []
         try:
             for name in names:
@@ -267,6 +279,10 @@ def main() -> int:
             check_agreement(endpoints, bodies(X, 100, 1)[0])
             if args.soak:
                 return soak(endpoints[0], X, args, tmp)
+            if args.swap:
+                script = tmp / "rows1.lua"
+                script.write_text(LUA.replace("{BODIES}", "{" + ",".join(json.dumps(b) for b in bodies(X, 1)) + "}"))
+                return swap.swap_bench(endpoints[0].url, endpoints[1].url, name, script, args, run_wrk)
             compare(endpoints, X, args, tmp)
             return 0
         finally:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from creditflow.data.dataset import split_data
 from creditflow.model.shap import raw_shap, reason_codes
@@ -259,6 +260,35 @@ def test_matrix_is_complete() -> None:
 def test_wrong_method_and_path_are_4xx(served) -> None:
     assert requests.get(f"{served.ours}/invocations", timeout=5).status_code == 405
     assert requests.post(f"{served.ours}/predict", data="{}", timeout=5).status_code == 404
+
+
+def scraped(served: Served, name: str, **labels: str) -> float:
+    """The sum of one metric's samples with these labels in the endpoint's /metrics."""
+    text = requests.get(f"{served.ours}/metrics", timeout=5).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_count_scoring_requests_rows_and_decisions_but_not_themselves(served) -> None:
+    ok = {"path": "/invocations", "status": "200"}
+    bad = {"path": "/invocations", "status": "400"}
+    version = f"credit-default/{served.version}"
+    before = [scraped(served, "creditflow_requests_total", **ok), scraped(served, "creditflow_requests_total", **bad),
+              scraped(served, "creditflow_rows_scored_total", model_version=version),
+              scraped(served, "creditflow_request_seconds_count", path="/invocations")]
+    X = applicants(served, 3)
+    answer = post(served.ours, split_body(X)).json()["predictions"]
+    assert post(served.ours, split_body(X.assign(age=-1.0))).status_code == 400
+    declines = sum(p["decision"] == "decline" for p in answer)
+    big = requests.get(f"{served.ours}/metrics", data=b"x" * (MAX_BODY + 1), timeout=5)  # no body limit here
+    assert big.status_code == 200 and big.headers["content-type"].startswith("text/plain")
+    after = [scraped(served, "creditflow_requests_total", **ok), scraped(served, "creditflow_requests_total", **bad),
+             scraped(served, "creditflow_rows_scored_total", model_version=version),
+             scraped(served, "creditflow_request_seconds_count", path="/invocations")]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 3, 2]  # the scrapes themselves: not counted
+    assert scraped(served, "creditflow_decisions_total", model_version=version, decision="decline") >= declines
+    assert scraped(served, "creditflow_model_info", role="champion", model_version=version) == 1
+    assert "/metrics" not in requests.get(f"{served.ours}/metrics", timeout=5).text
 
 
 def test_plain_mlflow_serve_keeps_rule_errors_safe_but_echoes_its_own_parse_errors(served, matrix) -> None:

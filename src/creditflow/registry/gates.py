@@ -1,7 +1,8 @@
-"""The four promotion gates, each a verdict with the figures it was decided on.
+"""The four offline promotion gates, each a verdict with the figures it was decided on.
 
 (a) floors (ROC AUC, calibration, KS drop), (b) beats the champion by a paired bootstrap interval,
 (c) signature compatible with the champion's clients, (d) loads from the registry and predicts.
+Gate (e), the shadow evidence from live traffic, is `registry.evidence.shadow_gate`.
 Both models are loaded from the registry and scored on the same rows: the challenger's held-out split.
 """
 

@@ -1,21 +1,24 @@
 """`creditflow serve`: the registered pyfunc behind MLflow's scoring app, with a request guard.
 
 `mlflow models serve` runs `mlflow.pyfunc.scoring_server` under uvicorn. We load the model the
-same way and build that same app (`scoring_server.init(model)`: /ping, /health, /version), and put
-`RequestGuard` in front of it for POST /invocations:
+same way and build that same app (`scoring_server.init(model)`: /ping, /version), and put
+`RequestGuard` in front of it for POST /invocations, GET /health and GET /metrics:
 
 - a body-size limit and a row limit (413), the first checked before the body is read;
 - one strict parse (`serving.requests.parse_body`) instead of MLflow's parser, whose errors repeat the
   whole input and which reads `true` as 1.0: a bad request gets a 4xx naming the problem;
 - the typed frame goes to the pyfunc (MLflow's signature enforcement, then our model) and
-  MLflow's `predictions_to_json` writes the answer, so answers are those of `mlflow models serve`;
+  MLflow's `predictions_to_json` writes the answer, so answers are those of `mlflow models serve`,
+  plus the `model_version` that made them;
 - error bodies keep the model's status (400 for the client, 500 for a model fault), never the input;
+- the model is a `serving.live.LiveModel`: an alias is followed, new versions swapped in without a
+  restart; an optional shadow model (`serving.shadow`) is compared on the same requests;
 - TCP_NODELAY on every connection, with any number of workers (uvicorn's multi-worker listener
   loses it: uvicorn issue 3149, which delays keep-alive requests).
 
-The model is downloaded once (so all workers serve the same version); each worker loads it and
-logs how long that took. uvicorn and MLflow's scoring server are imported where the server starts
-(the CLI's start-up time).
+The model is downloaded once at start (so all workers start on the same version); each worker loads
+it, logs how long that took, and then follows the registry on its own. uvicorn and MLflow's scoring
+server are imported where the server starts (the CLI's start-up time).
 """
 
 from __future__ import annotations
