@@ -98,7 +98,8 @@ def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
             signature=ModelSignature(inputs=input_schema(ds), outputs=outputs),
             input_example=X.head(5),
             skops_trusted_types=["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
-                                 "creditflow.model.pipeline.CreditFeatures"],
+                                 "creditflow.model.pipeline.CreditFeatures",
+                                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
             registered_model_name="credit-default-stock",
         )
     stock = f"models:/credit-default-stock/{info.registered_model_version}"
@@ -264,10 +265,10 @@ def main() -> int:
             "ours": [str(BIN / "creditflow"), "serve", "-m", ours_uri],
         }
         if args.swap:
-            name = swap.prepare_versions(ours_uri)
-            follow = [str(BIN / "creditflow"), "serve", "-m", f"models:/{name}@champion", "--reload-seconds", "1"]
+            model = swap.prepare_versions(ours_uri)
+            follow = [str(BIN / "creditflow"), "serve", "-m", f"models:/{model}@champion", "--reload-seconds", "1"]
             commands["follow"] = follow
-            commands["shadow"] = [*follow, "--shadow", f"models:/{name}@challenger", "--config",
+            commands["shadow"] = [*follow, "--shadow", f"models:/{model}@challenger", "--config",
                                   str(swap.shadow_config(tmp))]
         endpoints = []
         try:
@@ -282,7 +283,7 @@ def main() -> int:
             if args.swap:
                 script = tmp / "rows1.lua"
                 script.write_text(LUA.replace("{BODIES}", "{" + ",".join(json.dumps(b) for b in bodies(X, 1)) + "}"))
-                return swap.swap_bench(endpoints[0].url, endpoints[1].url, name, script, args, run_wrk)
+                return swap.swap_bench(endpoints[0].url, endpoints[1].url, model, script, args, run_wrk)
             compare(endpoints, X, args, tmp)
             return 0
         finally:

@@ -51,6 +51,8 @@ def swap_bench(plain: str, shadowed: str, name: str, script: Path, args: argpars
     conc, seconds = args.concurrency[0], args.seconds
     print(f"\nswap: {args.runs} run(s) x {seconds} s per phase, 1-row requests at concurrency {conc}; medians")
     results: dict[str, list[dict]] = {"steady": [], "swap": [], "shadow": []}
+    for url in (plain, shadowed):  # the first seconds of a fresh server are slower: not measured
+        run_wrk(url, script, conc, 3)
     versions = ["2", "1"]
     for run in range(args.runs):
         results["steady"].append(run_wrk(plain, script, conc, seconds))
@@ -61,6 +63,8 @@ def swap_bench(plain: str, shadowed: str, name: str, script: Path, args: argpars
         after = served_version(plain)
         results["swap"][-1]["swapped"] = after == target and before != target
         results["shadow"].append(run_wrk(shadowed, script, conc, seconds))
+        print(f"run {run + 1}: " + ", ".join(f"{phase} {rs[-1]['rps']:.0f} req/s p50 {rs[-1]['p50_ms']:.1f} ms "
+                                             f"p99 {rs[-1]['p99_ms']:.1f} ms" for phase, rs in results.items()))
     compared = shadow_rows(shadowed)
     print(f"{'phase':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     med = {}

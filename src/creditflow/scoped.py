@@ -9,10 +9,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def environ(name: str, value: str) -> Iterator[None]:
-    """An environment variable set for the block only (unset again if it was unset)."""
+def environ(name: str, value: str | None) -> Iterator[None]:
+    """An environment variable set (None: unset) for the block only, then as it was."""
     before = os.environ.get(name)
-    os.environ[name] = value
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
     try:
         yield
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from creditflow.data.dataset import CreditData
 from creditflow.registry.evidence import shadow_evidence
 from creditflow.serving.live import LiveModel, fetch
 from creditflow.serving.metrics import Metrics
-from creditflow.serving.shadow import ShadowRunner, ShadowTally, compare
+from creditflow.serving.shadow import Answered, ShadowRunner, ShadowScorer, ShadowTally, compare
 from creditflow.train.run import TrainingOutcome
 
 CHAMPION = "models:/credit-default@champion"
@@ -48,25 +50,30 @@ def test_the_tally_adds_up_and_bounds_the_p99_within_a_bin() -> None:
 def test_the_champion_as_its_own_shadow_never_differs_and_the_runs_hold_the_totals(
         model: TrainingOutcome, small_data: CreditData) -> None:
     champion = LiveModel(CHAMPION, fetch(CHAMPION))
-    runner = ShadowRunner(LiveModel(CHAMPION, fetch(CHAMPION), role="shadow"), Metrics(), window_seconds=3600).start()
+    inbox, outbox = queue.Queue(), queue.Queue()
     X = small_data.X.head(60)
     for chunk in np.array_split(np.arange(60), 6):
         frame = X.iloc[chunk].reset_index(drop=True)
-        runner.offer(frame, champion.current.model.predict(frame), champion.current.label)
-    runner.stop()  # compares what is queued, then writes the last window
+        inbox.put(Answered(frame, champion.current.model.predict(frame), champion.current.label, 4))
+    inbox.put(None)  # the worker's stop: what is queued is compared, then the last window written
+    ShadowScorer(LiveModel(CHAMPION, fetch(CHAMPION), role="shadow"), window_seconds=3600).serve(inbox, outbox)
+    reports = [outbox.get_nowait() for _ in range(outbox.qsize())]
+    assert sum(r.requests for r in reports) == 6 and sum(r.comparison.rows for r in reports) == 60
+    assert {r.health["model_version"] for r in reports} == {champion.current.label}
     evidence = shadow_evidence(MlflowClient(), champion.current.label)
     assert evidence is not None and evidence.champions == (champion.current.label,)
     t = evidence.totals
-    assert (t.requests, t.rows, t.flips, t.top_reason_diffs, t.dropped) == (6, 60, 0, 0, 0)
+    assert (t.requests, t.rows, t.flips, t.top_reason_diffs, t.dropped) == (6, 60, 0, 0, 4)
     assert t.mean_abs_delta <= 1e-12 and t.p99_abs_delta <= 1e-4  # one batch vs six: the last bits may differ
 
 
-def test_a_full_queue_drops_the_request_and_counts_it(model: TrainingOutcome, small_data: CreditData) -> None:
+def test_a_full_queue_drops_the_request_and_counts_it(small_data: CreditData) -> None:
     metrics = Metrics()
-    runner = ShadowRunner(LiveModel(CHAMPION, fetch(CHAMPION), role="shadow"), metrics, queue_size=2)
+    runner = ShadowRunner({"uri": CHAMPION}, metrics, queue_size=2)
     frame = small_data.X.head(1)
     answer = answers([0.1], ["approve"], [[]])
-    for _ in range(5):  # the thread is not started: nothing leaves the queue
+    for _ in range(5):  # the shadow process is not started: nothing leaves the queue
         runner.offer(frame, answer, "credit-default/1")
-    assert runner.queue.qsize() == 2 and runner.dropped == 3
+    assert runner.dropped == 3
     assert metrics.registry.get_sample_value("creditflow_shadow_dropped_total") == 3
+    assert [runner.inbox.get(timeout=5).dropped for _ in range(2)] == [0, 0]  # the two queued, in order

@@ -17,6 +17,7 @@ import logging
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,10 @@ class LiveModel:
         """Load and warm `name` v`version` off the serving path; serve it only if that worked."""
         label = model_label(name, version, "")
         try:
-            loaded = fetch(version_uri(name, version))
+            # in a thread that ends: OpenMP keeps a thread team per calling thread, and one left behind by a
+            # long-lived thread slowed every later request (docs/performance.md, "Following the registry")
+            with ThreadPoolExecutor(1, thread_name_prefix="creditflow-load") as pool:
+                loaded = pool.submit(fetch, version_uri(name, version)).result()
         except Exception as exc:  # whatever a broken artifact raises, the old version keeps serving
             self.status.failed_version, self.status.failed_reason = label, first_line(exc)
             self.metrics.loads.labels(self.role, "failed").inc()

@@ -174,7 +174,6 @@ class RequestGuard:
         self.live.stop()
         if self.shadow is not None:
             self.shadow.stop()
-            self.shadow.shadow.stop()
 
     async def report(self, path: str, send: Send) -> None:
         if path == "/metrics":
@@ -183,7 +182,7 @@ class RequestGuard:
             return
         health = {"status": "ok", **self.live.health()}
         if self.shadow is not None:
-            health["shadow"] = self.shadow.shadow.health()
+            health["shadow"] = self.shadow.health
         await respond(send, 200, json.dumps(health).encode())
 
     async def invocation(self, scope: Scope, receive: Receive, send: Send) -> int:
@@ -274,10 +273,9 @@ def create_app() -> ASGIApp:
                 seconds)
     live = LiveModel(config.model_uri, first, config.reload_seconds, "champion", metrics).start()
     shadow = None
-    if config.shadow:
-        model = load_local(Path(settings["shadow"]["path"]), **settings["shadow"]["ref"])
-        shadow_live = LiveModel(config.shadow, model, config.reload_seconds, "shadow", metrics).start()
-        shadow = ShadowRunner(shadow_live, metrics, config.shadow_queue, config.shadow_window_seconds).start()
+    if config.shadow:  # its own process: loads and follows the shadow model, compares, writes MLflow runs
+        shadow = ShadowRunner({**settings["shadow"], "uri": config.shadow, "reload_seconds": config.reload_seconds,
+                               "window_seconds": config.shadow_window_seconds}, metrics, config.shadow_queue).start()
     features = FeatureStore(config.feature_store, first.spec.name) if config.feature_store else None
     return RequestGuard(scoring_server.init(first.model), live, config, features, metrics, shadow)
 

@@ -1,22 +1,28 @@
 """The shadow challenger: scored on the champion's requests after the answer is sent, compared, reported.
 
 `creditflow serve --shadow models:/credit-default@challenger` hands each answered request (its rows
-and the champion's answers) to a bounded queue. One thread per worker takes whatever is queued,
-scores it with the shadow model in one call and compares row by row: decision flips
-(approve <-> decline), |dP| of P(default), and whether the first reason code differs. When the queue
-is full the request is dropped from the comparison (counted): the champion never waits for it.
-Figures go to /metrics as they come, and every `window_seconds` to an MLflow run in
-`model-promotions` tagged with both versions (`registry.evidence`), where `creditflow promote`
-finds them.
+and the champion's answers) to a bounded queue. A separate process per worker, at a lower CPU
+priority (`nice`), takes whatever is queued, scores it with the shadow model in one call and
+compares row by row: decision flips (approve <-> decline), |dP| of P(default), and whether the
+first reason code differs. Being another process it never holds the worker's GIL, and being
+niced it gets the CPU the champion leaves idle: when the machine is saturated the queue fills and
+requests are dropped from the comparison (counted), so the champion's latency does not move.
+The comparisons come back to the worker for /metrics; every `window_seconds` the shadow process
+writes them to an MLflow run in `model-promotions` tagged with both versions (`registry.evidence`),
+where `creditflow promote` finds them. The shadow model follows its alias like the champion.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,13 +30,15 @@ from mlflow import MlflowClient
 
 from creditflow.errors import first_line
 from creditflow.registry.evidence import ShadowTotals, log_shadow_totals, open_shadow_run
-from creditflow.serving.live import LiveModel
-from creditflow.serving.metrics import Metrics
+from creditflow.scoped import environ
+from creditflow.serving.live import LiveModel, load_local
+from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
 
 logger = logging.getLogger(__name__)
 
 DELTA_BINS = np.linspace(0.0, 1.0, 10_001)  # |dP| histogram: p99 to 1e-4, in constant memory
 MAX_BATCH_ROWS = 5_000  # rows the shadow scores in one call
+NICENESS = 19  # the shadow process's CPU priority below the worker's (0 = same, 19 = lowest)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,9 @@ def compare(champion: pd.DataFrame, shadow: pd.DataFrame) -> Comparison:
     reasons = sum(first_reason(a) != first_reason(b) for a, b in zip(champion["reason_codes"], shadow["reason_codes"],
                                                                       strict=True))
     return Comparison(len(champion), flips, int(reasons), delta)
+
+
+NOTHING = Comparison(0, 0, 0, np.empty(0))
 
 
 @dataclass
@@ -93,63 +104,49 @@ class Answered:
     frame: pd.DataFrame
     answer: pd.DataFrame
     champion: str  # the champion's model_version that answered
+    dropped: int  # requests the worker had dropped so far (the queue was full)
 
 
-class ShadowRunner:
-    """The worker's shadow: a bounded queue, one scoring thread, per-window reports."""
+@dataclass(frozen=True)
+class Report:
+    """What the shadow process sends back after each batch: the comparison and the shadow's state."""
 
-    def __init__(self, shadow: LiveModel, metrics: Metrics, queue_size: int = 1_000, window_seconds: float = 60):
-        self.shadow, self.metrics = shadow, metrics
-        self.window_seconds = window_seconds
-        self.queue: queue.Queue[Answered] = queue.Queue(maxsize=queue_size)
+    requests: int
+    comparison: Comparison
+    health: dict[str, Any]
+
+
+class ShadowScorer:
+    """The shadow process's work: score what the worker queued, compare, add up, write MLflow runs."""
+
+    def __init__(self, shadow: LiveModel, window_seconds: float = 60):
+        self.shadow, self.window_seconds = shadow, window_seconds
         self.dropped = 0
         self._begin("", "")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="creditflow-shadow", daemon=True)
 
-    def start(self) -> ShadowRunner:
-        self._thread.start()
-        return self
-
-    def offer(self, frame: pd.DataFrame, answer: pd.DataFrame, champion: str) -> None:
-        """Queue an answered request for comparison, or drop it (counted) when the queue is full."""
-        try:
-            self.queue.put_nowait(Answered(frame, answer, champion))
-        except queue.Full:
-            self.dropped += 1
-            self.metrics.shadow_dropped.inc()
-
-    def _work(self) -> None:
-        deadline = time.monotonic() + self.window_seconds
-        while not self._stop.is_set():
-            batch = self._take(max(0.0, deadline - time.monotonic()))
+    def serve(self, inbox: Any, outbox: Any) -> None:
+        """Compare until the worker's stop sentinel (None) or the worker is gone; then the last window."""
+        parent, deadline, told = os.getppid(), time.monotonic() + self.window_seconds, {}
+        while os.getppid() == parent:
+            if (state := self.shadow.health()) != told:  # a swap or a failed load: the worker's /health shows it
+                outbox.put(Report(0, NOTHING, state))
+                told = state
+            batch, stopped = take(inbox, max(0.0, deadline - time.monotonic()))
             try:
-                self.compare(batch)
-            except Exception:  # the shadow must never take the worker down
+                for report in self.compare(batch):
+                    outbox.put(report)
+            except Exception:  # one bad batch must not end the comparison
                 logger.exception("shadow: %d request(s) could not be compared", len(batch))
+            if stopped:
+                break
             if time.monotonic() >= deadline:
                 self.flush()
                 deadline = time.monotonic() + self.window_seconds
-        self.compare(self._take(0))
         self.flush()
 
-    def _take(self, wait: float) -> list[Answered]:
-        """What is queued (waiting up to `wait` s for the first), up to MAX_BATCH_ROWS rows."""
-        try:
-            batch = [self.queue.get(timeout=min(wait, 0.5)) if wait > 0 else self.queue.get_nowait()]
-        except queue.Empty:
-            return []
-        rows = len(batch[0].frame)
-        while rows < MAX_BATCH_ROWS:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-            rows += len(batch[-1].frame)
-        return batch
-
-    def compare(self, batch: list[Answered]) -> None:
+    def compare(self, batch: list[Answered]) -> list[Report]:
         """Score the batch with the shadow in one call per champion version, and add up the differences."""
+        reports = []
         for champion in dict.fromkeys(a.champion for a in batch):
             items = [a for a in batch if a.champion == champion]
             shadow = self.shadow.current
@@ -161,21 +158,14 @@ class ShadowRunner:
             c = compare(answer, shadow.model.predict(frame))
             self.window.add(c, len(items))
             self.total.add(c, len(items))
-            self._count(c, len(items))
+            self.dropped = max(self.dropped, *(a.dropped for a in items))
+            reports.append(Report(len(items), c, self.shadow.health()))
+        return reports
 
     def _begin(self, champion: str, shadow: str) -> None:
         """New tallies (and, at the first flush, a new MLflow run) for another pair of versions."""
         self.pair = (champion, shadow)
         self.window, self.total, self.run_id, self.step = ShadowTally(), ShadowTally(), "", 0
-
-    def _count(self, c: Comparison, requests: int) -> None:
-        m = self.metrics
-        m.shadow_requests.inc(requests)
-        m.shadow_rows.inc(c.rows)
-        m.shadow_flips.inc(c.flips)
-        m.shadow_reason_diffs.inc(c.top_reason_diffs)
-        for delta in c.abs_delta:
-            m.shadow_delta.observe(float(delta))
 
     def flush(self) -> None:
         """Log the window and the running totals to this pair's MLflow run (opened on first use)."""
@@ -193,7 +183,100 @@ class ShadowRunner:
         logger.info("shadow %s vs %s: %d rows, flips %.2f%%, mean |dP| %.4f", self.pair[1], self.pair[0],
                     total.rows, 100 * total.flip_rate, total.mean_abs_delta)
 
+
+def take(inbox: Any, wait: float) -> tuple[list[Answered], bool]:
+    """What is queued (waiting up to `wait` s for the first), up to MAX_BATCH_ROWS rows; and whether the
+    stop sentinel came."""
+    try:
+        first = inbox.get(timeout=min(wait, 0.5)) if wait > 0 else inbox.get_nowait()
+    except queue.Empty:
+        return [], False
+    if first is None:
+        return [], True
+    batch, rows = [first], len(first.frame)
+    while rows < MAX_BATCH_ROWS:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+        rows += len(item.frame)
+    return batch, False
+
+
+def shadow_main(settings: dict[str, Any], inbox: Any, outbox: Any) -> None:
+    """The shadow process: load the shadow model, follow its alias, compare until told to stop."""
+    os.nice(NICENESS)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("creditflow").addHandler(handler)  # this process's own: nothing else logs here
+    logging.getLogger("creditflow").setLevel(logging.INFO)
+    try:
+        live = LiveModel(settings["uri"], load_local(Path(settings["path"]), **settings["ref"]),
+                         settings["reload_seconds"], "shadow").start()
+    except Exception as exc:  # the champion keeps serving; /health shows the shadow stopped
+        logger.error("shadow: %s cannot be served: %s", settings["uri"], first_line(exc))
+        outbox.put(None)
+        return
+    try:
+        ShadowScorer(live, settings["window_seconds"]).serve(inbox, outbox)
+    finally:
+        live.stop()
+        outbox.put(None)
+
+
+class ShadowRunner:
+    """The worker's side: the bounded queue to the shadow process, and its reports into /metrics and /health."""
+
+    def __init__(self, settings: dict[str, Any], metrics: Metrics, queue_size: int = 1_000):
+        context = multiprocessing.get_context("spawn")
+        self.settings, self.metrics = settings, metrics
+        self.inbox, self.outbox = context.Queue(maxsize=queue_size), context.Queue()
+        self.process = context.Process(target=shadow_main, args=(settings, self.inbox, self.outbox),
+                                       name="creditflow-shadow", daemon=True)
+        self.reader = threading.Thread(target=self._read, name="creditflow-shadow-reports", daemon=True)
+        self.dropped = 0
+        self.health: dict[str, Any] = {"model_version": None, "requested": settings["uri"], "state": "loading"}
+
+    def start(self) -> ShadowRunner:
+        with environ(MULTIPROC_ENV, None):  # the process reports to this worker; it writes no metrics files
+            self.process.start()
+        self.reader.start()
+        return self
+
+    def offer(self, frame: pd.DataFrame, answer: pd.DataFrame, champion: str) -> None:
+        """Queue an answered request for comparison, or drop it (counted) when the queue is full."""
+        try:
+            self.inbox.put_nowait(Answered(frame, answer, champion, self.dropped))
+        except queue.Full:
+            self.dropped += 1
+            self.metrics.shadow_dropped.inc()
+
+    def _read(self) -> None:
+        """The shadow process's reports, into /metrics and /health, until it ends."""
+        while (report := self.outbox.get()) is not None:
+            old, new = self.health.get("model_version"), report.health["model_version"]
+            if new != old:
+                self.metrics.served("shadow", old, new)
+            if report.health["failed_version"] and report.health["failed_version"] != self.health.get("failed_version"):
+                self.metrics.loads.labels("shadow", "failed").inc()
+            self.health = {**report.health, "state": "running"}
+            c, m = report.comparison, self.metrics
+            m.shadow_requests.inc(report.requests)
+            m.shadow_rows.inc(c.rows)
+            m.shadow_flips.inc(c.flips)
+            m.shadow_reason_diffs.inc(c.top_reason_diffs)
+            for delta in c.abs_delta:
+                m.shadow_delta.observe(float(delta))
+        self.health = {**self.health, "state": "stopped"}
+
     def stop(self) -> None:
-        """Compare what is still queued, report the last window, stop the thread."""
-        self._stop.set()
-        self._thread.join(timeout=60)
+        """Let the shadow process compare what is queued and write its last window; then wait for it."""
+        try:
+            self.inbox.put(None, timeout=5)
+        except queue.Full:
+            self.process.terminate()
+        self.process.join(timeout=60)
+        self.reader.join(timeout=10)
