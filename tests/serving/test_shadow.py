@@ -48,7 +48,7 @@ def test_the_tally_adds_up_and_bounds_the_p99_within_a_bin() -> None:
 
 
 def test_the_champion_as_its_own_shadow_never_differs_and_the_runs_hold_the_totals(
-        model: TrainingOutcome, small_data: CreditData) -> None:
+        own_champion_store: tuple[str, TrainingOutcome], small_data: CreditData) -> None:  # it writes runs
     champion = LiveModel(CHAMPION, fetch(CHAMPION))
     inbox, outbox = queue.Queue(), queue.Queue()
     X = small_data.X.head(60)

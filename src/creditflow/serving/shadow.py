@@ -280,3 +280,7 @@ class ShadowRunner:
             self.process.terminate()
         self.process.join(timeout=60)
         self.reader.join(timeout=10)
+        for channel in (self.inbox, self.outbox):  # their semaphores go now, not as "leaked" at exit
+            channel.close()
+            channel.join_thread()
+        self.inbox = self.outbox = None
