@@ -159,3 +159,30 @@ def test_an_absent_optional_column_is_missing_in_every_row(model: TrainingOutcom
     dependents = json.loads((tmp_path / "report.json").read_text())["columns"]["NumberOfDependents"]
     assert dependents["batch"][-1] == 1.0 and dependents["status"] == "major shift"
     assert "Number of dependents" in capsys.readouterr().err
+
+
+def test_a_batch_with_no_scorable_row_reports_the_score_as_not_computable(
+        model: TrainingOutcome, batches: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    same, _ = batches
+    pd.read_parquet(same).assign(NumberOfDependents=-1.0).to_csv(tmp_path / "broken.csv", index=False)
+    code = main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(tmp_path / "broken.csv"),
+                 "--report", str(tmp_path / "report.json")])
+    captured = capsys.readouterr()
+    assert code == 3 and "Number of dependents" in captured.err and "Score" not in captured.err
+    assert "not computable: no row within the value rules was scored" in captured.out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rows_scored"] == 0 and report["score_status"].startswith("not computable")
+    assert "score" not in report["columns"] and report["columns"]["age"]["status"] == "stable"
+    assert "psi.score" not in monitoring_runs()[0].data.metrics
+
+
+@pytest.mark.parametrize(("rows", "words"), [(0, "the file has a header but no rows"),
+                                             (1, "1 row(s); drift needs at least 20 rows")])
+def test_an_empty_or_one_row_batch_is_one_line(rows: int, words: str, model: TrainingOutcome,
+                                               batches: tuple[Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    same, _ = batches
+    pd.read_parquet(same).head(rows).to_csv(tmp_path / "few.csv", index=False)
+    assert main(["monitor", "drift", "--model-uri", CHAMPION, "--input", str(tmp_path / "few.csv"), "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err

@@ -19,7 +19,7 @@ import pandas as pd
 
 from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
-from creditflow.errors import CreditflowError
+from creditflow.errors import CreditflowError, DataError
 from creditflow.model.profile import ColumnProfile, load_profile, psi
 from creditflow.registry.client import check_tracking_server, model_files, resolve_model
 from creditflow.specs import DEFAULT_MODEL_NAME
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 MODERATE, MAJOR = 0.10, 0.25  # PSI bands, as credit-risk monitoring reads them
 SCORE = "score"  # the model's probability of default, profiled like a column
+SCORE_LABEL = "Score (probability of default)"
+NOT_COMPUTABLE = "not computable: no row within the value rules was scored"
+MIN_ROWS = 20  # fewer rows give shares (and a PSI) that say nothing
 MONITOR_EXPERIMENT = f"{DEFAULT_MODEL_NAME}-monitoring"
 
 Status = Literal["stable", "moderate shift", "major shift"]
@@ -75,28 +78,36 @@ class DriftReport:
     rows_scored: int  # rows that pass the value rules: the score's shift is measured on them
     reference_rows: int
     columns: list[Drift]
-    score: Drift
+    score: Drift | None  # None: no row within the value rules, so no score to compare
+
+    @property
+    def drifts(self) -> list[Drift]:
+        return [*self.columns, *([self.score] if self.score else [])]
 
     @property
     def worst(self) -> Drift:
-        return max([*self.columns, self.score], key=lambda d: d.psi)
+        return max(self.drifts, key=lambda d: d.psi)
 
     def table(self) -> str:
         """The report as text lines, largest shift first."""
-        rows = sorted([*self.columns, self.score], key=lambda d: -d.psi)
-        width = max(len(d.label) for d in rows)
+        rows = sorted(self.drifts, key=lambda d: -d.psi)
+        width = max(len(label) for label in [*(d.label for d in rows), SCORE_LABEL])
         head = (f"[drift] {self.rows:,} rows from {self.source} against {self.reference_rows:,} training rows "
                 f"of {self.model_uri} (score on {self.rows_scored:,} rows within the value rules)")
-        return "\n".join([head, f"{'column':<{width}}  {'PSI':>7}  status",
-                          *[f"{d.label:<{width}}  {d.psi:7.3f}  {d.status}" for d in rows]])
+        lines = [head, f"{'column':<{width}}  {'PSI':>7}  status",
+                 *[f"{d.label:<{width}}  {d.psi:7.3f}  {d.status}" for d in rows]]
+        if self.score is None:
+            lines.append(f"{SCORE_LABEL:<{width}}  {'-':>7}  {NOT_COMPUTABLE}")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_uri": self.model_uri, **self.lineage, "source": self.source, "rows": self.rows,
             "rows_scored": self.rows_scored, "reference_rows": self.reference_rows, "status": self.worst.status,
             "thresholds": {"moderate": MODERATE, "major": MAJOR},
+            "score_status": self.score.status if self.score else NOT_COMPUTABLE,
             "columns": {d.column: {"label": d.label, "psi": d.psi, "status": d.status, "reference": d.reference,
-                                   "batch": d.batch} for d in [*self.columns, self.score]},
+                                   "batch": d.batch} for d in self.drifts},
         }
 
 
@@ -104,6 +115,8 @@ def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
     ref = resolve_model(model_uri)
     X = read_applicants(input_path, ref.dataset)
+    if len(X) < MIN_ROWS:
+        raise DataError(f"{input_path}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
     with model_files(ref) as path:
         profile = load_profile(path, model_uri)
         valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
@@ -111,7 +124,7 @@ def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     labels = ref.dataset.display_names()
     columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
                for raw in ref.dataset.raw_columns if raw in profile.columns]
-    score = column_drift(SCORE, "Score (probability of default)", profile.score, pd.Series(probability, dtype=float))
+    score = column_drift(SCORE, SCORE_LABEL, profile.score, pd.Series(probability, dtype=float)) if len(valid) else None
     return DriftReport(ref.uri, ref.lineage, str(input_path), len(X), len(valid), profile.rows, columns, score)
 
 
@@ -127,7 +140,7 @@ def log_report(report: DriftReport, run_id: str | None = None, experiment: str =
         mlflow.set_tags({"creditflow.kind": "drift", "drift_status": report.worst.status, **report.lineage})
         mlflow.log_params({"drift.model_uri": report.model_uri, "drift.input": report.source,
                            "drift.rows": report.rows, "drift.rows_scored": report.rows_scored})
-        mlflow.log_metrics({f"psi.{d.column}": d.psi for d in [*report.columns, report.score]})
+        mlflow.log_metrics({f"psi.{d.column}": d.psi for d in report.drifts})
         mlflow.log_dict(report.to_dict(), "drift_report.json")
     return run.info.run_id
 
@@ -146,7 +159,7 @@ def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Pat
 
 def alert_if_major(report: DriftReport) -> None:
     """Raise DriftAlert (exit 3) naming every column with a major shift."""
-    major = [d for d in sorted([*report.columns, report.score], key=lambda d: -d.psi) if d.status == "major shift"]
+    major = [d for d in sorted(report.drifts, key=lambda d: -d.psi) if d.status == "major shift"]
     if major:
         shifted = ", ".join(f"{d.label} (PSI {d.psi:.2f})" for d in major)
         raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
