@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from creditflow.data.dataset import split_data
 from creditflow.model.shap import raw_shap, reason_codes
-from tests.conftest import VENV_BIN, ChampionStore, free_port, subprocess_env, tracking_at, wait_for_http
+from tests.conftest import FIXTURES, VENV_BIN, ChampionStore, free_port, subprocess_env, tracking_at, wait_for_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -130,6 +130,21 @@ def check_contract(served: Served, spec, X: pd.DataFrame, response: requests.Res
     assert [p["reason_codes"] for p in predictions] == reason_codes(direct, spec, served.exp.reason_codes)
 
 
+def test_the_models_own_serving_example_is_answered_as_mlflow_wrote_it(served, tmp_path: Path) -> None:
+    with tracking_at(served.store):
+        path = Path(mlflow.artifacts.download_artifacts(f"models:/credit-default/{served.version}",
+                                                        dst_path=str(tmp_path)))
+    examples = [path / "serving_input_example.json", FIXTURES / "model_before_layout" / "serving_input_example.json"]
+    for example in examples:
+        body = example.read_bytes()
+        assert b"NaN" in body  # MLflow writes a missing income so
+        response = post(served.ours, body)
+        assert response.status_code == 200, response.text
+        frame = pd.DataFrame(**{k: v for k, v in json.loads(body)["dataframe_split"].items() if k != "index"})
+        expected = served.pipe.predict_proba(frame.astype(float))[:, 1]
+        assert np.allclose([p["probability"] for p in response.json()["predictions"]], expected, rtol=0, atol=1e-9)
+
+
 def test_nullable_columns_accept_null_or_may_be_left_out(served, spec) -> None:
     X = applicants(served, 2).assign(MonthlyIncome=np.nan, NumberOfDependents=np.nan)
     with_nulls = post(served.ours, split_body(X))
@@ -192,7 +207,9 @@ def bad_requests(served: Served, spec) -> dict[str, tuple[bytes, str | None, int
         "empty split": (_split(cols, []), JSON, 400, "no applicants"),
         "empty body": (b"", JSON, 400, "body is empty"),
         "not JSON": (b'{"dataframe_split": {"columns": ', JSON, 400, "not valid JSON"),
-        "NaN literal": (_split(cols, [values]).replace(b"0.424242", b"NaN"), JSON, 400, "NaN is not a JSON value"),
+        "Infinity literal": (_split(cols, [values]).replace(b"0.424242", b"-Infinity"), JSON, 400,
+                             "-Infinity is not a JSON value"),
+        "NaN for a required value": (with_value("age", None).replace(b"null", b"NaN"), JSON, 400, "age is missing"),
         "wrong content type": (_split(cols, [values]), "text/plain", 415, "unsupported Content-Type"),
         "no content type": (_split(cols, [values]), None, 415, "missing Content-Type"),
         "unsupported charset": (_split(cols, [values]), "application/json; charset=latin-1", 415, "charset"),
@@ -229,8 +246,9 @@ def matrix(served, spec):
 BAD_NAMES = [
     "missing column", "unknown column", "text in a numeric column", "boolean in a numeric column", "negative value",
     "absurd value", "fraction in a count", "infinite value", "required value missing", "null everywhere",
-    "empty list", "empty split", "empty body", "not JSON", "NaN literal", "wrong content type", "no content type",
-    "unsupported charset", "top-level list", "nested object", "list in a cell", "duplicated column",
+    "empty list", "empty split", "empty body", "not JSON", "Infinity literal", "NaN for a required value",
+    "wrong content type", "no content type", "unsupported charset", "top-level list", "nested object",
+    "list in a cell", "duplicated column",
     "duplicated key in a record", "records with different columns", "ragged split row", "tensor-style input",
     "two formats at once", "non-UTF-8 bytes", "text in a CSV number", "ragged CSV", "body over the size limit",
     "huge row count",

@@ -88,7 +88,11 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
 
 
 def _no_constants(name: str) -> None:
-    raise BadRequest(f"the body is not valid JSON: {name} is not a JSON value (send null for a missing value)")
+    """`NaN` is read as null, a missing value (MLflow writes it so in a model's serving_input_example.json);
+    `Infinity` and `-Infinity` are refused."""
+    if name == "NaN":
+        return None
+    raise BadRequest(f"the body is not valid JSON: {name} is not a JSON value")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
