@@ -5,11 +5,14 @@ Real Redis on this machine (database 15); each test has its own streams and appl
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -91,9 +94,9 @@ def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
     assert (tally.scored, tally.rejected) == (3, 0)
     out = entries(config.predictions_stream)
     assert [e["event_id"] for e in out] == ids
-    late = expected(first, **{LATE_90: 2})  # both events were read together: scored with both
-    assert [float(e["probability"]) for e in out[:2]] == [late["probability"]] * 2
-    assert late["probability"] > expected(first)["probability"]  # late payments raise the risk
+    once, twice = expected(first, **{LATE_90: 1}), expected(first, **{LATE_90: 2})  # read together, each its own
+    assert [float(e["probability"]) for e in out[:2]] == [once["probability"], twice["probability"]]
+    assert twice["probability"] > once["probability"] > expected(first)["probability"]  # late payments raise risk
     mortgage = expected(second, **{OPEN_LINES: 1, "NumberRealEstateLoansOrLines": 1})
     assert float(out[2]["probability"]) == mortgage["probability"] and out[2]["decision"] == mortgage["decision"]
     version = model.registered_version
@@ -131,11 +134,11 @@ def test_unscorable_events_are_rejected_with_the_reason_and_the_rest_scored(
          {"applicant_id": "nobody-" + uuid.uuid4().hex, "event": "late_payment_90"},
          *[{"applicant_id": closing, "event": "credit_line_closed"}] * 3)  # two open lines, three closed
     tally = scorer(config).run(idle_seconds=0.5)
-    assert (tally.scored, tally.rejected) == (1, 6)
+    assert (tally.scored, tally.rejected) == (3, 4)  # the two lines closed are scored, the third closing is not
     reasons = [e["reason"] for e in entries(config.rejected_stream)]
     assert reasons[0].startswith("unknown event type 'won_the_lottery'") and reasons[1] == "no applicant_id field"
     assert reasons[2].startswith("no precomputed features for applicant nobody-")
-    assert reasons[3:] == [f"the applicant's features break a value rule: {OPEN_LINES} below 0"] * 3
+    assert reasons[3:] == [f"the applicant's features would break a value rule: {OPEN_LINES} below 0"]
     assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
 
 
@@ -164,3 +167,73 @@ def test_the_stream_command_scores_until_idle(model: TrainingOutcome, config: St
     assert main(["stream", "score", "--config", str(path), "--idle-seconds", "1"]) == 0
     assert "3 events: 3 scored, 0 rejected" in capsys.readouterr().out
     assert len(entries(config.predictions_stream)) == 3
+
+
+# ---------------------------------------------------------------- poison entries and per-event semantics
+
+
+def test_poison_entries_are_rejected_and_acknowledged_and_the_rest_scored(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame, small_spec: DatasetSpec) -> None:
+    good, corrupt = applicants.iloc[0].Id, applicants.iloc[1].Id
+    client = redis.Redis.from_url(REDIS)
+    record = json.loads(client.get(f"creditflow:features:{small_spec.name}:{corrupt}"))
+    client.set(f"creditflow:features:{small_spec.name}:{corrupt}", json.dumps({**record, "age": "old"}))
+    send(config, {"applicant_id": good, "event": "late_payment_90"},
+         {"applicant_id": b"\xff\xfe", "event": "late_payment_90"},  # not UTF-8
+         {"applicant_id": corrupt, "event": "late_payment_90"},  # a record the model cannot read
+         {"applicant_id": good, "event": "credit_line_opened"})
+    tally = scorer(config).run(idle_seconds=0.5)
+    assert (tally.scored, tally.rejected) == (2, 2)
+    assert [e["event"] for e in entries(config.predictions_stream)] == ["late_payment_90", "credit_line_opened"]
+    rejected = entries(config.rejected_stream)
+    assert rejected[0]["applicant_id"] == "base64:" + base64.b64encode(b"\xff\xfe").decode()
+    assert rejected[0]["reason"] == "a field is not UTF-8 text (kept as base64)"
+    assert rejected[1]["applicant_id"] == corrupt and rejected[1]["reason"].startswith("internal error")
+    assert not client.xpending(config.events_stream, config.group)["pending"]
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame) -> None:
+    (entry,) = send(config, {"applicant_id": applicants.iloc[0].Id, "event": "late_payment_90"})
+    crashing = scorer(config.model_copy(update={"max_deliveries": 2}))
+    crashing.ensure_group()
+    crashing.read(pending=False)
+    for _ in range(2):  # a scorer that died on it twice: read again from its pending list at each restart
+        crashing.read(pending=True)
+    tally = crashing.run(idle_seconds=0.3)
+    assert (tally.scored, tally.rejected) == (0, 1)
+    (dead,) = entries(config.rejected_stream)
+    assert dead["event_id"] == entry and "delivered 4 times" in dead["reason"] and "dead-lettered" in dead["reason"]
+    assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
+
+
+def test_each_prediction_describes_the_state_its_event_left_however_events_are_batched(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame, small_spec: DatasetSpec) -> None:
+    """Two open lines; closed three times (the third would make -1: rejected, nothing changed) then opened."""
+    sequence = ["credit_line_closed", "late_payment_90", "credit_line_closed", "credit_line_closed",
+                "credit_line_opened"]
+    outcomes = []
+    for batch_size in (1, 100):
+        twin = applicants.iloc[[0]].assign(Id=f"s-{uuid.uuid4().hex[:8]}")  # same features, own sums
+        FeatureStore(REDIS, small_spec.name).put(twin, "Id")
+        streams = {k: f"{getattr(config, k)}-{batch_size}" for k in
+                   ("events_stream", "predictions_stream", "rejected_stream")}
+        run = config.model_copy(update={**streams, "batch_size": batch_size})
+        send(run, *[{"applicant_id": twin.Id.iloc[0], "event": kind} for kind in sequence])
+        tally = scorer(run).run(idle_seconds=0.5)
+        out = [(e["event"], e["probability"], e["decision"], e["reason_codes"])
+               for e in entries(run.predictions_stream)]
+        outcomes.append((tally.scored, tally.rejected, out, [e["reason"] for e in entries(run.rejected_stream)]))
+        twin_id = twin.Id.iloc[0]
+        redis.Redis.from_url(REDIS).delete(*streams.values(), f"creditflow:features:{small_spec.name}:{twin_id}",
+                                           f"creditflow:stream:{small_spec.name}:{twin_id}")
+    (scored, rejected, out, reasons), (*counts, out_100, reasons_100) = outcomes
+    assert (scored, rejected, reasons) == (*counts, reasons_100)  # one at a time or all at once: the same
+    assert [(e[0], e[2], e[3]) for e in out] == [(e[0], e[2], e[3]) for e in out_100]
+    assert np.allclose([float(e[1]) for e in out], [float(e[1]) for e in out_100], rtol=0, atol=1e-12)
+    assert (scored, rejected) == (4, 1) and [e[0] for e in out] == [k for i, k in enumerate(sequence) if i != 3]
+    assert reasons == [f"the applicant's features would break a value rule: {OPEN_LINES} below 0"]
+    row = applicants.iloc[0]
+    states = [{OPEN_LINES: -1}, {OPEN_LINES: -1, LATE_90: 1}, {OPEN_LINES: -2, LATE_90: 1},
+              {OPEN_LINES: -1, LATE_90: 1}]  # after each scored event (the rejected one changed nothing)
+    assert np.allclose([float(e[1]) for e in out], [expected(row, **s)["probability"] for s in states], atol=1e-12)
