@@ -21,7 +21,15 @@ import requests
 
 from creditflow.cli import main
 from creditflow.data.dataset import CreditData
-from creditflow.serving.features import KEY_PREFIX, FeatureStore, FeatureStoreError, UnknownApplicants, load_features
+from creditflow.errors import SpecError
+from creditflow.serving.features import (
+    KEY_PREFIX,
+    FeatureStore,
+    FeatureStoreError,
+    UnknownApplicants,
+    UnreadableRecords,
+    load_features,
+)
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
 from tests.conftest import VENV_BIN, free_port, subprocess_env, wait_for_http
@@ -92,6 +100,40 @@ def test_loading_skips_rule_breakers_and_sets_the_ttl(store_name: str, small_spe
     assert 7000 < store.ttl("1") <= 7200
     with pytest.raises(UnknownApplicants, match="applicant\\(s\\) 4"):  # row 3 holds applicant 4
         store.get(["1", "4"])
+
+
+@pytest.mark.integration  # Redis
+def test_a_reload_removes_applicants_that_now_break_a_rule_and_reports_duplicated_ids(
+        store_name: str, small_spec: DatasetSpec, small_data: CreditData, tmp_path: Path) -> None:
+    frame = applicants_file(small_data, tmp_path / "a.parquet", 10)
+    store = FeatureStore(REDIS, store_name)
+    assert load_features(tmp_path / "a.parquet", small_spec, store).loaded == 10
+    frame.loc[[1, 2], "age"] = -1.0  # applicants 2 and 3 now break a rule
+    reload = pd.concat([frame, frame.iloc[[5]].assign(age=50.0)], ignore_index=True)  # applicant 6 twice
+    reload.to_csv(tmp_path / "b.csv", index=False)
+    result = load_features(tmp_path / "b.csv", small_spec, store)
+    assert (result.rows, result.loaded, result.skipped, result.removed, result.duplicated) == (11, 9, 2, 2, 1)
+    assert "2 earlier records of them removed" in result.summary() and "1 ids on more than one row" in result.summary()
+    assert store.find(["2", "3", "6"])[:2] == [None, None]  # no stale features served
+    assert store.get(["6"])[0]["age"] == 50.0  # the last row of a duplicated id
+
+
+@pytest.mark.integration  # Redis
+@pytest.mark.parametrize("hours", [-1.0, 0.0001])
+def test_a_ttl_below_one_second_or_negative_is_refused(hours: float, store_name: str, small_spec: DatasetSpec,
+                                                       small_data: CreditData, tmp_path: Path) -> None:
+    applicants_file(small_data, tmp_path / "a.parquet", 3)
+    with pytest.raises(SpecError, match="give 0 \\(no expiry\\) or at least one second"):
+        load_features(tmp_path / "a.parquet", small_spec, FeatureStore(REDIS, store_name), ttl_hours=hours)
+
+
+@pytest.mark.integration  # Redis
+def test_an_unreadable_stored_record_is_named(store_name: str, small_data: CreditData) -> None:
+    store = FeatureStore(REDIS, store_name)
+    store.put(small_data.X.head(1).assign(Id=["ok"]), "Id")
+    store.client.set(store.key("bad"), b"{not json")
+    with pytest.raises(UnreadableRecords, match="applicant\\(s\\) bad cannot be read"):
+        store.find(["ok", "bad"])
 
 
 # ---------------------------------------------------------------- the command
@@ -177,6 +219,7 @@ def test_scoring_by_id_equals_scoring_the_full_records(guarded: dict[str, str], 
 def test_by_id_mistakes_are_clean_4xx_or_503(guarded: dict[str, str], store_name: str,
                                              small_data: CreditData) -> None:
     FeatureStore(REDIS, store_name).put(small_data.X.head(1).assign(Id=["7"]), "Id")
+    FeatureStore(REDIS, store_name).client.set(f"{KEY_PREFIX}:{store_name}:damaged", b"[1, 2")  # not a record
     assert by_id(guarded["features"], {"applicant_ids": [7]}).status_code == 200  # a whole number is an id
     cases = [
         (guarded["features"], {"applicant_ids": ["7", "gone"]}, 404, "no precomputed features for applicant(s) gone"),
@@ -185,6 +228,7 @@ def test_by_id_mistakes_are_clean_4xx_or_503(guarded: dict[str, str], store_name
         (guarded["features"], {"applicant_ids": [{"id": 7}]}, 400, "non-empty list"),
         (guarded["features"], {"applicant_ids": ["7"] * 11}, 413, "at most 10"),
         (guarded["down"], {"applicant_ids": ["7"]}, 503, "the feature store is unavailable"),
+        (guarded["features"], {"applicant_ids": ["7", "damaged"]}, 500, "internal error while scoring"),
         (guarded["none"], {"applicant_ids": ["7"]}, 404, "no feature store"),
     ]
     for url, body, status, words in cases:

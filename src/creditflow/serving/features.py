@@ -19,7 +19,7 @@ import pandas as pd
 
 from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
-from creditflow.errors import CreditflowError, first_line
+from creditflow.errors import CreditflowError, SpecError, first_line
 from creditflow.specs import DatasetSpec
 
 KEY_PREFIX = "creditflow:features"
@@ -40,16 +40,28 @@ class UnknownApplicants(CreditflowError):
         self.ids = ids
 
 
+class UnreadableRecords(CreditflowError):
+    """Stored records that are not a JSON object of features (written by something else, or damaged)."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(f"the stored features of applicant(s) {', '.join(ids[:5])} cannot be read")
+        self.ids = ids
+
+
 @dataclass(frozen=True)
 class LoadResult:
     rows: int
     loaded: int
     skipped: int  # rows breaking a value rule: the endpoint would refuse them
     store: str
+    removed: int = 0  # of the skipped, applicants whose earlier record was deleted (no stale features served)
+    duplicated: int = 0  # ids on more than one row: the last row of each is kept
 
     def summary(self) -> str:
+        duplicated = f"; {self.duplicated:,} ids on more than one row (the last kept)" if self.duplicated else ""
         return (f"features: {self.loaded:,} applicants loaded into {self.store}, {self.skipped:,} skipped "
-                f"(they break a value rule), of {self.rows:,} rows")
+                f"(they break a value rule; {self.removed:,} earlier records of them removed), of {self.rows:,} rows"
+                f"{duplicated}")
 
 
 class FeatureStore:
@@ -94,10 +106,14 @@ class FeatureStore:
     def find(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The stored features of each id, in order (loaded-at stamp removed); None where there are none."""
         found = self.call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
-        records = [None if value is None else json.loads(value) for value in found]
-        for record in records:
-            if record is not None:
-                record.pop(LOADED_AT, None)
+        records, unreadable = [], []
+        for applicant, value in zip(ids, found, strict=True):
+            record = None if value is None else _record(value)
+            if value is not None and record is None:
+                unreadable.append(applicant)
+            records.append(record)
+        if unreadable:
+            raise UnreadableRecords(unreadable)
         return records
 
     def get(self, ids: list[str]) -> list[dict[str, Any]]:
@@ -108,6 +124,14 @@ class FeatureStore:
             raise UnknownApplicants(unknown)
         return records  # type: ignore[return-value]
 
+    def delete(self, ids: list[str]) -> int:
+        """Remove these applicants' records; how many there were."""
+        deleted = 0
+        for start in range(0, len(ids), CHUNK):
+            keys = [self.key(i) for i in ids[start:start + CHUNK]]
+            deleted += int(self.call("write", self.client.delete, *keys)) if keys else 0
+        return deleted
+
     def ping(self) -> None:
         self.call("ping", self.client.ping)
 
@@ -117,8 +141,28 @@ class FeatureStore:
 
 
 def load_features(path: str | Path, spec: DatasetSpec, store: FeatureStore, ttl_hours: float = 0) -> LoadResult:
-    """Load a file of applicants into the store; rows breaking a value rule are skipped and counted."""
+    """Load a file of applicants into the store; rows breaking a value rule are skipped and counted, and
+    their earlier records removed (a reload never leaves stale features served)."""
+    ttl_seconds = round(ttl_hours * 3600)
+    if ttl_hours < 0 or (ttl_hours > 0 and ttl_seconds < 1):
+        raise SpecError(f"--ttl-hours {ttl_hours:g}: give 0 (no expiry) or at least one second "
+                        f"({1 / 3600:.6f} hours)")
     frame = read_applicants(path, spec, ids=True)
     ok = (rule_violations(frame[spec.raw_columns], spec) == "").to_numpy()
-    loaded = store.put(frame[ok], spec.id_column, int(ttl_hours * 3600))
-    return LoadResult(len(frame), loaded, int((~ok).sum()), store.url)
+    ids = frame[spec.id_column].astype(str)
+    loaded = store.put(frame[ok], spec.id_column, ttl_seconds)
+    removed = store.delete(sorted(set(ids[~ok]) - set(ids[ok])))
+    duplicated = int(ids.duplicated(keep=False).groupby(ids).any().sum())
+    return LoadResult(len(frame), loaded, int((~ok).sum()), store.url, removed, duplicated)
+
+
+def _record(value: bytes | str) -> dict[str, Any] | None:
+    """A stored value as its features (loaded-at stamp removed), or None when it is not a JSON object."""
+    try:
+        record = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    record.pop(LOADED_AT, None)
+    return record

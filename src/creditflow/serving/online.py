@@ -43,7 +43,7 @@ from creditflow.errors import BadRequest, CreditflowError
 from creditflow.model.artifact import ERROR_SOURCE
 from creditflow.registry.client import ModelRef, download_model, follows_registry, resolve_model
 from creditflow.scoped import environ
-from creditflow.serving.features import FeatureStore, FeatureStoreError, UnknownApplicants
+from creditflow.serving.features import FeatureStore, FeatureStoreError, UnknownApplicants, UnreadableRecords
 from creditflow.serving.live import LiveModel, Loaded, load_local
 from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
 from creditflow.serving.requests import parse_body
@@ -203,6 +203,9 @@ class RequestGuard:
             return await respond(send, exc.status, error_body(exc.status, exc.message))
         except UnknownApplicants as exc:
             return await respond(send, 404, error_body(404, str(exc)))
+        except UnreadableRecords as exc:  # damaged in the store: the server's fault, not the client's
+            logger.error("%s", exc)
+            return await respond(send, 500, error_body(500, WITHHELD[500]))
         except FeatureStoreError as exc:
             logger.error("%s", exc)
             return await respond(send, 503, error_body(503, "the feature store is unavailable"))
