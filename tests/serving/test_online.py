@@ -6,6 +6,7 @@ The session's champion and one server of each kind per module (start-up ~10 s ea
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -280,6 +281,52 @@ def test_wrong_method_and_path_are_4xx(served) -> None:
     assert requests.post(f"{served.ours}/predict", data="{}", timeout=5).status_code == 404
 
 
+# ---------------------------------------------------------------- transport: chunked bodies, Content-Length, rows
+
+
+def raw_request(url: str, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are (a lying header included) on one connection; (status, response body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_a_chunked_body_over_the_limit_is_413(served, spec) -> None:
+    chunk = split_body(applicants(served, 50)).encode()
+    sent = []
+
+    def chunks():  # no Content-Length: the guard counts the bytes as they come
+        for _ in range(MAX_BODY // len(chunk) + 3):
+            sent.append(len(chunk))
+            yield chunk
+
+    response = requests.post(f"{served.ours}/invocations", data=chunks(), headers={"Content-Type": JSON}, timeout=30)
+    assert response.status_code == 413 and "larger than the limit" in response.json()["message"]
+    assert sum(sent) > MAX_BODY
+    assert post(served.ours, split_body(applicants(served, 1))).status_code == 200  # still serving
+
+
+def test_a_content_length_that_lies_or_is_not_a_number_is_400(served, spec) -> None:
+    body = split_body(applicants(served, 2)).encode()
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close"
+    short, text = raw_request(served.ours, head + b"\r\nContent-Length: " + str(len(body) // 2).encode(), body)
+    assert short == 400 and b"not valid JSON" in text  # the body cut where the header says it ends
+    not_a_number, _ = raw_request(served.ours, head + b"\r\nContent-Length: twelve", body)
+    assert not_a_number == 400  # uvicorn's HTTP parser refuses it before the guard
+    assert post(served.ours, split_body(applicants(served, 1))).status_code == 200
+
+
+def test_more_than_100_rows_take_the_thread_path_with_the_same_answers(served, spec) -> None:
+    X = applicants(served, 150)
+    check_contract(served, spec, X, post(served.ours, split_body(X)))
+
+
 def scraped(served: Served, name: str, **labels: str) -> float:
     """The sum of one metric's samples with these labels in the endpoint's /metrics."""
     text = requests.get(f"{served.ours}/metrics", timeout=5).text
@@ -392,6 +439,30 @@ def broken_app(served, spec):
         wait_for_http(f"{url}/ping", timeout=30)
     yield urls
     for server in servers:
+        server.should_exit = True
+
+
+def test_scoring_past_the_timeout_is_504_and_the_server_keeps_serving(served, spec) -> None:
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    from creditflow.serving.live import LiveModel, fetch
+    from creditflow.serving.online import RequestGuard, ServingConfig
+
+    with tracking_at(served.store):
+        loaded = fetch("models:/credit-default@champion")
+    app = RequestGuard(scoring_server.init(loaded.model), LiveModel("pinned", loaded),
+                       ServingConfig(timeout_seconds=0.001))  # no 150-row request is scored in a millisecond
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=30)
+        late = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 150)))
+        assert late.status_code == 504 and "longer than the request timeout" in late.json()["message"]
+        small = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 2)))  # inline: no timeout
+        assert small.status_code == 200
+    finally:
         server.should_exit = True
 
 

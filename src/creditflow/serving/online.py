@@ -80,7 +80,7 @@ class ServingConfig(BaseModel):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_rows: int = Field(5_000, gt=0)
-    timeout_seconds: int = Field(60, gt=0)
+    timeout_seconds: float = Field(60, gt=0)
     feature_store: str = ""  # redis://host:port/db of precomputed features: enables POST /invocations/by-id
     reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
     shadow: str = ""  # a model scored on the same requests off the response path, compared with the champion
@@ -189,8 +189,10 @@ class RequestGuard:
         """Answer one scoring request; its status."""
         headers = dict(scope["headers"])
         limit = self.config.max_body_bytes
-        declared = headers.get(b"content-length", b"0")
-        body = await read_body(receive, limit) if declared.isdigit() and int(declared) <= limit else None
+        declared = headers.get(b"content-length", b"0")  # chunked bodies have none: counted as they come
+        if not declared.isdigit():
+            return await respond(send, 400, error_body(400, "the Content-Length header is not a whole number"))
+        body = await read_body(receive, limit) if int(declared) <= limit else None
         if body is None:
             return await respond(send, 413, error_body(413, f"the body is larger than the limit of {limit} bytes"))
         content_type = headers.get(b"content-type", b"").decode("latin-1")
