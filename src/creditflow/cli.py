@@ -130,13 +130,19 @@ def _cmd_monitor_drift(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream_score(args: argparse.Namespace) -> int:
+    return stream_command(args)
+
+
+def stream_command(args: argparse.Namespace, on_step: Callable[[str], None] | None = None) -> int:
+    """`creditflow stream score`; `on_step` is the scorer's step hook (kill tests stop the process at a step)."""
+    from creditflow.registry.lease import no_step
     from creditflow.serving.live import LiveModel, fetch
     from creditflow.serving.stream import StreamScorer, load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
                                 reload_seconds=args.reload_seconds)
     live = LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream")
-    scorer = StreamScorer(config, live)
+    scorer = StreamScorer(config, live, on_step=on_step or no_step)
     following = f", following {config.model_uri} every {config.reload_seconds:g} s" if live.follows else ""
     print(f"[stream] scoring {config.events_stream} of {config.store} with {live.current.label} as "
           f"{scorer.consumer} (group {config.group}{following})", flush=True)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from creditflow.serving.live import LiveModel, fetch
 from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
-from tests.conftest import ROOT
+from tests.conftest import ROOT, VENV_BIN, subprocess_env
 
 pytestmark = pytest.mark.integration  # every test runs against the real Redis
 
@@ -237,3 +240,36 @@ def test_each_prediction_describes_the_state_its_event_left_however_events_are_b
     states = [{OPEN_LINES: -1}, {OPEN_LINES: -1, LATE_90: 1}, {OPEN_LINES: -2, LATE_90: 1},
               {OPEN_LINES: -1, LATE_90: 1}]  # after each scored event (the rejected one changed nothing)
     assert np.allclose([float(e[1]) for e in out], [expected(row, **s)["probability"] for s in states], atol=1e-12)
+
+
+# ---------------------------------------------------------------- real kills
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["applied", "published"])
+def test_a_scorer_killed_at_any_step_loses_and_duplicates_nothing(
+        step: str, store: tuple[str, TrainingOutcome], model: TrainingOutcome, config: StreamConfig,
+        applicants: pd.DataFrame, small_spec: DatasetSpec, tmp_path: Path) -> None:
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump({**config.model_dump(), "claim_idle_ms": 0}))  # a restart claims at once
+    events = [{"applicant_id": applicants.iloc[i].Id, "event": kind}
+              for i in (0, 1) for kind in ("late_payment_90", "credit_line_opened")]
+    ids = send(config, *events)
+    env = subprocess_env(MLFLOW_TRACKING_URI=store[0])
+    command = ["--config", str(path), "--idle-seconds", "1"]
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "stream_driver.py"), "--die-at", step, "--",
+                             *command], env=env, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    restarted = subprocess.run([str(VENV_BIN / "creditflow"), "stream", "score", *command], env=env,
+                               capture_output=True, text=True, timeout=180)  # another name: it claims the events
+    assert restarted.returncode == 0, restarted.stderr
+    published = [e["event_id"] for e in entries(config.predictions_stream)]
+    assert sorted(published) == sorted(ids)  # every event once: none lost, none twice
+    client = redis.Redis.from_url(REDIS)
+    for i in (0, 1):  # each event's sums applied once
+        sums = client.hgetall(f"creditflow:stream:{small_spec.name}:{applicants.iloc[i].Id}")
+        assert {k.decode(): float(v) for k, v in sums.items()} == {LATE_90: 1.0, OPEN_LINES: 1.0}
+    ttl = config.applied_ttl_days * 86400
+    markers = [client.ttl(f"creditflow:stream:applied:{config.events_stream}:{i}") for i in ids]
+    assert all(ttl - 300 < t <= ttl for t in markers), markers  # each applied-marker keeps its expiry
+    assert not client.xpending(config.events_stream, config.group)["pending"]

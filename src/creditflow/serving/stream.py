@@ -7,8 +7,9 @@ features are running sums per applicant in Redis (`creditflow:stream:<dataset>:<
 applicant's batch features (`creditflow features load`). On each event the applicant is scored
 again with both, and the prediction goes to an output stream with the event that caused it.
 
-Several scorers may share the work (one Redis consumer group). Delivery is at least once: an event
-is acknowledged after its prediction is published; events a scorer took and left unacknowledged
+Several scorers may share the work (one Redis consumer group). A batch's predictions, rejections and
+acknowledgements go to Redis in one MULTI/EXEC transaction: all of them or none, so a prediction is
+published once per event even when a scorer is killed; events a scorer took and left unacknowledged
 (it died) are read again when it restarts, or claimed by another scorer after claim_idle_ms. An
 event's sums are applied once (a Lua script marks it applied in the same step; the marker costs
 Redis ~100 bytes for applied_ttl_days), so a redelivered event is scored again but never counted
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
 from creditflow.errors import SpecError
+from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
 from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
@@ -117,8 +119,8 @@ class Tally:
 class StreamScorer:
     """One consumer of the events stream: applies streaming sums, scores, publishes, acknowledges."""
 
-    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = ""):
-        self.config, self.live = config, live
+    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = "", on_step: Step = no_step):
+        self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
         self.features = FeatureStore(config.store, self.spec.name)
@@ -169,7 +171,7 @@ class StreamScorer:
             logger.exception("stream: a batch of %d entries failed; handling them one at a time", len(todo))
             scored, more = self.one_by_one(todo)
         rejected += more
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)  # MULTI/EXEC: published and acknowledged together, or neither
         for fields in scored:
             pipe.xadd(self.config.predictions_stream, fields)
         for entry_id, fields, reason in rejected:
@@ -177,6 +179,7 @@ class StreamScorer:
         if entries:
             pipe.xack(self.config.events_stream, self.config.group, *[i for i, _ in entries])
         self.features.call("publish", pipe.execute)
+        self.on_step("published")
         self.tally.scored += len(scored)
         self.tally.rejected += len(rejected)
 
@@ -222,6 +225,7 @@ class StreamScorer:
         states, reasons = self.decide(events)
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
+        self.on_step("applied")
         predicted = loaded.model.predict(self.frame([states[e.id] for e in valid])) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
