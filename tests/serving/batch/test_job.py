@@ -27,6 +27,7 @@ from creditflow.serving.batch import job as scoring
 from creditflow.serving.batch import spark as batch_spark
 from creditflow.serving.batch.columns import batch_overrides
 from creditflow.serving.batch.job import run_batch, score_batch
+from creditflow.serving.batch.partitions import parquet_rows
 from creditflow.serving.batch.plan import plan_batch
 from creditflow.serving.batch.spark import BatchError
 from creditflow.serving.batch.table import (
@@ -34,7 +35,6 @@ from creditflow.serving.batch.table import (
     PredictionTable,
     TableError,
     default_table_url,
-    parquet_rows,
 )
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome

@@ -18,6 +18,7 @@ import pytest
 from creditflow.cli import main
 from creditflow.errors import without_password
 from creditflow.serving.batch import table as predictions
+from creditflow.serving.batch.partitions import exchange, parquet_rows, publish
 from creditflow.serving.batch.table import (
     COLUMNS,
     PredictionNotFound,
@@ -25,8 +26,6 @@ from creditflow.serving.batch.table import (
     TableError,
     check_scored_layout,
     default_table_url,
-    parquet_rows,
-    publish,
 )
 
 
@@ -228,6 +227,33 @@ def test_an_output_whose_batches_hold_reason_codes_as_lists_is_refused_in_one_li
     (old / "part-00000.parquet").write_text("not parquet")
     with pytest.raises(TableError, match=r"cannot read .*part-00000\.parquet: "):
         check_scored_layout(tmp_path)
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path: Path) -> None:
+    for name, content in (("a", "old"), ("b", "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part").write_text(content)
+    assert exchange(tmp_path / "a", tmp_path / "b") is True  # Linux renameat2 on this filesystem
+    assert (tmp_path / "a" / "part").read_text() == "new" and (tmp_path / "b" / "part").read_text() == "old"
+    assert exchange(tmp_path / "a", tmp_path / "nowhere") is False  # nothing to exchange with: refused, no change
+    assert (tmp_path / "a" / "part").read_text() == "new"
+
+
+def test_publish_never_leaves_the_partition_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At every rename of a republish the final partition exists: a job killed between them leaves a whole batch."""
+    final = tmp_path / "scored" / "batch_id=b"
+    publish(staged(tmp_path / "s1", ["1", "2"], 0.1), final, tmp_path / "trash1")
+    seen: list[bool] = []
+    rename = Path.rename
+
+    def watched(self: Path, target: Path) -> Path:
+        seen.append(final.exists())
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", watched)
+    publish(staged(tmp_path / "s2", ["3"], 0.1), final, tmp_path / "trash2")
+    monkeypatch.undo()
+    assert seen and all(seen) and parquet_rows(final) == 1 and not (tmp_path / "trash2").exists()
 
 
 def test_publish_swaps_a_partition(tmp_path: Path) -> None:

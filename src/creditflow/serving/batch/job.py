@@ -32,17 +32,10 @@ from creditflow.serving.batch.columns import (
     score_rows,
     violation_reason,
 )
+from creditflow.serving.batch.partitions import parquet_rows, partition_dir, publish
 from creditflow.serving.batch.plan import BatchPlan, plan_batch
 from creditflow.serving.batch.spark import BatchError, job_group, progress, spark_errors
-from creditflow.serving.batch.table import (
-    QUARANTINE_DIR,
-    SCORED_DIR,
-    PredictionTable,
-    parquet_rows,
-    partition_dir,
-    publish,
-    staging_dir,
-)
+from creditflow.serving.batch.table import QUARANTINE_DIR, SCORED_DIR, PredictionTable, staging_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession

@@ -10,8 +10,10 @@ In SQL, readers use the view `predictions` (COLUMNS: every row with its batch an
 batch: batch id, model, version, run, scored-at time, row count and, in SQLite, its rowid range).
 
 A batch is written aside first and becomes visible in one step: the SQL rows of a batch are replaced
-in one transaction (delete + insert, committed together), the Parquet partition by a directory
-rename. A job killed at any point leaves either the previous batch or the new one, never a mix.
+in one transaction (delete + insert, committed together), the Parquet partition by an atomic
+directory exchange (`partitions.publish`). A job killed at any point leaves either the previous batch
+or the new one in each, never a mix and never none (the SQL table and the Parquet copy are published
+one after the other: between them they may hold different batches until the job's rerun).
 Each dialect's driver (ADBC for SQLite loads, psycopg2) is imported when a connection is opened.
 """
 
@@ -34,6 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from creditflow.errors import CreditflowError, first_line, without_password
+from creditflow.serving.batch.partitions import parquet_rows
 
 TABLE = "predictions"  # a view: every row with all of COLUMNS
 ROWS = "prediction_rows"  # applicant_id, batch_key, probability, decision, reason_codes
@@ -65,25 +68,6 @@ class PredictionNotFound(CreditflowError):
 def default_table_url(output: str | Path) -> str:
     """The SQLite file under the job's output directory."""
     return f"sqlite:///{Path(output) / DB_FILE}"
-
-
-def partition_dir(root: Path, batch_id: str) -> Path:
-    return root / f"batch_id={batch_id}"
-
-
-def parquet_rows(path: Path) -> int:
-    """Rows in a Parquet directory (or file), from the file footers only."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-
-def publish(staged: Path, final: Path, trash: Path) -> None:
-    """Make a staged directory the final one: the old partition moves aside, the new one renames in."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        final.rename(trash)
-    staged.rename(final)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- SQL
