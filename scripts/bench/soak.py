@@ -37,6 +37,8 @@ import redis
 import requests
 import yaml
 
+from serving import tree_rss_mb  # scripts/bench/serving.py, beside this file
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REDIS = "redis://127.0.0.1:6379/13"
@@ -56,20 +58,6 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += int(next(line for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                              if line.startswith("VmRSS:")).split()[1])
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total / 1024
 
 
 def prepare(tmp: Path, train_rows: int, batch_rows: int) -> tuple[str, Path, Path, list[str]]:
