@@ -155,13 +155,12 @@ def serve(registry: Registry, tmp_path: Path) -> Iterator[Servers]:
     servers.stop()
 
 
-def promote(registry: Registry, *args: str) -> float:
-    """Run scripts/promote_model.py against the server; the moment it returned."""
+def promote(registry: Registry, *args: str) -> None:
+    """Run scripts/promote_model.py against the server."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "promote_model.py"), "--name", NAME, *args],
                           env=subprocess_env(MLFLOW_TRACKING_URI=registry.url), cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    return time.monotonic()
 
 
 def metric(url: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -190,12 +189,11 @@ def wait_until(condition, timeout: float, what: str) -> float:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-def switch(url: str, clients: Clients, workers: int, old: str, new: str, moved_at: float) -> None:
-    """Every worker serves `new` within reload + load time; 20 answers after that are all `new`."""
+def switch(url: str, clients: Clients, workers: int, new: str) -> None:
+    """Every worker serves `new` within reload + load time (the wait fails otherwise); 20 answers after that too."""
     label = f"{NAME}/{new}"
     done = wait_until(lambda: [v for v in serving_versions(url).values()] == [{label}] * workers,
                       RELOAD + LOAD_BUDGET, f"all {workers} worker(s) serving {label}")
-    assert done - moved_at <= RELOAD + LOAD_BUDGET
     wait_until(lambda: len(clients.since(done)) >= 20, 60, "20 answers after the swap")
     assert {a[2] for a in clients.since(done)} == {label}
 
@@ -205,10 +203,11 @@ def test_a_promotion_reaches_every_worker_without_a_failed_request(registry, ser
     url = serve("-w", str(workers))
     clients = clients_for(url)
     wait_until(lambda: len(clients.answers) >= 20, 60, "first answers")
-    moved = promote(registry, "--version", registry.v2, "--force", "--reason", "hot-swap test")
-    switch(url, clients, workers, registry.v1, registry.v2, moved)
+    promote(registry, "--version", registry.v2, "--force", "--reason", "hot-swap test")
+    switch(url, clients, workers, registry.v2)
     if workers == 1:  # the rollback swaps back the same way
-        switch(url, clients, workers, registry.v2, registry.v1, promote(registry, "--rollback"))
+        promote(registry, "--rollback")
+        switch(url, clients, workers, registry.v1)
         health = requests.get(f"{url}/health", timeout=5).json()
         assert health["model_version"] == f"{NAME}/{registry.v1}" and health["follows_registry"] is True
     clients.stop.set()
