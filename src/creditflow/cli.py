@@ -91,7 +91,9 @@ def _cmd_registry_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_score_batch(args: argparse.Namespace) -> int:
+def score_batch_command(args: argparse.Namespace, on_step: Callable[[str], None] | None = None) -> int:
+    """`creditflow score batch`; `on_step` is the batch job's step hook (kill tests stop the process at a step)."""
+    from creditflow.registry.lease import no_step
     from creditflow.serving.batch.job import log_batch, run_batch
     from creditflow.serving.batch.plan import plan_batch
     from creditflow.serving.batch.spark import load_batch_config, start_spark
@@ -102,7 +104,7 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
     spark = start_spark(config)  # only after the model and the input's columns are checked
     try:
-        result = run_batch(spark, plan, config.progress_seconds)
+        result = run_batch(spark, plan, config.progress_seconds, on_step or no_step)
     finally:
         spark.stop()
     log_batch(launcher, result)
@@ -276,7 +278,7 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
                                                "(default: sqlite under --output)")
     p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
-    p.set_defaults(handler=_cmd_score_batch)
+    p.set_defaults(handler=score_batch_command)
 
     p = sub.add_parser("predictions", help="read stored batch predictions")
     pred = p.add_subparsers(dest="predictions_command", required=True)

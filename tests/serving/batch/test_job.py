@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sqlite3
 import subprocess
+import sys
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -38,8 +39,8 @@ from creditflow.serving.batch.table import (
 )
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
-from tests.conftest import CHAMPION, VENV_BIN, subprocess_env
-from tests.serving.batch import applicants, partition
+from tests.conftest import CHAMPION, ROOT, VENV_BIN, subprocess_env
+from tests.serving.batch import applicants, kill_session, partition
 
 # ---------------------------------------------------------------- scoring
 
@@ -273,8 +274,7 @@ def test_a_batch_that_fails_mid_job_returns_after_its_tasks_stopped(
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     assert seen_running, "the job ended before the table failed"
-    assert not running, "score_batch returned while tasks of its job were still running"
-    time.sleep(1)  # a late task would have committed its file by now
+    assert not running, "score_batch returned while tasks of its job were still running"  # none can commit later
     assert not list((tmp_path / "out" / "_staging").iterdir())
     assert not (tmp_path / "out" / "scored").exists()
 
@@ -305,10 +305,9 @@ def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutco
             if line.startswith("[score] ~"):
                 break
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc.pid)
         proc.wait(timeout=30)
     assert seen and seen[-1].startswith("[score] ~"), f"the job ended before it was killed: {seen}"
-    time.sleep(0.5)
 
     assert parquet_rows(out / "scored" / "batch_id=k") == 100  # the earlier batch, whole
     table = PredictionTable(default_table_url(out))
@@ -321,4 +320,98 @@ def test_a_job_killed_midway_leaves_no_partial_batch(spark, model: TrainingOutco
     assert not list((out / "_staging").iterdir())
 
 
+BATCH_DRIVER = ROOT / "tests" / "batch_driver.py"
+KILLED = 137  # the driver's exit code at its --die-at step
+# step the job is killed at -> (which batch readers find in the SQL table, the scored and the quarantine
+# partition: the one before or the killed job's; the partitions the killed job leaves in its staging area)
+KILL_STEPS = {
+    "committed": (("killed", "before", "before"), [("killed", "scored"), ("killed", "quarantine")]),
+    "exchanged-scored": (("killed", "killed", "before"), [("before", "scored"), ("killed", "quarantine")]),
+    "published-scored": (("killed", "killed", "before"), [("killed", "quarantine")]),
+    "exchanged-quarantine": (("killed", "killed", "killed"), [("before", "quarantine")]),
+}  # and "published-quarantine": every reader finds the killed job's batch, its staging area is left (empty)
 
+
+def readers_see(out: Path, batch_id: str) -> dict[str, tuple[set[str], set[pd.Timestamp]]]:
+    """A batch as readers find it: (applicant ids, scored-at times) in the SQL view and in each Parquet dataset."""
+    with closing(sqlite3.connect(out / "predictions.db")) as db:
+        rows = db.execute("SELECT applicant_id, scored_at FROM predictions WHERE batch_id = ?", (batch_id,)).fetchall()
+    seen = {"sql": ({a for a, _ in rows}, {pd.Timestamp(t) for _, t in rows})}
+    for kind, id_column in (("scored", "applicant_id"), ("quarantine", "Id")):
+        dataset = pads.dataset(out / kind, partitioning="hive")
+        if "batch_id" not in dataset.schema.names:  # no partition at all
+            seen[kind] = (set(), set())
+            continue
+        found = dataset.to_table(filter=pc.field("batch_id") == batch_id)
+        times = set(found["scored_at"].to_pandas()) if "scored_at" in found.column_names else set()
+        seen[kind] = ({str(i) for i in found[id_column].to_pylist()}, times)
+    return seen
+
+
+def whole_batch(where: str, ids: set[str], batches: dict[str, set[str]]) -> str:
+    """Which batch a reader's rows are: all rows of one of them, or the test fails."""
+    found = [name for name, rows in batches.items() if ids == rows]
+    assert found, f"{where}: {len(ids)} rows, not a whole batch ({ {n: len(r) for n, r in batches.items()} })"
+    return found[0]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_job_killed_while_publishing_leaves_whole_batches_and_its_rerun_repairs_them(
+        spark, model: TrainingOutcome, small_data: CreditData, store: tuple[str, TrainingOutcome],
+        tmp_path: Path) -> None:
+    """Killed after the SQL commit, between a publish's exchange and its removal of the old partition, or between
+    the scored and the quarantine publishes: the SQL table and each partition hold a whole batch, the one before
+    or the killed job's, in that order; the rerun of the batch id makes them all its batch and removes what the
+    killed job left. Batch k alternates between two inputs: each kill replaces the one the last rerun wrote."""
+    out = tmp_path / "out"
+    inputs = {"a": applicants(small_data, 100), "b": applicants(small_data, 200, first_id=20_000, offset=100)}
+    broken = {"a": [3, 50, 77], "b": [10, 20, 30, 40, 50]}  # rule breakers: quarantine partitions of other sizes
+    inputs["a"].loc[broken["a"], "age"] = -4.0
+    inputs["b"].loc[broken["b"], "DebtRatio"] = -1.0
+    batches: dict[str, dict[str, set[str]]] = {"scored": {}, "quarantine": {}}  # kind -> input -> applicant ids
+    for name, frame in inputs.items():
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+        batches["quarantine"][name] = set(frame.Id.iloc[broken[name]].astype(str))
+        batches["scored"][name] = set(frame.Id.astype(str)) - batches["quarantine"][name]
+    rows = {(name, kind): len(ids) for kind, named in batches.items() for name, ids in named.items()}
+    (tmp_path / "job.yaml").write_text("master: local[1]\ndriver_memory: 1g\n")
+    env, table = subprocess_env(MLFLOW_TRACKING_URI=store[0]), PredictionTable(default_table_url(out))
+    score_batch(spark, CHAMPION, tmp_path / "a.parquet", out, batch_id="k")
+    before, killed = "a", "b"
+
+    for step, (expected, left) in KILL_STEPS.items():
+        (before_time,) = readers_see(out, "k")["sql"][1]
+        log = tmp_path / f"{step}.log"
+        with log.open("w") as sink:
+            proc = subprocess.Popen([sys.executable, str(BATCH_DRIVER), "--die-at", step, "--", "--model-uri",
+                                     CHAMPION, "--input", str(tmp_path / f"{killed}.parquet"), "--output", str(out),
+                                     "--batch-id", "k", "--config", str(tmp_path / "job.yaml")],
+                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            code = proc.wait(timeout=300)
+        finally:
+            kill_session(proc.pid)  # its JVM and Python workers outlive it
+        assert code == KILLED, f"the job did not stop at {step} (exit {code}):\n{log.read_text()[-3000:]}"
+
+        seen, named = readers_see(out, "k"), {"before": before, "killed": killed}
+        role = {name: r for r, name in named.items()}
+        found = tuple(role[whole_batch(f"killed at {step}: {reader}", seen[reader][0], batches[kind])]
+                      for reader, kind in (("sql", "scored"), ("scored", "scored"), ("quarantine", "quarantine")))
+        assert found == expected, f"killed at {step}: SQL, scored, quarantine hold {found}"
+        (killed_time,) = seen["sql"][1]  # the killed job's: its SQL rows are committed at every step
+        assert killed_time != before_time and table.count("k") == rows[killed, "scored"]
+        assert seen["scored"][1] == {killed_time if found[1] == "killed" else before_time}  # that job's rows
+        assert parquet_rows(out / "_staging") == sum(rows[named[batch], kind] for batch, kind in left), \
+            f"killed at {step}: {sorted(str(f) for f in (out / '_staging').rglob('*.parquet'))}"
+
+        result = score_batch(spark, CHAMPION, tmp_path / f"{killed}.parquet", out, batch_id="k")  # the rerun
+        seen = readers_see(out, "k")
+        assert seen["sql"][0] == seen["scored"][0] == batches["scored"][killed], f"rerun after {step}"
+        assert seen["quarantine"][0] == batches["quarantine"][killed], f"rerun after {step}"
+        assert len(seen["sql"][1]) == 1 and seen["sql"][1] == seen["scored"][1] != {killed_time}  # the rerun's
+        assert (result.rows_scored, result.rows_quarantined) == (rows[killed, "scored"], rows[killed, "quarantine"])
+        assert table.count("k") == table.count() == parquet_rows(out / "scored" / "batch_id=k") == result.rows_scored
+        assert parquet_rows(out / "quarantine" / "batch_id=k") == result.rows_quarantined
+        assert not list((out / "_staging").iterdir()), f"rerun after {step}"
+        before, killed = killed, before

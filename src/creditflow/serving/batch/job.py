@@ -3,8 +3,9 @@
 `score_batch(spark, model_uri, input, output)` is the one-call entry. Rows that break the dataset
 spec's value rules go to `<output>/quarantine/`; the others are scored with the model's `spark_udf`
 and published as Parquet under `<output>/scored/batch_id=...` and as rows of the SQL prediction
-table (`serving.batch.table`), only once the whole batch is complete. pyspark is imported where used
-(start-up time).
+table (`serving.batch.table`), only once the whole batch is complete: the SQL rows commit first,
+then the scored partition is published, then the quarantine partition. `on_step` is called at each
+of those steps (the hook of the kill tests). pyspark is imported where used (start-up time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from creditflow.data.io import BLANK_ID_HEADERS
 from creditflow.errors import without_password
+from creditflow.registry.lease import Step, no_step
 from creditflow.serving.batch.columns import (
     applicant_id,
     breaks_a_rule,
@@ -73,8 +75,13 @@ class BatchResult:
                 f"quarantine {self.quarantine_path}")
 
 
-def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.0) -> BatchResult:
-    """Score a planned batch and publish it (quarantine, Parquet, SQL table) only when it is complete."""
+def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.0,
+              on_step: Step = no_step) -> BatchResult:
+    """Score a planned batch and publish it (SQL table, scored and quarantine Parquet) only when it is complete.
+
+    Steps: "committed" (the SQL rows), then for scored and quarantine in turn "exchanged-<name>" (the
+    new partition in place, the old one not yet removed) and "published-<name>".
+    """
     start = time.perf_counter()
     with spark_errors("reading the input"):
         raw, id_column = read_input(spark, plan.source), plan.id_column
@@ -91,8 +98,11 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
         quarantine = partial(_write_quarantine, checked, reason, stage / QUARANTINE_DIR, plan.batch_id)
         scored, quarantined = _score_and_load(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage,
                                               rows_in, quarantine, progress_seconds)
+        on_step("committed")
         for name in (SCORED_DIR, QUARANTINE_DIR):  # the SQL rows are committed: now the Parquet partitions
-            publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}")
+            publish(stage / name, partition_dir(plan.output / name, plan.batch_id), stage / f"replaced-{name}",
+                    partial(on_step, f"exchanged-{name}"))
+            on_step(f"published-{name}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return BatchResult(plan.batch_id, plan.model.uri, rows_in, scored, quarantined, time.perf_counter() - start,
@@ -237,10 +247,10 @@ def score_batch(spark: SparkSession, model_uri: str, input_path: str | Path, out
                 **options: Any) -> BatchResult:
     """Score a file or directory of applicants with the model into `output` (the one-call library entry).
 
-    Options: batch_id, id_column, table (plan_batch) and progress_seconds (run_batch).
+    Options: batch_id, id_column, table (plan_batch), progress_seconds and on_step (run_batch).
     """
-    every = options.pop("progress_seconds", 5.0)
-    return run_batch(spark, plan_batch(model_uri, input_path, output, **options), every)
+    every, on_step = options.pop("progress_seconds", 5.0), options.pop("on_step", no_step)
+    return run_batch(spark, plan_batch(model_uri, input_path, output, **options), every, on_step)
 
 
 def log_batch(run_id: str | None, result: BatchResult) -> None:

@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,12 +31,13 @@ def parquet_rows(path: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def publish(staged: Path, final: Path, trash: Path) -> None:
+def publish(staged: Path, final: Path, trash: Path, exchanged: Callable[[], None] = lambda: None) -> None:
     """Make a staged directory the final one, so that `final` always holds a whole batch, old or new.
 
     An existing partition is exchanged with the staged one in one atomic step (Linux renameat2
-    RENAME_EXCHANGE); the old one, now at `staged`, then goes. Where the exchange is not supported it
-    falls back to two renames, between which a killed job would leave no partition until its rerun.
+    RENAME_EXCHANGE); the old one, now at `staged`, is moved to `trash` and, after `exchanged()`
+    (the batch job's step hook), removed. Where the exchange is not supported it falls back to two
+    renames, between which a killed job would leave no partition until its rerun.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     if not final.exists():
@@ -45,6 +47,7 @@ def publish(staged: Path, final: Path, trash: Path) -> None:
     else:
         final.rename(trash)
         staged.rename(final)
+    exchanged()
     shutil.rmtree(trash, ignore_errors=True)
 
 

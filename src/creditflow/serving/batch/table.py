@@ -12,8 +12,9 @@ batch: batch id, model, version, run, scored-at time, row count and, in SQLite, 
 A batch is written aside first and becomes visible in one step: the SQL rows of a batch are replaced
 in one transaction (delete + insert, committed together), the Parquet partition by an atomic
 directory exchange (`partitions.publish`). A job killed at any point leaves either the previous batch
-or the new one in each, never a mix and never none (the SQL table and the Parquet copy are published
-one after the other: between them they may hold different batches until the job's rerun).
+or the new one in each, never a mix and never none (the SQL table, then the scored and the quarantine
+partitions are published one after the other: between them they may hold different batches until
+the job's rerun).
 Each dialect's driver (ADBC for SQLite loads, psycopg2) is imported when a connection is opened.
 """
 
