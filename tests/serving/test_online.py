@@ -386,7 +386,11 @@ def server_socket_inode(server_port: int, client_port: int) -> str:
 def tcp_nodelay_in(pid: int, inode: str) -> int | None:
     """TCP_NODELAY of the process's socket with that inode, read on a duplicate of its descriptor (pidfd_getfd)."""
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        if os.readlink(fd) == f"socket:[{inode}]":
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing (the worker's other threads open and close files)
+            continue
+        if target == f"socket:[{inode}]":
             pidfd = os.pidfd_open(pid)
             try:
                 copy = ctypes.CDLL(None, use_errno=True).syscall(PIDFD_GETFD, pidfd, int(fd.name), 0)
@@ -500,7 +504,23 @@ def broken_app(served, spec):
         server.should_exit = True
 
 
+class Held:
+    """A model whose predict waits for `release`: scoring that outlasts any timeout, ended by the test."""
+
+    def __init__(self, model, release: threading.Event) -> None:
+        self.model, self.release = model, release
+
+    def predict(self, frame):
+        assert self.release.wait(timeout=120), "the test never released the held scoring"
+        return self.model.predict(frame)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
 def test_scoring_past_the_timeout_is_504_and_the_server_keeps_serving(served, spec) -> None:
+    import dataclasses
+
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
@@ -509,18 +529,21 @@ def test_scoring_past_the_timeout_is_504_and_the_server_keeps_serving(served, sp
 
     with tracking_at(served.store):
         loaded = fetch("models:/credit-default@champion")
-    app = RequestGuard(scoring_server.init(loaded.model), LiveModel("pinned", loaded),
-                       ServingConfig(timeout_seconds=0.001))  # no 150-row request is scored in a millisecond
+    release = threading.Event()
+    held = dataclasses.replace(loaded, model=Held(loaded.model, release))
+    app = RequestGuard(scoring_server.init(loaded.model), LiveModel("pinned", held), ServingConfig(timeout_seconds=0.5))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=30)
-        late = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 150)))
+        late = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 150)))  # held: only the timeout ends it
         assert late.status_code == 504 and "longer than the request timeout" in late.json()["message"]
-        small = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 2)))  # inline: no timeout
-        assert small.status_code == 200
+        release.set()
+        small = post(f"http://127.0.0.1:{port}", split_body(applicants(served, 2)))
+        assert small.status_code == 200 and len(small.json()["predictions"]) == 2
     finally:
+        release.set()
         server.should_exit = True
 
 
