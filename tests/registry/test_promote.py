@@ -1,15 +1,20 @@
 """Registry promotion against real tracking servers, with SQLite and with PostgreSQL as the backend store.
 
 Gates with real models (a good one and a deliberately weak one), aliases and stages in step, audit runs,
-forced promotion, rollback, dry run, a kill between any two registry calls, and two promotions racing.
+forced promotion, rollback, dry run; real processes killed (os._exit) at every step of a promotion and of a
+rollback, a lease that expires under a stalled holder, two promotions racing and a rollback racing one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DRIVER = REGISTRY_DRIVER
 TAG = AUDIT_TAG
+LEASE_SECONDS = 12  # the short lease of the expiry test: long enough to be refused by it first
 
 
 @dataclass(frozen=True)
@@ -100,15 +106,20 @@ def audits(client: MlflowClient, name: str) -> list[Run]:
                               order_by=["attributes.start_time ASC"])
 
 
-def reset(client: MlflowClient, models: Models, champion: str, challenger: str | None = None) -> None:
-    """Test set-up: a champion that passed its gates, an optional challenger, stages in step, no other marks."""
+def reset(client: MlflowClient, models: Models, champion: str, challenger: str | None = None,
+          previous: str | None = None) -> None:
+    """Test set-up: a champion that passed its gates, an optional challenger, an optional previous champion
+    (which passed its gates too), stages in step, no other marks."""
     aliases = registry_client.require_model(client, models.name)
     if "challenger" in aliases:
         client.delete_registered_model_alias(models.name, "challenger")
     for version in (models.weak, models.better):
         for key in ("previous_champion", "champion_gates"):
             client.delete_model_version_tag(models.name, version, f"{TAG}{key}")
-    client.set_model_version_tag(models.name, champion, f"{TAG}champion_gates", "passed")
+    for version in filter(None, (champion, previous)):
+        client.set_model_version_tag(models.name, version, f"{TAG}champion_gates", "passed")
+    if previous:
+        client.set_model_version_tag(models.name, champion, f"{TAG}previous_champion", previous)
     client.set_registered_model_alias(models.name, "champion", champion)
     if challenger:
         client.set_registered_model_alias(models.name, "challenger", challenger)
@@ -213,70 +224,121 @@ def test_refusal_through_the_script(client, models, policy) -> None:
     assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
 
 
-class Killed(BaseException):
-    """Raised by the step hook: the process 'dies' between two registry calls."""
+def driver(models: Models, policy_path: Path, *args: str, own: tuple[str, ...] = ()) -> list[str]:
+    """The command of a `creditflow promote` process with the step hook (tests/registry_driver.py)."""
+    return [sys.executable, str(DRIVER), *own, "--", "--name", models.name, "--policy", str(policy_path), *args]
 
 
-def kill_at(step: str):
-    def on_step(name: str) -> None:
-        if name == step:
-            raise Killed(step)
+@contextmanager
+def killer(models: Models, policy: tuple[PromotionPolicy, Path]) -> Iterator[Callable[..., None]]:
+    """`kill_at(step, *args)`: a promotion (or rollback) in a process of its own that a real os._exit ends at
+    `step`, forked by one driver process (`--serve`) that paid the imports once."""
+    server = subprocess.Popen([sys.executable, str(DRIVER), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
 
-    return on_step
+    def kill_at(step: str, *args: str) -> None:
+        server.stdin.write(json.dumps(driver(models, policy[1], *args, own=("--die-at", step))[2:]) + "\n")
+        server.stdin.flush()
+        answer = json.loads(server.stdout.readline() or '{"code": null, "output": "the driver ended"}')
+        assert answer["code"] == 137, (step, answer["output"][-3000:])
+
+    try:
+        yield kill_at
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
 
 
-@pytest.mark.parametrize("models", ["postgresql"], indirect=True)  # both backends get the real kills below
-def test_a_kill_between_any_two_registry_calls_is_safe_and_repaired(client, models, policy) -> None:
-    """At every step: @champion stays on a gate-passing version; the next promotion completes the work."""
-    req = PromotionRequest(name=models.name, version=models.better)
-    reset(client, models, champion=models.weak, challenger=models.better)
+def steps_of(req: PromotionRequest, policy: PromotionPolicy) -> list[str]:
+    """The steps one promotion passes, in order, each once (the driver dies at the first of a name)."""
     steps: list[str] = []
-    assert promote(req, policy[0], steps.append).outcome == "promoted"
+    assert promote(req, policy, steps.append).outcome in ("promoted", "rolled_back")
     assert steps[:4] == ["acquiring", "lease", "evaluated", "tagged"] and steps[-2:] == ["audited", "released"]
+    return list(dict.fromkeys(steps))
+
+
+def test_a_promotion_killed_at_any_step_is_safe_and_the_next_one_repairs_it(client, models, policy, capsys) -> None:
+    """A real kill (no `finally` runs: the lease stays taken, the audit run RUNNING) at every step."""
+    reset(client, models, champion=models.weak, challenger=models.better)
+    steps = steps_of(PromotionRequest(name=models.name, version=models.better), policy[0])
     assert {"alias", "challenger", "production", "archived"} <= set(steps)
     committed = steps.index("alias")
-    for i, step in enumerate(steps):
-        reset(client, models, champion=models.weak, challenger=models.better)
-        with pytest.raises(Killed):
-            promote(req, policy[0], kill_at(step))
-        assert_safe(client, models.name, {models.weak, models.better})
-        if i < committed:
-            assert client.get_model_version_by_alias(models.name, "champion").version == models.weak
-        rerun = promote(req, policy[0])
-        expected = "promoted" if i < committed else "repaired" if step not in ("audited", "released") else "unchanged"
-        assert rerun.outcome == expected, step
-        assert_in_step(client, models.name, models.better)
+    with killer(models, policy) as kill_at:
+        for i, step in enumerate(steps):
+            reset(client, models, champion=models.weak, challenger=models.better)
+            kill_at(step, "--version", models.better)
+            assert_safe(client, models.name, {models.better if i >= committed else models.weak})
+            if step == "alias":
+                assert not registry_client.in_step(client, models.name)
+            capsys.readouterr()
+            assert promote_cli(models, policy, "--version", models.better) == 0
+            expected = "promoted" if i < committed else "repaired" if step not in ("audited", "released") \
+                else "unchanged"
+            assert f"decision: {expected}" in capsys.readouterr().out, step
+            assert_in_step(client, models.name, models.better)
 
 
-def kill_process_at(models: Models, policy: tuple[PromotionPolicy, Path], step: str) -> None:
-    """Promote `better` in a subprocess that a real os._exit ends at `step`."""
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), "--die-at", step, "--", "--name", models.name, "--version", models.better,
-         "--policy", str(policy[1])],
-        capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
-    assert proc.returncode == 137, proc.stderr[-2000:]
+def test_a_rollback_killed_at_any_step_is_safe_and_the_next_promotion_repairs_it(client, models, policy,
+                                                                                  capsys) -> None:
+    """Before the alias moves, rerunning the rollback completes it; after, promoting its target repairs."""
+    reset(client, models, champion=models.better, previous=models.weak)
+    steps = steps_of(PromotionRequest(name=models.name, rollback=True), policy[0])
+    committed = steps.index("alias")
+    with killer(models, policy) as kill_at:
+        for i, step in enumerate(steps):
+            reset(client, models, champion=models.better, previous=models.weak)
+            kill_at(step, "--rollback")
+            assert_safe(client, models.name, {models.weak if i >= committed else models.better})
+            capsys.readouterr()
+            again = ["--version", models.weak] if i >= committed else ["--rollback"]
+            assert promote_cli(models, policy, *again) == 0
+            expected = "rolled back" if i < committed else "repaired" if step not in ("audited", "released") \
+                else "unchanged"
+            assert f"decision: {expected}" in capsys.readouterr().out, step
+            assert_in_step(client, models.name, models.weak)
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll until `condition` holds (the barrier)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("models", ["sqlite"], indirect=True)
-def test_a_process_killed_holding_the_lease_is_taken_over(client, models, policy) -> None:
-    """The lease of a process that is gone is broken at once; the promotion then goes through."""
-    reset(client, models, champion=models.weak, challenger=models.better)
-    kill_process_at(models, policy, "lease")
-    assert_safe(client, models.name, {models.weak})
-    assert promote_cli(models, policy, "--version", models.better) == 0
-    assert_in_step(client, models.name, models.better)
-
-
-@pytest.mark.parametrize("models", ["postgresql"], indirect=True)
-def test_a_process_killed_after_the_alias_moved_is_repaired(client, models, policy, capsys) -> None:
-    """Committed but left out of step (stages, @challenger, audit run): the next promotion completes it."""
-    reset(client, models, champion=models.weak, challenger=models.better)
-    kill_process_at(models, policy, "alias")
-    assert_safe(client, models.name, {models.better})
-    assert not registry_client.in_step(client, models.name)
-    assert promote_cli(models, policy, "--version", models.better) == 0
-    assert "decision: repaired" in capsys.readouterr().out
-    assert_in_step(client, models.name, models.better)
+def test_an_expired_lease_is_taken_over_and_its_stalled_holder_moves_nothing(client, models, policy,
+                                                                             tmp_path, capsys) -> None:
+    """A live holder blocks others until its lease expires by time; then it is taken over, and the holder,
+    when it goes on, finds the lease lost before its alias move: it promotes nothing and says so."""
+    reset(client, models, champion=models.weak)
+    short = tmp_path / "short-lease.yaml"
+    short.write_text(yaml.safe_dump({**policy[0].model_dump(), "lease_seconds": LEASE_SECONDS}))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    holder = subprocess.Popen(driver(models, short, "--version", models.better, own=("--pause-at", "lease",
+                                                                                      "--gate", str(gate))),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
+    try:
+        wait_for(lambda: (gate / "reached").exists() or holder.poll() is not None, "the holder taking the lease")
+        assert holder.poll() is None, holder.communicate()
+        capsys.readouterr()
+        args = ("--version", models.better, "--alias", "challenger")
+        assert cli(["promote", "--name", models.name, "--policy", str(short), *args]) == 3
+        assert f"another promotion of '{models.name}' is in progress" in capsys.readouterr().out
+        wait_for(lambda: lease.lease_is_free(client, models.name), "the lease to expire", LEASE_SECONDS + 60)
+        assert holder.poll() is None  # it expired by time: the holder is alive
+        assert cli(["promote", "--name", models.name, "--policy", str(short), *args]) == 0
+    finally:
+        (gate / "go").touch()
+    out, err = holder.communicate(timeout=180)
+    assert holder.returncode == 2, (out, err)
+    assert "expired before the alias moved; nothing was promoted" in err
+    assert snapshot(client, models.name)[0] == {"champion": models.weak, "challenger": models.better}
+    runs = [(r.data.tags[f"{TAG}decision"], r.data.tags[f"{TAG}alias"], r.info.status)
+            for r in audits(client, models.name)]
+    assert runs[-2:] == [("promoted", "challenger", "FINISHED"), ("abandoned", "champion", "FAILED")], runs
 
 
 def test_two_promotions_race_and_exactly_one_wins(client, models, policy, tmp_path) -> None:
@@ -285,8 +347,7 @@ def test_two_promotions_race_and_exactly_one_wins(client, models, policy, tmp_pa
     n_audits = len(audits(client, models.name))
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    command = [sys.executable, str(DRIVER), "--barrier", str(barrier), "--", "--name", models.name,
-               "--version", models.better, "--policy", str(policy[1])]
+    command = driver(models, policy[1], "--version", models.better, own=("--barrier", str(barrier)))
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=subprocess_env(MLFLOW_TRACKING_URI=models.url)) for _ in range(2)]
     results = [(*p.communicate(timeout=180), p.returncode) for p in procs]
@@ -298,6 +359,30 @@ def test_two_promotions_race_and_exactly_one_wins(client, models, policy, tmp_pa
     assert_in_step(client, models.name, models.better)
     new = [r.data.tags for r in audits(client, models.name)[n_audits:]]  # the refused racer changed nothing
     assert [(t[f"{TAG}decision"], t[f"{TAG}version"]) for t in new] == [("promoted", models.better)]
+
+
+def test_a_rollback_racing_a_promotion_one_wins_the_other_changes_nothing(client, models, policy,
+                                                                          tmp_path) -> None:
+    """A forced promotion of a third version (a stump: its gates fail) and a rollback, released together."""
+    third = mlflow.register_model(client.get_model_version(models.name, models.weak).source, models.name).version
+    reset(client, models, champion=models.better, previous=models.weak)
+    n_audits = len(audits(client, models.name))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    own = ("--barrier", str(barrier))
+    commands = [driver(models, policy[1], "--version", third, "--force", "--reason", "race", own=own),
+                driver(models, policy[1], "--rollback", own=own)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env(MLFLOW_TRACKING_URI=models.url)) for c in commands]
+    results = [(*p.communicate(timeout=180), p.returncode) for p in procs]
+    codes = [code for _, _, code in results]
+    assert sorted(codes) == [0, 3], [(out[-1500:], err[-1500:]) for out, err, _ in results]
+    winner = {0: third, 1: models.weak}[codes.index(0)]
+    assert "decision: refused: another promotion" in results[codes.index(3)][0]
+    assert_in_step(client, models.name, winner)
+    new = [r.data.tags for r in audits(client, models.name)[n_audits:]]
+    assert [(t[f"{TAG}decision"], t[f"{TAG}version"]) for t in new] == \
+        [("forced" if winner == third else "rolled_back", winner)]
 
 
 @pytest.mark.parametrize("models", ["sqlite"], indirect=True)

@@ -208,7 +208,7 @@ def _promote_leased(client: MlflowClient, req: PromotionRequest, version: str, p
     tags = {f"{req.alias}_gates": gates, f"{req.alias}_audit_run": audit}
     if req.alias == "champion" and champion:
         tags["previous_champion"] = champion
-    _commit(client, req.name, version, req.alias, tags, lease, on_step)
+    _commit(client, req.name, version, req.alias, tags, lease, audit, on_step)
     tag_decision(client, req.name, version, outcome, reason, audit)
     client.set_terminated(audit)
     on_step("audited")
@@ -216,14 +216,22 @@ def _promote_leased(client: MlflowClient, req: PromotionRequest, version: str, p
 
 
 def _commit(client: MlflowClient, name: str, version: str, alias: str, tags: dict[str, str], lease: Lease,
-            on_step: Step) -> None:
-    """Tag, re-check the lease, move the alias (the commit point), then bring the stages in step."""
+            audit: str, on_step: Step) -> None:
+    """Tag, re-check the lease, move the alias (the commit point), then bring the stages in step.
+
+    A lease that expired (another promotion may have taken over) ends the attempt before the alias
+    moves; its audit run is closed as `abandoned` (FAILED) so that history shows it.
+    """
     for key, value in tags.items():
         client.set_model_version_tag(name, version, f"{TAG}{key}", value)
     on_step("tagged")
     if not lease_still_held(client, lease):
-        raise TrackingError(f"the promotion lease of '{name}' expired before the alias moved; nothing was promoted "
-                            "(raise lease_seconds in the promotion policy)")
+        reason = (f"the promotion lease of '{name}' expired before the alias moved; nothing was promoted "
+                  "(raise lease_seconds in the promotion policy)")
+        for key, value in (("decision", "abandoned"), ("reason", reason)):
+            client.set_tag(audit, f"{TAG}{key}", value)
+        client.set_terminated(audit, "FAILED")
+        raise TrackingError(reason)
     client.set_registered_model_alias(name, alias, version)
     on_step("alias")
     reconcile(client, name, on_step)
@@ -269,7 +277,7 @@ def _rollback(client: MlflowClient, req: PromotionRequest, policy: PromotionPoli
             reason = f"rolled back from v{champion} to v{previous}" + (f"; {req.reason}" if req.reason else "")
             audit = open_audit(client, req, previous, "rolled_back", reason, evaluation, policy, champion, lease.token)
             on_step("evaluated")
-            _commit(client, req.name, previous, "champion", {"champion_audit_run": audit}, lease, on_step)
+            _commit(client, req.name, previous, "champion", {"champion_audit_run": audit}, lease, audit, on_step)
             tag_decision(client, req.name, previous, "rolled_back", reason, audit)
             tag_decision(client, req.name, champion, "rolled_back_from", reason, audit)
             client.set_terminated(audit)
