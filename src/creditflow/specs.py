@@ -96,7 +96,7 @@ class DatasetSpec(_Frozen):
     source: str = "generated"
     generated: GeneratedSpec = GeneratedSpec()
     target: TargetSpec
-    id_column: str
+    id_column: str | None = None  # none: row numbers identify applicants in training (scoring by id needs one)
     sentinel_action: Literal["missing", "keep"] = "missing"
     columns: dict[str, ColumnSpec]
     derived: dict[str, DerivedSpec] = {}
@@ -112,9 +112,16 @@ class DatasetSpec(_Frozen):
         for key, d in self.derived.items():
             if d.column not in known:
                 raise ValueError(f"derived '{key}' uses unknown column '{d.column}'")
-        if self.target.column in self.columns or self.id_column in self.columns:
+        if self.target.column in self.columns or (self.id_column and self.id_column in self.columns):
             raise ValueError("target and id column must not be listed under columns")
         return self
+
+    def require_id_column(self, needed_by: str) -> str:
+        """The id column, or one line saying that `needed_by` (batch scoring, the feature store) needs one."""
+        if not self.id_column:
+            raise SpecError(f"dataset spec '{self.name}' names no id_column: {needed_by} needs one "
+                            "(add `id_column: NAME` to the spec)")
+        return self.id_column
 
     @property
     def is_generated(self) -> bool:

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from creditflow.data.dataset import load_dataset, split_data
+from creditflow.data.dataset import load_dataset, read_applicants, split_data
 from creditflow.data.io import read_table
 from creditflow.data.synthetic import generate_credit_data
-from creditflow.errors import DataError
+from creditflow.errors import DataError, SpecError
 from creditflow.specs import DatasetSpec
 
 
@@ -88,3 +88,18 @@ def test_split_is_stratified_and_fixed(small_data) -> None:
     a, b = split_data(small_data, 0.2, 7), split_data(small_data, 0.2, 7)
     assert a.X_test.index.equals(b.X_test.index)
     assert abs(a.y_test.mean() - a.y_train.mean()) < 0.005
+
+
+def test_a_spec_without_an_id_column_identifies_training_rows_by_number(tmp_path: Path, raw_frame: pd.DataFrame,
+                                                                        small_spec: DatasetSpec) -> None:
+    """Many public credit files have no id column: training reads them as they are; reading by id says why not."""
+    spec = small_spec.model_copy(update={"id_column": None})
+    path = tmp_path / "no-ids.csv"
+    raw_frame.drop(columns=["Id"]).assign(age=raw_frame.age.where(raw_frame.index != 5, -1.0)).to_csv(path, index=False)
+    data = load_dataset(spec, path)
+    assert data.n_rule_violations == 1 and len(data.ids) == len(raw_frame) - 1
+    assert data.ids.tolist()[:6] == ["0", "1", "2", "3", "4", "6"]  # the file's row numbers: row 5 broke a rule
+    assert data.y.tolist() == raw_frame.SeriousDlqin2yrs.drop(index=5).tolist()
+    assert list(read_applicants(path, spec).columns) == spec.raw_columns
+    with pytest.raises(SpecError, match=f"dataset spec '{spec.name}' names no id_column: reading applicants by id"):
+        read_applicants(path, spec, ids=True)

@@ -46,20 +46,22 @@ def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False) -> p
     """A file of applicants as the model reads them: its raw columns typed; one line naming missing columns.
 
     A nullable column may be absent, as the model's signature allows: it is missing in every row.
-    With `ids`, the spec's id column (Kaggle's unnamed first column counts) comes first, as text.
+    With `ids`, the spec's id column (Kaggle's unnamed first column counts) comes first, as text; a spec
+    without one is a one-line error.
     """
+    id_column = spec.require_id_column("reading applicants by id") if ids else None
     frame = _named_id_column(read_table(path), spec)
-    needed = ([spec.id_column] if ids else []) + [raw for raw, col in spec.columns.items() if not col.nullable]
+    needed = ([id_column] if id_column else []) + [raw for raw, col in spec.columns.items() if not col.nullable]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
     X = coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin=str(path))
     if not ids:
         return X
-    empty = int(frame[spec.id_column].isna().sum())
+    empty = int(frame[id_column].isna().sum())
     if empty:
-        raise DataError(f"{path}: id column '{spec.id_column}' has {empty} empty value(s)")
-    return pd.concat([frame[spec.id_column].astype(str), X], axis=1)
+        raise DataError(f"{path}: id column '{id_column}' has {empty} empty value(s)")
+    return pd.concat([frame[id_column].astype(str), X], axis=1)
 
 
 def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditData:
@@ -76,12 +78,14 @@ def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditDat
 
 def _named_id_column(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The id column under the spec's name (Kaggle's cs-training.csv leaves its header blank)."""
+    if not spec.id_column:
+        return frame
     found = id_header(list(frame.columns), spec.id_column)
     return frame.rename(columns={found: spec.id_column}) if found and found != spec.id_column else frame
 
 
 def _validated(frame: pd.DataFrame, spec: DatasetSpec, source: str, truth: np.ndarray | None) -> CreditData:
-    required = [spec.id_column, spec.target.column, *spec.raw_columns]
+    required = [*filter(None, [spec.id_column]), spec.target.column, *spec.raw_columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: missing column(s): {', '.join(missing)}")
@@ -93,11 +97,18 @@ def _validated(frame: pd.DataFrame, spec: DatasetSpec, source: str, truth: np.nd
     return CreditData(
         X=X[keep].reset_index(drop=True),
         y=y[keep].reset_index(drop=True),
-        ids=frame[spec.id_column][keep].reset_index(drop=True),
+        ids=row_ids(frame, spec)[keep].reset_index(drop=True),
         source=source,
         n_rule_violations=int((~keep).sum()),
         true_probability=truth,
     )
+
+
+def row_ids(frame: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
+    """Applicant ids: the spec's id column, or the row number in the file (from 0, as text) when it names none."""
+    if spec.id_column:
+        return frame[spec.id_column]
+    return pd.Series(np.arange(len(frame)).astype(str), index=frame.index, name="row")
 
 
 def coerce_columns(frame: pd.DataFrame, spec: DatasetSpec, origin: str = "input") -> pd.DataFrame:

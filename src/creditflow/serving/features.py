@@ -147,10 +147,11 @@ def load_features(path: str | Path, spec: DatasetSpec, store: FeatureStore, ttl_
     if ttl_hours < 0 or (ttl_hours > 0 and ttl_seconds < 1):
         raise SpecError(f"--ttl-hours {ttl_hours:g}: give 0 (no expiry) or at least one second "
                         f"({1 / 3600:.6f} hours)")
+    id_column = spec.require_id_column("the feature store")
     frame = read_applicants(path, spec, ids=True)
     ok = (rule_violations(frame[spec.raw_columns], spec) == "").to_numpy()
-    ids = frame[spec.id_column].astype(str)
-    loaded = store.put(frame[ok], spec.id_column, ttl_seconds)
+    ids = frame[id_column].astype(str)
+    loaded = store.put(frame[ok], id_column, ttl_seconds)
     removed = store.delete(sorted(set(ids[~ok]) - set(ids[ok])))
     duplicated = int(ids.duplicated(keep=False).groupby(ids).any().sum())
     return LoadResult(len(frame), loaded, int((~ok).sum()), store.url, removed, duplicated)

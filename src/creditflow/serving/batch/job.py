@@ -86,8 +86,9 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     with spark_errors("reading the input"):
         raw, id_column = read_input(spark, plan.source), plan.id_column
         rows_in = raw.count()
-    if id_column != plan.model.dataset.id_column and id_column in BLANK_ID_HEADERS:  # Kaggle's blank header
-        id_column = plan.model.dataset.id_column  # (Spark reads it as _c0): the spec's id name
+    spec_id = plan.model.dataset.id_column
+    if spec_id and id_column != spec_id and id_column in BLANK_ID_HEADERS:  # Kaggle's blank header
+        id_column = spec_id  # (Spark reads it as _c0): the spec's id name
         raw = raw.withColumnRenamed(raw.columns[0], id_column)
     checks = rule_checks(raw, plan.model.dataset, id_column)  # built once: each is a few hundred JVM calls
     checked, reason = raw.withColumn(BROKEN, breaks_a_rule(checks)), violation_reason(checks)

@@ -50,6 +50,9 @@ def plan_batch(model_uri: str, input_path: str | Path, output: str | Path, batch
     batch_id = batch_id or default_batch_id(source.path)
     if not BATCH_ID.match(batch_id):
         raise BatchError(f"batch id '{batch_id[:40]}' must be 1-100 letters, digits, '-' or '_'")
+    if not (id_column or model.dataset.id_column):
+        raise DataError(f"the model's dataset spec '{model.dataset.name}' names no id_column: batch scoring needs "
+                        "one (pass --id-column NAME)")
     id_column = _id_column(source, id_column or model.dataset.id_column, bool(id_column))
     _check_columns(source, model)
     output = Path(output).absolute()
