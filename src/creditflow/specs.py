@@ -39,11 +39,17 @@ class ColumnSpec(_Frozen):
     sentinels: tuple[float, ...] = ()
     cap: float | None = None  # model-side ceiling (winsorising), after the value rules
     categories: tuple[str, ...] = ()
+    reason: str = ""  # adverse-action statement when this column is a principal reason (default: its label)
 
     @property
     def label(self) -> str:
         """Readable name for plots and reason codes."""
         return self.display or self.name.replace("_", " ")
+
+    @property
+    def statement(self) -> str:
+        """What an adverse-action notice says when this column is a reason; a category's text is appended."""
+        return self.reason or self.label
 
 
 class DerivedSpec(_Frozen):
@@ -156,6 +162,10 @@ class DatasetSpec(_Frozen):
         """Column labels in raw-column order: reason codes name columns by their position in it."""
         return [self.columns[c].label for c in self.raw_columns]
 
+    def reason_statements(self) -> list[str]:
+        """Adverse-action statements in raw-column order, as `reason_labels`."""
+        return [self.columns[c].statement for c in self.raw_columns]
+
 
 class FloatParam(_Frozen):
     type: Literal["float"]
@@ -225,7 +235,7 @@ class ExperimentSpec(_Frozen):
     seed: int = 42
     metric: Literal["roc_auc", "average_precision", "neg_log_loss", "neg_brier_score"] = "roc_auc"
     threshold: float = Field(0.2, gt=0, lt=1)
-    reason_codes: int = Field(3, ge=1)
+    reason_codes: int = Field(4, ge=1, le=5)  # principal reasons per decline: Reg. B expects at most four
     reason_codes_for: Literal["all", "declined"] = "all"  # "declined": adverse-action reasons only (fast batches)
     explain: ExplainSpec = ExplainSpec()
     register_as: str | None = DEFAULT_MODEL_NAME

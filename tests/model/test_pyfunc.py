@@ -61,9 +61,11 @@ def test_batch_scoring_can_ask_for_the_reason_codes_as_json_text(logged) -> None
     model = mlflow.pyfunc.load_model(str(local), model_config={"reason_codes_as": "json"})
     X = split.X_test.head(400)
     texts, listed = model.predict(X), online.predict(X)
-    assert texts["reason_codes"].tolist() == [json.dumps(codes) for codes in listed["reason_codes"]]
+    for column in ("reason_codes", "reason_statements"):
+        assert texts[column].tolist() == [json.dumps(codes) for codes in listed[column]]
     assert sum(codes != "[]" for codes in texts["reason_codes"]) > 10
-    pd.testing.assert_frame_equal(texts.drop(columns="reason_codes"), listed.drop(columns="reason_codes"))
+    reasons = ["reason_codes", "reason_statements"]
+    pd.testing.assert_frame_equal(texts.drop(columns=reasons), listed.drop(columns=reasons))
 
 
 def test_config_keys_of_earlier_versions_are_accepted_and_ignored(logged, tmp_path: Path) -> None:
@@ -188,3 +190,67 @@ def test_reason_codes_for_declined_only_keeps_declined_rows_exact(fitted: str, s
     assert 0 < declined.sum() < len(X)
     assert fast.reason_codes[declined].tolist() == full.reason_codes[declined].tolist()
     assert all(codes == [] for codes in fast.reason_codes[~declined])
+
+
+# ---------------------------------------------------------------- adverse-action statements
+
+
+@pytest.mark.parametrize("family", ["logistic", "xgboost"])
+def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_spec: DatasetSpec,
+                                                          shap_data: tuple) -> None:
+    """Each reason code has its statement, in the same order; a categorical reason names the applicant's category;
+    only columns that push towards decline are reasons, at most `reason_codes` of them."""
+    from creditflow.model.artifact import model_config
+    from creditflow.train.log_model import shap_reference
+    from tests.model.shap_cases import fit
+    from tests.model.test_shap import with_housing
+
+    columns = {**housing_spec.model_dump()["columns"]}
+    columns["Housing"] = {**columns["Housing"], "reason": "Housing status"}
+    columns["NumberOfTimes90DaysLate"] = {**columns["NumberOfTimes90DaysLate"],
+                                          "reason": "Serious delinquency (90 days or more past due)"}
+    spec = DatasetSpec.model_validate({**housing_spec.model_dump(), "columns": columns})
+    X_train, y_train, X, y = shap_data
+    X_train, y_train = with_housing(X_train, y_train, seed=2)
+    X = with_housing(X, y, seed=3)[0].head(400)
+    pipe = fit(family, spec, X_train, y_train)
+    exp = _experiment(family)
+    scoring = Scoring.build(pipe, spec, model_config(exp, spec, shap_reference(pipe, X_train, spec)))
+    out = scoring(X)
+    statement_of = dict(zip(spec.reason_labels(), spec.reason_statements(), strict=True))
+    housing_rows = 0
+    for row, (codes, statements) in enumerate(zip(out.reason_codes, out.reason_statements, strict=True)):
+        assert len(codes) == len(statements) <= 4
+        for code, statement in zip(codes, statements, strict=True):
+            if code == "Housing":
+                housing = X["Housing"].iat[row]
+                assert statement == f"Housing status: {'not given' if housing is None else housing}"
+                housing_rows += 1
+            else:
+                assert statement == statement_of[code]
+    assert housing_rows > 10 and "Serious delinquency (90 days or more past due)" in \
+        {s for statements in out.reason_statements for s in statements}
+    adverse = raw_shap(pipe, spec, X, background=X_train).values
+    for row, codes in enumerate(out.reason_codes[:50]):  # each named column raised this applicant's risk
+        positions = [spec.reason_labels().index(code) for code in codes]
+        assert (adverse.iloc[row, positions] > 0).all()
+
+
+def _experiment(family: str):
+    from tests.conftest import small_experiment
+
+    name = {"logistic": "logistic_baseline.yaml", "xgboost": "xgboost_bayes.yaml"}[family]
+    return small_experiment(name)
+
+
+def test_more_than_five_reasons_is_refused_in_one_line(tmp_path: Path) -> None:
+    from creditflow.errors import SpecError
+    from creditflow.specs import load_experiment_spec
+    from tests.conftest import EXPERIMENTS
+
+    spec = yaml.safe_load((EXPERIMENTS / "logistic_baseline.yaml").read_text())
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump({**spec, "reason_codes": 6}))
+    with pytest.raises(SpecError, match="reason_codes") as caught:
+        load_experiment_spec(path)
+    assert "\n" not in str(caught.value)

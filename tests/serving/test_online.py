@@ -122,7 +122,7 @@ def check_contract(served: Served, spec, X: pd.DataFrame, response: requests.Res
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     ours = response.url.startswith(served.ours)  # creditflow serve names the answering version; MLflow's cannot
-    fields = {"probability", "decision", "reason_codes"} | ({"model_version"} if ours else set())
+    fields = {"probability", "decision", "reason_codes", "reason_statements"} | ({"model_version"} if ours else set())
     assert [set(p) for p in predictions] == [fields] * len(X)
     if ours:
         assert {p["model_version"] for p in predictions} == {f"credit-default/{served.version}"}

@@ -102,6 +102,8 @@ def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
     assert twice["probability"] > once["probability"] > expected(first)["probability"]  # late payments raise risk
     mortgage = expected(second, **{OPEN_LINES: 1, "NumberRealEstateLoansOrLines": 1})
     assert float(out[2]["probability"]) == mortgage["probability"] and out[2]["decision"] == mortgage["decision"]
+    assert [json.loads(out[1][k]) for k in ("reason_codes", "reason_statements")] == \
+        [list(twice["reason_codes"]), list(twice["reason_statements"])]  # each entry carries its statements
     version = model.registered_version
     assert out[2]["event"] == "mortgage_opened" and out[2]["model_uri"] == f"models:/credit-default/{version}"
     assert {e["model_version"] for e in out} == {f"credit-default/{version}"}  # the version behind @champion

@@ -21,7 +21,7 @@ from creditflow.specs import DatasetSpec, ExperimentSpec
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(creditflow.__file__).parent  # shipped with every model (code_paths)
-OUTPUT_COLUMNS = ("probability", "decision", "reason_codes")
+OUTPUT_COLUMNS = ("probability", "decision", "reason_codes", "reason_statements")
 DECISIONS = ("approve", "decline")  # indexed by probability >= threshold
 TRUSTED_PREFIXES = ("creditflow.", "sklearn.", "xgboost.", "numpy.", "scipy.")
 ERROR_SOURCE = "creditflow"  # marks our error bodies, so `creditflow serve` knows they are safe to pass on
@@ -95,7 +95,7 @@ def input_schema(ds: DatasetSpec) -> Schema:
 
 def output_schema() -> Schema:
     return Schema([ColSpec("double", "probability"), ColSpec("string", "decision"),
-                   ColSpec(Array("string"), "reason_codes")])
+                   ColSpec(Array("string"), "reason_codes"), ColSpec(Array("string"), "reason_statements")])
 
 
 def pip_requirements() -> list[str]:

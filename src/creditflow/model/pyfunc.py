@@ -1,4 +1,4 @@
-"""The served credit model: an MLflow pyfunc returning P(default), the decision and reason codes.
+"""The served credit model: an MLflow pyfunc returning P(default), the decision, reason codes and statements.
 
 Logged as models-from-code (`model_code.py`), with its artifacts and config (`model.artifact`), so
 every consumer (REST endpoint, spark_udf, registry gates) scores exactly the same way. Scoring goes
@@ -42,6 +42,7 @@ class Scoring:
     threshold: float
     k: int
     labels: list[str]
+    statements: list[str]  # adverse-action statements, in the order of labels
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
@@ -60,7 +61,8 @@ class Scoring:
         except ValueError:
             rules = None
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), ds.reason_labels(),
-                   config.get("reason_codes_for", "all") == "declined", config.get("reason_codes_as") == "json",
+                   ds.reason_statements(), config.get("reason_codes_for", "all") == "declined",
+                   config.get("reason_codes_as") == "json",
                    np.asarray(config.get("decisions", DECISIONS), dtype=object))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -82,17 +84,39 @@ class Scoring:
         return pd.DataFrame({
             "probability": probability,
             "decision": pd.Series(self.decisions[declined], dtype=object),
-            "reason_codes": self._codes(sets, per_row),
+            "reason_codes": self._codes(sets, per_row, self.labels),
+            "reason_statements": self._statements(sets, per_row, frame),
         })
 
-    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray) -> pd.Series:
-        """Each row's reason codes, formatted once per distinct set (object columns: MLflow casts them cheaply)."""
-        named = [[self.labels[j] for j in columns] for columns in sets]
+    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray, texts: list[str]) -> pd.Series:
+        """Each row's reasons as `texts` name them, formatted once per distinct set (object columns: MLflow casts
+        them cheaply)."""
+        named = [[texts[j] for j in columns] for columns in sets]
         if self.codes_as_json:
-            texts = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
-            return pd.Series(texts[per_row], dtype=object)
+            encoded = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
+            return pd.Series(encoded[per_row], dtype=object)
         pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
         return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
+
+    def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, frame: pd.DataFrame) -> pd.Series:
+        """Each row's adverse-action statements; a categorical reason names the applicant's own category."""
+        shared = self._codes(sets, per_row, self.statements)
+        raw = self.spec.raw_columns
+        kinds = [self.spec.columns[c].group for c in raw]
+        for index, columns in enumerate(sets, start=1):
+            categorical = [(i, raw[j]) for i, j in enumerate(columns) if kinds[j] == "categorical"]
+            for row in np.flatnonzero(per_row == index) if categorical else ():
+                items = [self.statements[j] for j in columns]
+                for i, column in categorical:
+                    items[i] = f"{items[i]}: {category_text(frame, column, row)}"
+                shared.iat[row] = json.dumps(items) if self.codes_as_json else items
+        return shared
+
+
+def category_text(frame: pd.DataFrame, column: str, row: int) -> str:
+    """The applicant's category as sent (a nullable column may be absent: not given)."""
+    value = frame[column].iat[row] if column in frame.columns else None
+    return "not given" if value is None or value != value else str(value)
 
 
 class ServingError(MlflowException):

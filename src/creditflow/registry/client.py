@@ -65,6 +65,7 @@ class ModelRef:
     columns: tuple[str, ...]  # signature input names, in order
     required: tuple[str, ...]
     config_keys: frozenset[str] = frozenset()  # the model-config keys the model reads
+    outputs: tuple[str, ...] = ()  # signature output names (models before reason statements lack them)
 
     @property
     def label(self) -> str:
@@ -130,6 +131,7 @@ def resolve_model(model_uri: str) -> ModelRef:
         dataset=spec_from_config(config),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
         config_keys=frozenset(config),
+        outputs=tuple(meta.signature.outputs.input_names()) if meta.signature.outputs else (),
     )
 
 

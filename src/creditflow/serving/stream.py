@@ -238,7 +238,9 @@ class StreamScorer:
             answer = answers[event.id]
             scored.append({**source, "event_id": event.id, "probability": repr(float(answer["probability"])),
                            "decision": str(answer["decision"]),
-                           "reason_codes": json.dumps(list(answer["reason_codes"])), "model_uri": loaded.uri,
+                           "reason_codes": json.dumps(list(answer["reason_codes"])),
+                           "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
+                           "model_uri": loaded.uri,
                            "model_version": loaded.label, "scored_at": scored_at})
         return scored, sorted(rejected, key=lambda r: _order(r[0]))
 

@@ -66,6 +66,7 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
         np.testing.assert_allclose(part.probability.to_numpy(), online.probability.to_numpy(), rtol=1e-12, atol=0)
         assert part.decision.tolist() == online.decision.tolist()
         assert [json.loads(c) for c in part.reason_codes] == [list(c) for c in online.reason_codes]
+        assert [json.loads(c) for c in part.reason_statements] == [list(c) for c in online.reason_statements]
     assert set(batch.decision) == {"approve", "decline"}  # both outcomes exercised
     assert sum(json.loads(c) != [] for c in batch.reason_codes) > 0
 
@@ -86,6 +87,7 @@ def test_batch_scores_equal_the_online_model(spark, model: TrainingOutcome, smal
     stored = PredictionTable(result.table_url).get_latest("1007")
     assert stored["probability"] == pytest.approx(batch.loc["1007"].probability, rel=1e-15)
     assert stored["reason_codes"] == json.loads(batch.loc["1007"].reason_codes)
+    assert stored["reason_statements"] == json.loads(batch.loc["1007"].reason_statements)
     assert (stored["batch_id"], stored["model_version"]) == ("parity", model.registered_version)
 
 
@@ -150,15 +152,21 @@ def test_rerunning_a_batch_replaces_it(spark, model: TrainingOutcome, small_data
 @pytest.mark.spark
 def test_models_logged_before_the_batch_config_keys_give_the_same_rows(spark, model: TrainingOutcome,
                                                                        small_data: CreditData, tmp_path: Path) -> None:
-    """Before `reason_codes_as` the model returns lists, which Spark writes as JSON text: the same rows."""
+    """Before `reason_codes_as` the model returns lists, which Spark writes as JSON text: the same rows; a model
+    logged before reason statements gets none (an empty list), the rest unchanged."""
     applicants(small_data, 60).to_parquet(tmp_path / "in.parquet", index=False)
     plan = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out", batch_id="text")
     assert "reason_codes_as" in batch_overrides(plan.model)
     run_batch(spark, plan)
     older = replace(plan.model, config_keys=plan.model.config_keys - {"reason_codes_as"})
     run_batch(spark, replace(plan, batch_id="lists", model=older))
-    text, lists = (partition(tmp_path / "out", "scored", b).set_index("applicant_id") for b in ("text", "lists"))
-    lists = lists.loc[text.index]
+    oldest = replace(older, outputs=tuple(o for o in plan.model.outputs if o != "reason_statements"))
+    run_batch(spark, replace(plan, batch_id="codes", model=oldest))
+    ids = applicants(small_data, 60).Id.astype(str)
+    text, lists, codes = (partition(tmp_path / "out", "scored", b).set_index("applicant_id").loc[ids]
+                          for b in ("text", "lists", "codes"))
+    assert codes.reason_codes.tolist() == lists.reason_codes.tolist() and set(codes.reason_statements) == {"[]"}
+    assert [json.loads(c) for c in text.reason_statements] == [json.loads(c) for c in lists.reason_statements]
     assert [json.loads(c) for c in text.reason_codes] == [json.loads(c) for c in lists.reason_codes]
     assert text.probability.tolist() == lists.probability.tolist()
     assert text.decision.tolist() == lists.decision.tolist() and set(text.decision) == {"approve", "decline"}

@@ -30,7 +30,7 @@ from creditflow.serving.batch.table import (
 
 
 def staged(path: Path, ids: list[str], probability: float, files: int = 1) -> Path:
-    """A scored batch as Spark writes it: part files of applicant_id, probability, decision, reason_codes."""
+    """A scored batch as Spark writes it: part files of applicant_id, probability, decision, reasons (JSON)."""
     path.mkdir(parents=True)
     per_file = -(-len(ids) // files)
     for i in range(files):
@@ -41,9 +41,13 @@ def staged(path: Path, ids: list[str], probability: float, files: int = 1) -> Pa
             "decision": pa.array(["decline" if probability >= 0.2 else "approve"] * len(part)),
             "reason_codes": pa.array(['["Age", "Debt ratio"]' if j % 2 else "[]" for j in range(len(part))],
                                      pa.string()),
+            "reason_statements": pa.array([STATEMENTS if j % 2 else "[]" for j in range(len(part))], pa.string()),
         })
         pq.write_table(table, path / f"part-{i:05d}.parquet")
     return path
+
+
+STATEMENTS = '["Age", "Debt ratio too high"]'
 
 
 def lineage(version: str, when: str) -> dict[str, str]:
@@ -63,6 +67,7 @@ def check_replace_and_latest(table: PredictionTable, tmp_path: Path) -> None:
     assert latest["batch_id"] == "b1" and latest["probability"] == pytest.approx(0.05)
     assert latest["decision"] == "approve" and latest["model_version"] == "1"
     assert latest["reason_codes"] == ["Age", "Debt ratio"]  # odd row positions carry codes
+    assert latest["reason_statements"] == json.loads(STATEMENTS)
     assert latest["scored_at"].startswith("2026-01-03T00:00:00")
     assert table.get_latest("1")["reason_codes"] == []
     with pytest.raises(PredictionNotFound, match="applicant 200"):
@@ -89,7 +94,7 @@ def view_rows(table: PredictionTable, sql: str, *params: str) -> tuple[list[str]
 
 
 def check_view(table: PredictionTable) -> None:
-    """Every row read through the view carries all 9 fields; counts kept per batch match the rows."""
+    """Every row read through the view carries all 10 fields; counts kept per batch match the rows."""
     names, rows = view_rows(table, "SELECT * FROM predictions WHERE applicant_id = ?", "8")
     assert names == list(COLUMNS)
     assert sorted((r[1], r[5], r[6], r[7]) for r in rows) == [
@@ -146,6 +151,7 @@ def test_ids_in_random_order_are_inserted_sorted_each_with_its_own_row(tmp_path:
         "applicant_id": ids, "probability": [int(i) / 10_000 for i in ids],
         "decision": ["decline" if o else "approve" for o in odd],
         "reason_codes": [json.dumps([f"code {i}"] if o else []) for i, o in zip(ids, odd, strict=True)],
+        "reason_statements": [json.dumps([f"statement {i}"] if o else []) for i, o in zip(ids, odd, strict=True)],
     }), path / "part-00000.parquet")
     db = tmp_path / "p.db"
     assert PredictionTable(f"sqlite:///{db}").replace_batch("b1", path, lineage("1", "2026-01-01T00:00:00Z")) == 3000
@@ -198,6 +204,44 @@ def test_a_database_in_the_old_layout_is_a_one_line_error(tmp_path: Path, capsys
     assert err.startswith("error: sqlite:///") and "old layout" in err and "\n" not in err
     with sqlite3.connect(tmp_path / "predictions.db") as conn:  # nothing was changed
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["predictions"]
+
+
+def check_a_table_from_before_statements_gains_them(table: PredictionTable, tmp_path: Path) -> None:
+    """Rows loaded before reason statements existed read as none; a new batch writes them; nothing is lost."""
+    assert table.replace_batch("b1", staged(tmp_path / "new", ["7", "8"], 0.3), lineage("2", "2026-01-02")) == 2
+    assert table.get_latest("8")["reason_statements"] == json.loads(STATEMENTS)
+    assert table.get_latest("1")["reason_statements"] == [] and table.get_latest("1")["reason_codes"] == ["Age"]
+    assert table.count() == 3
+
+
+def test_sqlite_table_from_before_statements_gains_them(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    table = PredictionTable(f"sqlite:///{db}")
+    table.replace_batch("b0", staged(tmp_path / "old", ["1"], 0.3), lineage("1", "2026-01-01"))
+    with sqlite3.connect(db) as conn:  # as the layout before statements left it
+        conn.execute("DROP VIEW predictions")
+        conn.execute("ALTER TABLE prediction_rows DROP COLUMN reason_statements")
+        conn.execute("UPDATE prediction_rows SET reason_codes = '[\"Age\"]'")
+        conn.execute("CREATE VIEW predictions AS SELECT r.applicant_id, b.batch_id, r.probability, r.decision, "
+                     "r.reason_codes, b.model_name, b.model_version, b.run_id, b.scored_at FROM prediction_rows r "
+                     "JOIN prediction_batches b USING (batch_key)")
+    check_a_table_from_before_statements_gains_them(table, tmp_path)
+
+
+@pytest.mark.integration
+def test_postgres_table_from_before_statements_gains_them(postgres_db: str, tmp_path: Path) -> None:
+    import psycopg2
+
+    table = PredictionTable(postgres_db)
+    table.replace_batch("b0", staged(tmp_path / "old", ["1"], 0.3), lineage("1", "2026-01-01T00:00:00Z"))
+    with psycopg2.connect(postgres_db) as conn, conn.cursor() as cur:
+        cur.execute("DROP VIEW predictions")
+        cur.execute("ALTER TABLE prediction_rows DROP COLUMN reason_statements")
+        cur.execute("UPDATE prediction_rows SET reason_codes = '[\"Age\"]'")
+        cur.execute("CREATE VIEW predictions AS SELECT r.applicant_id, b.batch_id, r.probability, r.decision, "
+                    "r.reason_codes, b.model_name, b.model_version, b.run_id, b.scored_at FROM prediction_rows r "
+                    "JOIN prediction_batches b USING (batch_key)")
+    check_a_table_from_before_statements_gains_them(table, tmp_path)
 
 
 @pytest.mark.integration

@@ -164,26 +164,31 @@ def read_input(spark: SparkSession, source: InputFiles) -> DataFrame:
 
 
 def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[Column]) -> DataFrame:
-    """`keep` plus probability, decision and reason_codes (JSON text) of every row of `df`, from the model's spark_udf.
+    """`keep` plus probability, decision, reason_codes and reason_statements (JSON text) of every row of `df`, from
+    the model's spark_udf.
 
-    Reason codes are written as JSON text, as the SQL table stores them: parsing them into arrays and
+    Reasons are written as JSON text, as the SQL table stores them: parsing them into arrays and
     writing Parquet lists cost the JVM more than the rest of the scored columns together. The model
     hands them over as that text (reason_codes_as: json); models logged before that key return lists,
-    turned into the same text here.
+    turned into the same text here, and models logged before statements get an empty list of them.
     """
     from pyspark.sql import functions as F
 
     as_json = "reason_codes_as" in batch_overrides(model)
-    result_type = f"probability double, decision string, reason_codes {'string' if as_json else 'array<string>'}"
+    reasons = ["reason_codes", *(["reason_statements"] if "reason_statements" in model.outputs else [])]
+    kind = "string" if as_json else "array<string>"
+    result_type = ", ".join(["probability double", "decision string", *(f"{r} {kind}" for r in reasons)])
     with batch_copy(model) as local, _quiet_logger("mlflow.pyfunc"), no_pandas_notice():
         # env_manager="local" on purpose: the workers run this interpreter (start_spark); MLflow warns of it always
         udf = mlflow.pyfunc.spark_udf(spark, local, result_type=result_type, env_manager="local")  # copies the model
-    codes = F.col("_p.reason_codes") if as_json else F.to_json(F.col("_p.reason_codes"))
+    texts = [(F.col(f"_p.{r}") if as_json else F.to_json(F.col(f"_p.{r}"))).alias(r) for r in reasons]
+    if len(reasons) == 1:
+        texts.append(F.lit("[]").alias("reason_statements"))
     inputs = model_inputs(df, model)  # in signature order: spark_udf names unnamed columns by the signature
     predicted = df.select(*keep, udf(*[c.alias(n) for n, c in inputs.items()]).alias("_p"))  # not a struct:
     # PySpark turns a struct column into a pandas DataFrame far more slowly than it hands over plain columns
     kept = [c for c in predicted.columns if c != "_p"]
-    return predicted.select(*kept, "_p.probability", "_p.decision", codes.alias("reason_codes"))
+    return predicted.select(*kept, "_p.probability", "_p.decision", *texts)
 
 
 @contextmanager

@@ -40,14 +40,14 @@ from creditflow.errors import CreditflowError, first_line, without_password
 from creditflow.serving.batch.partitions import parquet_rows
 
 TABLE = "predictions"  # a view: every row with all of COLUMNS
-ROWS = "prediction_rows"  # applicant_id, batch_key, probability, decision, reason_codes
+ROWS = "prediction_rows"  # applicant_id, batch_key, probability, decision, reason_codes, reason_statements
 BATCHES = "prediction_batches"  # one row a batch: batch_key, batch_id, PER_BATCH, rows, first_row, last_row
 DB_FILE = "predictions.db"
 SCORED_DIR = "scored"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = "_staging"  # Spark and pyarrow readers skip names starting with "_"
 COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes",
-           "model_name", "model_version", "run_id", "scored_at")
+           "model_name", "model_version", "run_id", "scored_at", "reason_statements")
 PER_BATCH = ("model_name", "model_version", "run_id", "scored_at")  # one value for a whole batch
 LOAD_ROWS = 100_000  # rows per insert chunk: bounds the loader's memory
 BUSY_MS = 60_000  # how long a loader waits for another writer's lock
@@ -98,18 +98,20 @@ def _ddl(d: Dialect) -> list[str]:
     index is the only secondary index. PostgreSQL (no rowids) deletes by an index on batch_key.
     """
     view = (f"{TABLE} AS SELECT r.applicant_id, b.batch_id, r.probability, r.decision, r.reason_codes, "
-            f"b.model_name, b.model_version, b.run_id, b.scored_at FROM {ROWS} r JOIN {BATCHES} b USING (batch_key)")
+            f"b.model_name, b.model_version, b.run_id, b.scored_at, "  # new columns go last: PostgreSQL replaces
+            f"COALESCE(r.reason_statements, '[]') AS reason_statements "  # a view only by adding columns at its end
+            f"FROM {ROWS} r JOIN {BATCHES} b USING (batch_key)")
     statements = [
         f"CREATE TABLE IF NOT EXISTS {BATCHES} (batch_key {d.key}, batch_id TEXT NOT NULL UNIQUE, "
         f"model_name TEXT NOT NULL, model_version TEXT NOT NULL, run_id TEXT NOT NULL, "
         f"scored_at {d.timestamp} NOT NULL, rows BIGINT NOT NULL, first_row BIGINT, last_row BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {ROWS} (applicant_id TEXT NOT NULL, batch_key BIGINT NOT NULL, "
-        f"probability {d.real} NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL)",
+        f"probability {d.real} NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, reason_statements TEXT)",
         f"CREATE INDEX IF NOT EXISTS {ROWS}_applicant_idx ON {ROWS} (applicant_id)",
     ]
     if d is SQLITE:
-        return [*statements, f"CREATE VIEW IF NOT EXISTS {view}"]
-    return [*statements, f"CREATE INDEX IF NOT EXISTS {ROWS}_batch_idx ON {ROWS} (batch_key)",
+        return [*statements, f"DROP VIEW IF EXISTS {TABLE}", f"CREATE VIEW {view}"]  # one transaction: readers
+    return [*statements, f"CREATE INDEX IF NOT EXISTS {ROWS}_batch_idx ON {ROWS} (batch_key)",  # see the old one
             f"CREATE OR REPLACE VIEW {view}"]
 
 
@@ -175,6 +177,7 @@ class PredictionTable:
             with closing(conn.cursor()) as cur:  # ADBC wants its cursors closed before the connection
                 cur.execute("BEGIN IMMEDIATE" if d is SQLITE else "BEGIN")  # SQLite: the only writer from here on
                 self._check_layout(cur)
+                _add_statements_column(cur, d)
                 for statement in _ddl(d):
                     cur.execute(statement)
                 if d is POSTGRES:  # one loader at a time, as in SQLite; readers are not blocked
@@ -259,7 +262,8 @@ class PredictionTable:
         if row is None:
             raise PredictionNotFound(f"no prediction stored for applicant {applicant_id}")
         record = dict(zip(COLUMNS, row, strict=True))
-        record["reason_codes"] = json.loads(record["reason_codes"])
+        for reasons in ("reason_codes", "reason_statements"):
+            record[reasons] = json.loads(record[reasons])
         record["scored_at"] = _iso(record["scored_at"])
         return record
 
@@ -279,6 +283,21 @@ class PredictionTable:
             raise TableError(f"cannot read {self._safe_url()}: {first_line(exc)}") from None
         finally:
             conn.close()
+
+
+def _add_statements_column(cur: Any, d: Dialect) -> None:
+    """A table written before reason statements gains their column (its earlier rows read as no statements).
+
+    Checked first: PostgreSQL's ALTER TABLE locks readers out until the load commits, even with IF NOT EXISTS.
+    """
+    if d is SQLITE:
+        cur.execute(f"SELECT name FROM pragma_table_info('{ROWS}')")
+    else:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                    "AND table_schema = current_schema()", (ROWS,))
+    names = {row[0] for row in cur.fetchall()}
+    if names and "reason_statements" not in names:
+        cur.execute(f"ALTER TABLE {ROWS} ADD COLUMN reason_statements TEXT")
 
 
 def _pg_error() -> type[Exception]:
@@ -319,12 +338,13 @@ def _table_rows(chunk: pa.Table, batch_key: int) -> pa.Table:
     return pa.table({
         "applicant_id": chunk["applicant_id"], "batch_key": pa.repeat(pa.scalar(batch_key, pa.int64()), chunk.num_rows),
         "probability": chunk["probability"], "decision": chunk["decision"], "reason_codes": chunk["reason_codes"],
+        "reason_statements": chunk["reason_statements"],
     })
 
 
 def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
     """The scored rows, LOAD_ROWS at a time, one file and row group after another (no read-ahead)."""
-    columns = ["applicant_id", "probability", "decision", "reason_codes"]
+    columns = ["applicant_id", "probability", "decision", "reason_codes", "reason_statements"]
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=LOAD_ROWS, columns=columns):
             yield pa.Table.from_batches([batch])
