@@ -336,8 +336,7 @@ KILL_STEPS = {
     "committed": (("killed", "before", "before"), [("killed", "scored"), ("killed", "quarantine")]),
     "exchanged-scored": (("killed", "killed", "before"), [("before", "scored"), ("killed", "quarantine")]),
     "published-scored": (("killed", "killed", "before"), [("killed", "quarantine")]),
-    "exchanged-quarantine": (("killed", "killed", "killed"), [("before", "quarantine")]),
-}  # and "published-quarantine": every reader finds the killed job's batch, its staging area is left (empty)
+}  # "exchanged-quarantine" is "exchanged-scored" for the other partition: left out, each kill costs a Spark start
 
 
 def readers_see(out: Path, batch_id: str) -> dict[str, tuple[set[str], set[pd.Timestamp]]]:
