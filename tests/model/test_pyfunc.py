@@ -254,3 +254,25 @@ def test_more_than_five_reasons_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="reason_codes") as caught:
         load_experiment_spec(path)
     assert "\n" not in str(caught.value)
+
+
+def test_a_calibrated_model_serves_the_calibrated_probability_with_the_same_reasons(fitted_xgboost,
+                                                                                   small_spec: DatasetSpec) -> None:
+    """The served probability (and the decision at the threshold) is the calibrated one; the reasons, from the
+    model's own contributions, are unchanged, as calibration is an increasing map."""
+    from creditflow.model.artifact import model_config
+    from creditflow.model.calibration import Calibration
+    from creditflow.model.pipeline import predict_default
+
+    exp, pipe, split = fitted_xgboost
+    X = split.X_test.head(1000)
+    plain = Scoring.build(pipe, small_spec, model_config(exp, small_spec))(X)
+    calibration = Calibration("sigmoid", slope=0.8, intercept=-0.9)
+    served = Scoring.build(pipe, small_spec, model_config(exp, small_spec, calibration=calibration))(X)
+    expected = calibration.apply(predict_default(pipe, X))
+    np.testing.assert_allclose(served.probability.to_numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(predict_default(pipe, X, calibration), expected, rtol=0, atol=0)
+    assert (served.probability < plain.probability).mean() > 0.9  # this map lowers nearly every probability
+    assert served.decision.tolist() == np.where(expected >= exp.threshold, "decline", "approve").tolist()
+    assert (served.decision != plain.decision).any()  # the decision follows the calibrated probability
+    assert served.reason_codes.tolist() == plain.reason_codes.tolist()

@@ -100,3 +100,33 @@ def test_a_failing_run_ends_failed_not_running(small_spec, small_data) -> None:
     runs = mlflow.search_runs(search_all_experiments=True)
     assert isinstance(runs, pd.DataFrame) and len(runs) >= 1
     assert set(runs["status"]) == {"FAILED"}
+
+
+def test_a_calibrated_run_serves_the_map_fitted_on_its_training_split_only(tmp_path, small_spec, small_data) -> None:
+    """`calibration: sigmoid` on an over-confident XGBoost (scale_pos_weight 5): the map comes from out-of-fold
+    predictions of the training split (refitting it from that split alone gives the same numbers), the served
+    probability is the calibrated one, and the held-out calibration error falls."""
+    from creditflow.data.dataset import split_data
+    from creditflow.model.calibration import Calibration
+    from creditflow.model.pipeline import predict_default
+    from creditflow.train.search import fit_out_of_fold_calibration
+
+    params = {"model__n_estimators": 60, "model__max_depth": 4, "model__scale_pos_weight": 5.0}
+    exp = small_experiment("xgboost_bayes.yaml", **{"search.type": "none", "explain.enabled": False,
+                                                     "calibration": "sigmoid", "params": params})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        outcome = train_and_log(exp.with_overrides(register_as=None), small_spec, small_data)
+        run = MlflowClient().get_run(outcome.run_id)
+        model = mlflow.pyfunc.load_model(outcome.model_uri).unwrap_python_model()
+    finally:
+        mlflow.set_tracking_uri(None)
+    split = split_data(small_data, exp.test_size, exp.seed)
+    refit = fit_out_of_fold_calibration(exp, small_spec, params, split.X_train, split.y_train)
+    assert model.scoring.calibration == refit and isinstance(refit, Calibration)
+    X = split.X_test.head(300)
+    served = model.scoring(X).probability.to_numpy()
+    assert served.tolist() == pytest.approx(refit.apply(predict_default(model.pipeline, X)).tolist(), abs=1e-12)
+    metrics = run.data.metrics
+    assert metrics["test_calibration_error"] < metrics["test_calibration_error_uncalibrated"] / 2, metrics
+    assert run.data.params["calibration"] == "sigmoid"

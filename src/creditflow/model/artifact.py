@@ -17,6 +17,7 @@ from mlflow.types.schema import Array, ColSpec, Schema
 from sklearn.pipeline import Pipeline
 
 import creditflow
+from creditflow.model.calibration import Calibration
 from creditflow.specs import DatasetSpec, ExperimentSpec
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
@@ -43,8 +44,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return sio.load(path, trusted=untrusted)
 
 
-def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | None = None) -> dict[str, Any]:
-    """What travels with the model: decision policy, reason codes, names, value rules, SHAP reference."""
+def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | None = None,
+                 calibration: Calibration | None = None) -> dict[str, Any]:
+    """What travels with the model: decision policy, reason codes, names, value rules, SHAP reference, calibration."""
     return {
         "threshold": exp.threshold,
         "reason_codes": exp.reason_codes,
@@ -56,12 +58,13 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "dataset_spec": ds.model_dump(mode="json"),
         "raw_columns": ds.raw_columns,  # MLflow stores the config with sorted keys: this keeps the order
         "shap_reference": reference,
+        "calibration": calibration.to_config() if calibration else None,
     }
 
 
 CONFIG_KEYS = frozenset({  # what model_config writes: a key beyond these comes from a newer creditflow
     "threshold", "reason_codes", "reason_codes_for", "reason_codes_as", "decisions", "display_names", "family",
-    "dataset_spec", "raw_columns", "shap_reference",
+    "dataset_spec", "raw_columns", "shap_reference", "calibration",
 })
 RETIRED_KEYS = frozenset({  # written by earlier versions, read no more (docs/performance.md): accepted and ignored
     "decision_as", "reason_codes_as_key", "freeze_gc_after_load",

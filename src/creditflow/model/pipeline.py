@@ -23,6 +23,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransforme
 from xgboost import XGBClassifier
 
 from creditflow.errors import SpecError
+from creditflow.model.calibration import Calibration, calibrated
 from creditflow.specs import DatasetSpec, ExperimentSpec, GroupKind
 
 GROUPS: tuple[GroupKind, ...] = ("numeric", "skewed", "categorical", "indicator")
@@ -195,9 +196,10 @@ def positive_index(model: Any) -> int:
     return list(model.classes_).index(1)
 
 
-def predict_default(pipe: Pipeline, X: pd.DataFrame) -> np.ndarray:
-    """P(default): the column of predict_proba for class 1, never class labels."""
-    return pipe.predict_proba(X)[:, positive_index(pipe)]
+def predict_default(pipe: Pipeline, X: pd.DataFrame, calibration: Calibration | None = None) -> np.ndarray:
+    """P(default) as served: the column of predict_proba for class 1 (never class labels), calibrated when the
+    model is."""
+    return calibrated(pipe.predict_proba(X)[:, positive_index(pipe)], calibration)
 
 
 def is_linear(model: Any) -> bool:

@@ -25,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from creditflow.data.rules import RuleCheck
 from creditflow.errors import BadRequest
 from creditflow.model.artifact import DECISIONS, ERROR_SOURCE, PIPELINE_ARTIFACT, check_config_keys, load_pipeline
+from creditflow.model.calibration import Calibration, calibrated
 from creditflow.model.compiled import FastScorer, NotCompilable, compile_scorer, reason_sets
 from creditflow.model.inputs import applicant_matrix, check_rules
 from creditflow.specs import DatasetSpec, spec_from_config
@@ -46,6 +47,7 @@ class Scoring:
     declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
+    calibration: Calibration | None = None  # the served probability is the calibrated one (model.calibration)
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -63,20 +65,22 @@ class Scoring:
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), ds.reason_labels(),
                    ds.reason_statements(), config.get("reason_codes_for", "all") == "declined",
                    config.get("reason_codes_as") == "json",
-                   np.asarray(config.get("decisions", DECISIONS), dtype=object))
+                   np.asarray(config.get("decisions", DECISIONS), dtype=object),
+                   Calibration.from_config(config.get("calibration")))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
         check_rules(R, self.spec, self.rules)
         if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
             Z = self.scorer.transform(R)  # once: the declined rows' explanations reuse it
-            probability = self.scorer.probability_of(Z)
+            probability = calibrated(self.scorer.probability_of(Z), self.calibration)
             explained = np.flatnonzero(probability >= self.threshold)
             contributions = (self.scorer.raw_contributions(Z[explained]) if len(explained)
                              else np.empty((0, len(self.labels))))
         else:
             scored = self.scorer.score(R)
             probability, explained, contributions = scored.probability, np.arange(len(R)), scored.contributions
+            probability = calibrated(probability, self.calibration)
         sets, which = reason_sets(contributions, self.k)
         per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
         per_row[explained] = which + 1

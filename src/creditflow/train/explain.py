@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from creditflow.model.calibration import Calibration
 from creditflow.model.pipeline import is_linear, predict_default
 from creditflow.model.shap import RawShap, raw_shap
 from creditflow.specs import ColumnSpec, DatasetSpec, ExplainSpec
@@ -25,9 +26,13 @@ PDP_GRID_2D = 10  # per axis of the 2-D interaction: 10 x 10 predictions
 
 
 def write_explanations(
-    pipe: Pipeline, spec: DatasetSpec, cfg: ExplainSpec, X: pd.DataFrame, y: pd.Series, out_dir: Path
+    pipe: Pipeline, spec: DatasetSpec, cfg: ExplainSpec, X: pd.DataFrame, y: pd.Series, out_dir: Path,
+    calibration: Calibration | None = None,
 ) -> dict[str, float]:
-    """Write PDP, permutation-importance, SHAP and curve artifacts for held-out rows; return sizes and seconds."""
+    """Write PDP, permutation-importance, SHAP and curve artifacts for held-out rows; return sizes and seconds.
+
+    Curves and the waterfalls' titles show the served (calibrated) probability; PDP, permutation importance
+    and SHAP describe the model's own score, which calibration only rescales (an increasing map)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     X = X[spec.raw_columns]
@@ -56,9 +61,9 @@ def write_explanations(
         explained = raw_shap(pipe, spec, X_shap, background=X)
         _shap_table(explained).to_csv(out_dir / "shap_values.csv", index_label="row")
     with timed(facts, "explain_shap_plots_seconds"):
-        waterfalls = _plot_shap(explained, spec, pipe, cfg.waterfalls, out_dir)
+        waterfalls = _plot_shap(explained, spec, pipe, cfg.waterfalls, out_dir, calibration)
     with timed(facts, "explain_curves_seconds"):
-        _plot_curves(y.to_numpy(), predict_default(pipe, X), out_dir)
+        _plot_curves(y.to_numpy(), predict_default(pipe, X, calibration), out_dir)
 
     facts.update({
         "explain_rows": len(X),
@@ -175,7 +180,8 @@ def _explanation(explained: RawShap, spec: DatasetSpec) -> Any:
     )
 
 
-def _plot_shap(explained: RawShap, spec: DatasetSpec, pipe: Pipeline, waterfalls: int, out_dir: Path) -> int:
+def _plot_shap(explained: RawShap, spec: DatasetSpec, pipe: Pipeline, waterfalls: int, out_dir: Path,
+               calibration: Calibration | None = None) -> int:
     import matplotlib.pyplot as plt
     import shap
 
@@ -187,7 +193,7 @@ def _plot_shap(explained: RawShap, spec: DatasetSpec, pipe: Pipeline, waterfalls
         fig.gca().set_xlabel(f"SHAP value ({space})" if name == "beeswarm" else f"mean |SHAP value| ({space})")
         _save(fig, out_dir / f"shap_{name}.png")
     rows = example_rows(explained, waterfalls)
-    risk = predict_default(pipe, explained.data.iloc[rows]) if len(rows) else []
+    risk = predict_default(pipe, explained.data.iloc[rows], calibration) if len(rows) else []
     for i, (row, p) in enumerate(zip(rows, risk, strict=True)):
         plt.figure(figsize=(9, 0.45 * len(spec.raw_columns) + 2))
         shap.plots.waterfall(exp[int(row)], max_display=len(spec.raw_columns), show=False)

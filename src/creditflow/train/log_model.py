@@ -23,6 +23,7 @@ from creditflow.model.artifact import (
     pip_requirements,
     save_pipeline,
 )
+from creditflow.model.calibration import Calibration
 from creditflow.model.pipeline import is_linear, predict_default
 from creditflow.model.profile import PROFILE_ARTIFACT, reference_profile
 from creditflow.specs import DatasetSpec, ExperimentSpec
@@ -38,15 +39,16 @@ def shap_reference(pipe: Pipeline, X_train: pd.DataFrame, ds: DatasetSpec) -> li
 
 
 
-def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_train: pd.DataFrame) -> ModelInfo:
+def log_credit_model(pipe: Pipeline, exp: ExperimentSpec, ds: DatasetSpec, X_train: pd.DataFrame,
+                     calibration: Calibration | None = None) -> ModelInfo:
     """Log the fitted pipeline as our pyfunc under the active run, with signature and input example.
 
     `X_train` (the training rows) gives the SHAP reference of linear models, the input example and the
     reference profile the drift monitor compares batches with.
     """
-    config = model_config(exp, ds, shap_reference(pipe, X_train, ds))
+    config = model_config(exp, ds, shap_reference(pipe, X_train, ds), calibration)
     X = X_train[ds.raw_columns]
-    profile = reference_profile(X, ds, predict_default(pipe, X))
+    profile = reference_profile(X, ds, predict_default(pipe, X, calibration))
     signature = ModelSignature(inputs=input_schema(ds), outputs=output_schema())
     with tempfile.TemporaryDirectory() as tmp:
         path, profile_path = Path(tmp) / f"{PIPELINE_ARTIFACT}.skops", Path(tmp) / f"{PROFILE_ARTIFACT}.json"

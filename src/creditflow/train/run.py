@@ -25,6 +25,7 @@ from mlflow.models.model import ModelInfo
 
 from creditflow.data.dataset import CreditData, digest, split_data
 from creditflow.errors import TrackingError, first_line
+from creditflow.model.calibration import Calibration
 from creditflow.specs import DatasetSpec, ExperimentSpec
 from creditflow.train import search
 from creditflow.train.explain import write_explanations
@@ -128,16 +129,21 @@ def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> Tra
             result = search.search(exp, ds, split.X_train, split.y_train, on_trial=_log_trial(exp))
         with timed(timings, "seconds_fit", "fit"):
             pipe = search.fit_final(exp, ds, result.best_params, split.X_train, split.y_train)
-        test = search.evaluate_on(pipe, split.X_test, split.y_test, exp.threshold)
+        with timed(timings, "seconds_calibrate", "calibrate"):
+            calibration = search.fit_out_of_fold_calibration(exp, ds, result.best_params, split.X_train, split.y_train)
+        test = search.evaluate_on(pipe, split.X_test, split.y_test, exp.threshold, calibration)
+        if calibration:  # what calibration bought, side by side in the UI
+            raw = search.evaluate_on(pipe, split.X_test, split.y_test, exp.threshold)
+            mlflow.log_metric("test_calibration_error_uncalibrated", raw["test_calibration_error"])
         mlflow.log_params({f"best.{k}": str(v) for k, v in result.best_params.items()})
         mlflow.log_metrics({**result.best_cv, **test})
         logger.info("  held-out: roc_auc=%.4f ks=%.3f brier=%.4f", test["test_roc_auc"], test["test_ks"],
                     test["test_brier"])
         if exp.explain.enabled:
             with timed(timings, "seconds_explain", "explain"):
-                log_explanations(pipe, exp, ds, split.X_test, split.y_test)
+                log_explanations(pipe, exp, ds, split.X_test, split.y_test, calibration)
         with timed(timings, "seconds_log_model", "log_model"):
-            info = log_credit_model(pipe, exp, ds, split.X_train)
+            info = log_credit_model(pipe, exp, ds, split.X_train, calibration)
         mlflow.log_metrics(timings)
         version = register(info, exp, test, data_digest) if exp.register_as else None
     return TrainingOutcome(run.info.run_id, exp.name, exp.family, info.model_uri, result.best_cv, test, version)
@@ -163,9 +169,10 @@ def ends_failed(run_id: str) -> Iterator[None]:
         raise
 
 
-def log_explanations(pipe: Any, exp: ExperimentSpec, ds: DatasetSpec, X: Any, y: Any) -> None:
+def log_explanations(pipe: Any, exp: ExperimentSpec, ds: DatasetSpec, X: Any, y: Any,
+                     calibration: Calibration | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        figures = write_explanations(pipe, ds, exp.explain, X, y, Path(tmp))
+        figures = write_explanations(pipe, ds, exp.explain, X, y, Path(tmp), calibration)
         mlflow.log_artifacts(tmp, "explanations")
     mlflow.log_metrics({k: float(v) for k, v in figures.items()})
 
@@ -178,7 +185,8 @@ def rebuild_explanations(run_id: str, data_path: str | None = None) -> None:
     except (MlflowException, OSError) as exc:
         raise TrackingError(f"run {run_id} has no creditflow model: {first_line(exc)}") from None
     with mlflow.start_run(run_id=run_id):
-        log_explanations(model.pipeline, rows.experiment, rows.dataset, rows.split.X_test, rows.split.y_test)
+        log_explanations(model.pipeline, rows.experiment, rows.dataset, rows.split.X_test, rows.split.y_test,
+                         model.scoring.calibration)
     logger.info("explanations of run %s rebuilt", run_id)
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.model_selection import ParameterGrid, StratifiedKFold, cross_validate
+from sklearn.model_selection import ParameterGrid, StratifiedKFold, cross_val_predict, cross_validate
 from sklearn.pipeline import Pipeline
 
+from creditflow.model.calibration import Calibration, fit_calibration
 from creditflow.model.pipeline import build_pipeline, predict_default
 from creditflow.specs import CategoricalParam, DatasetSpec, ExperimentSpec, FloatParam, SearchParam
 from creditflow.train.metrics import CV_SCORERS, evaluate
@@ -135,5 +136,18 @@ def fit_final(exp: ExperimentSpec, ds: DatasetSpec, params: dict[str, Any], X: p
     return build_pipeline(exp, ds, params).fit(X, y)
 
 
-def evaluate_on(pipe: Pipeline, X: pd.DataFrame, y: pd.Series, threshold: float) -> dict[str, float]:
-    return {f"test_{k}": v for k, v in evaluate(y.to_numpy(), predict_default(pipe, X), threshold).items()}
+def fit_out_of_fold_calibration(exp: ExperimentSpec, ds: DatasetSpec, params: dict[str, Any], X: pd.DataFrame,
+                                y: pd.Series) -> Calibration | None:
+    """The experiment's calibration map, fitted on out-of-fold predictions of the training split (the held-out
+    split is never seen), or None when the spec asks for none."""
+    if exp.calibration == "none":
+        return None
+    cv = StratifiedKFold(n_splits=exp.cv_folds, shuffle=True, random_state=exp.seed)
+    oof = cross_val_predict(build_pipeline(exp, ds, params), X, y, cv=cv, method="predict_proba", n_jobs=1)
+    return fit_calibration(exp.calibration, oof[:, 1], y.to_numpy())
+
+
+def evaluate_on(pipe: Pipeline, X: pd.DataFrame, y: pd.Series, threshold: float,
+                calibration: Calibration | None = None) -> dict[str, float]:
+    p = predict_default(pipe, X, calibration)
+    return {f"test_{k}": v for k, v in evaluate(y.to_numpy(), p, threshold).items()}
