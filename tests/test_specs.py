@@ -32,6 +32,9 @@ def test_dataset_spec_maps_raw_names_and_groups() -> None:
         "implausible_utilization", "high_debt_ratio", "missing_monthly_income", "missing_num_dependents"]
     assert ds.raw_name_of("missing_monthly_income") == "MonthlyIncome"
     assert ds.columns["NumberOfTimes90DaysLate"].sentinels == (96, 98)
+    assert ds.monotone_columns() == {  # the flagship's declared directions: late payments and utilisation
+        "RevolvingUtilizationOfUnsecuredLines": "increasing", "NumberOfTime30-59DaysPastDueNotWorse": "increasing",
+        "NumberOfTimes90DaysLate": "increasing", "NumberOfTime60-89DaysPastDueNotWorse": "increasing"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
@@ -74,6 +77,16 @@ def test_not_yaml_is_one_line(tmp_path: Path) -> None:
 def test_derived_must_use_known_column(tmp_path: Path) -> None:
     text = DATASET_YAML.read_text().replace("{column: debt_ratio, op: gt", "{column: debt_ratios, op: gt")
     with pytest.raises(SpecError, match="unknown column 'debt_ratios'"):
+        load_dataset_spec(_write(tmp_path, text, "d.yaml"))
+
+
+def test_monotone_is_a_direction_of_an_ordered_column(tmp_path: Path) -> None:
+    upward = "{name: age, group: numeric,"
+    text = DATASET_YAML.read_text().replace(upward, "{name: age, group: numeric, monotone: upward,")
+    with pytest.raises(SpecError, match="invalid field 'columns.age.monotone'"):
+        load_dataset_spec(_write(tmp_path, text, "d.yaml"))
+    text = DATASET_YAML.read_text().replace(upward, "{name: age, group: categorical, monotone: decreasing,")
+    with pytest.raises(SpecError, match="column 'age': a categorical column has no order to be monotone in"):
         load_dataset_spec(_write(tmp_path, text, "d.yaml"))
 
 

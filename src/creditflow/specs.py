@@ -20,6 +20,7 @@ DEFAULT_MODEL_NAME = "credit-default"  # the registered model every command uses
 CHAMPION_URI = f"models:/{DEFAULT_MODEL_NAME}@champion"
 
 GroupKind = Literal["numeric", "skewed", "categorical", "indicator"]
+Direction = Literal["increasing", "decreasing"]
 
 
 class _Frozen(BaseModel):
@@ -40,6 +41,13 @@ class ColumnSpec(_Frozen):
     cap: float | None = None  # model-side ceiling (winsorising), after the value rules
     categories: tuple[str, ...] = ()
     reason: str = ""  # adverse-action statement when this column is a principal reason (default: its label)
+    monotone: Direction | None = None  # P(default) never moves against it as this column alone rises (gate (f))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ColumnSpec:
+        if self.monotone and self.group == "categorical":
+            raise ValueError(f"column '{self.name}': a categorical column has no order to be monotone in")
+        return self
 
     @property
     def label(self) -> str:
@@ -154,6 +162,10 @@ class DatasetSpec(_Frozen):
             if col.name == model_name:
                 return raw
         raise KeyError(model_name)
+
+    def monotone_columns(self) -> dict[str, Direction]:
+        """Raw column -> its declared direction: what the tree constraints and the monotone gate read."""
+        return {raw: col.monotone for raw, col in self.columns.items() if col.monotone}
 
     def display_names(self) -> dict[str, str]:
         return {raw: col.label for raw, col in self.columns.items()}

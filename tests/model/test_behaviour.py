@@ -6,8 +6,9 @@ champion (the logistic baseline, logged and loaded as the pyfunc) and the small 
 pipelines of the session fixtures (compiled scoring with their SHAP reference, as the pyfunc builds it; their
 P(default) curves straight from the pipeline, which the compiled scorer equals: tests/model/test_compiled.py).
 
-Tree families are not constrained to be monotone today. Where an expectation fails for them the case is a strict
-xfail whose reason gives the figures (an XPASS fails the run): input for the issue on monotone constraints.
+Tree families are constrained to be monotone in the spec's `monotone` columns (model.pipeline.monotone_constraints),
+so the directional expectations hold for every family. Where an expectation still fails the case is a strict xfail
+whose reason gives the figures (an XPASS fails the run).
 """
 
 from __future__ import annotations
@@ -36,28 +37,9 @@ SAMPLE_ROWS = 300  # held-out applicants each curve is drawn for
 TOLERANCE = 1e-12  # "never lowers": no drop beyond floating-point noise
 
 FAMILIES = ("logistic", "xgboost", "hist_gradient_boosting")
-UNCONSTRAINED = "tree models are not constrained to be monotone today (issue on monotone constraints): {}"
-NOT_MONOTONE = {  # (family, column) -> what the assertion reports for it on the 300 held-out applicants
-    ("xgboost", LATE_COUNTS[0]): "falls for 162 applicants, worst step -0.074 (2 -> 3)",
-    ("xgboost", LATE_COUNTS[1]): "falls for 66 applicants, worst step -0.064 (0 -> 1)",
-    ("xgboost", LATE_COUNTS[2]): "falls for 15 applicants, worst step -0.053 (0 -> 1)",
-    ("xgboost", UTILIZATION): "falls for 295 applicants within 0..10, worst step -0.083 (0.40 -> 0.41)",
-    ("hist_gradient_boosting", LATE_COUNTS[0]): "falls for 77 applicants, worst step -0.090 (1 -> 2)",
-    ("hist_gradient_boosting", LATE_COUNTS[1]): "falls for 75 applicants, worst step -0.070 (0 -> 1)",
-    ("hist_gradient_boosting", LATE_COUNTS[2]): "falls for 24 applicants, worst step -0.050 (0 -> 1)",
-    ("hist_gradient_boosting", UTILIZATION): "falls for all 300 applicants within 0..10, worst step -0.197 "
-                                             "(0.41 -> 0.42), down to 0.327 below an earlier value",
-}
-LATE_90_APPROVED = ("the tree families approve the applicant below with 10 times 90+ days late (xgboost P = 0.052, "
-                    "hist_gradient_boosting P = 0.066, threshold 0.2): their P(default) stops rising at 3, and only "
-                    "20 of the 4,800 training rows are 3 or more")
-
-
-def directional(columns: list[str]) -> list:
-    """(column, family) cases; where the expectation is known to break for a tree family, a strict xfail."""
-    return [pytest.param(raw, family, id=f"{raw}-{family}", marks=[
-        pytest.mark.xfail(strict=True, reason=UNCONSTRAINED.format(NOT_MONOTONE[family, raw]))
-    ] if (family, raw) in NOT_MONOTONE else []) for raw in columns for family in FAMILIES]
+LATE_90_APPROVED = ("the tree families approve the applicant below with 10 times 90+ days late, though it is their "
+                    "first reason code (xgboost P = 0.049, hist_gradient_boosting P = 0.097, threshold 0.2): their "
+                    "P(default) stops rising at 3, and only 20 of the 4,800 training rows are 3 or more")
 
 
 @dataclass(frozen=True)
@@ -121,7 +103,8 @@ def assert_never_lower(p: np.ndarray, raw: str, values: np.ndarray) -> None:
 # ---------------------------------------------------------------- directional expectations
 
 
-@pytest.mark.parametrize(("raw", "family"), directional(LATE_COUNTS))
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("raw", LATE_COUNTS)
 def test_more_late_payments_never_lower_p_default(raw: str, family: str, served: dict[str, Served],
                                                   small_spec: DatasetSpec) -> None:
     values = valid_counts(small_spec, raw)
@@ -129,7 +112,8 @@ def test_more_late_payments_never_lower_p_default(raw: str, family: str, served:
     assert_never_lower(curves(served[family], raw, values), raw, values)
 
 
-@pytest.mark.parametrize(("raw", "family"), directional([UTILIZATION]))
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("raw", [UTILIZATION])
 def test_higher_utilization_never_lowers_p_default(raw: str, family: str, served: dict[str, Served],
                                                    small_spec: DatasetSpec) -> None:
     values = plausible_utilization(small_spec)

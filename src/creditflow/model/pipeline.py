@@ -3,6 +3,8 @@
 A model family is a small factory (`FAMILIES`): its estimator, and whether it wants the linear
 preprocessing (impute, scale, power, one-hot) or the tree preprocessing (raw values, native NaN,
 ordinal-coded categoricals). Adding a family is a factory here plus an experiment spec.
+Tree families get the spec's monotone directions as constraints (`monotone_constraints`); the linear
+family stays unconstrained. The promotion gate (f) checks every family on the registered artifact.
 """
 
 from __future__ import annotations
@@ -110,9 +112,33 @@ def make_preprocessor(spec: DatasetSpec, kind: Literal["linear", "tree"]) -> Col
     return ColumnTransformer(parts, remainder="drop")
 
 
+def tree_features(spec: DatasetSpec) -> list[str]:
+    """The tree preprocessing's output columns, in order: each group's model columns, groups in GROUPS order."""
+    return [c for g in GROUPS for c in spec.model_columns(g)]
+
+
 def _categorical_mask(spec: DatasetSpec) -> list[bool]:
-    """For tree models: which preprocessed columns are categorical (they follow GROUPS order)."""
-    return [g == "categorical" for g in GROUPS for _ in spec.model_columns(g)]
+    """For tree models: which preprocessed columns are categorical."""
+    categorical = set(spec.model_columns("categorical"))
+    return [c in categorical for c in tree_features(spec)]
+
+
+SIGN = {"increasing": 1, "decreasing": -1}
+FOLLOWS = {"gt": 1, "ge": 1, "lt": -1, "le": -1, "isnull": 0}  # a derived flag's direction relative to its column
+
+
+def model_directions(spec: DatasetSpec) -> dict[str, int]:
+    """Model column -> +1/-1 where P(default) must rise/fall with it: the spec's `monotone` columns, and their
+    derived indicators (`x > v` of an increasing column rises with it, `x < v` falls, `isnull` is unconstrained)."""
+    signs = {c.name: SIGN[c.monotone] for c in spec.columns.values() if c.monotone}
+    derived = {k: signs.get(d.column, 0) * FOLLOWS[d.op] for k, d in spec.derived.items()}
+    return {name: sign for name, sign in {**signs, **derived}.items() if sign}
+
+
+def monotone_constraints(spec: DatasetSpec) -> tuple[int, ...] | None:
+    """The tree families' constraint vector, in their input feature order; None when the spec declares nothing."""
+    directions = model_directions(spec)
+    return tuple(directions.get(c, 0) for c in tree_features(spec)) if directions else None
 
 
 def _logistic(spec: DatasetSpec, seed: int) -> LogisticRegression:
@@ -125,16 +151,19 @@ def _xgboost(spec: DatasetSpec, seed: int) -> XGBClassifier:
         n_estimators=300, max_depth=4, learning_rate=0.05, tree_method="hist", n_jobs=2, random_state=seed,
         eval_metric="logloss", enable_categorical=any(mask),
         feature_types=["c" if m else "q" for m in mask] if any(mask) else None,
+        monotone_constraints=monotone_constraints(spec),
     )
 
 
 def _hist_gradient_boosting(spec: DatasetSpec, seed: int) -> HistGradientBoostingClassifier:
     # categoricals stay ordinal-coded numbers: shap 0.51 misreads HGB's native categorical splits
-    return HistGradientBoostingClassifier(random_state=seed, categorical_features=None)
+    return HistGradientBoostingClassifier(random_state=seed, categorical_features=None,
+                                          monotonic_cst=monotone_constraints(spec))
 
 
 def _random_forest(spec: DatasetSpec, seed: int) -> RandomForestClassifier:
-    return RandomForestClassifier(n_estimators=200, min_samples_leaf=20, n_jobs=2, random_state=seed)
+    return RandomForestClassifier(n_estimators=200, min_samples_leaf=20, n_jobs=2, random_state=seed,
+                                  monotonic_cst=monotone_constraints(spec))
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""The four offline promotion gates, each a verdict with the figures it was decided on.
+"""The five offline promotion gates, each a verdict with the figures it was decided on.
 
 (a) floors (ROC AUC, calibration, KS drop), (b) beats the champion by a paired bootstrap interval,
-(c) signature compatible with the champion's clients, (d) loads from the registry and predicts.
+(c) signature compatible with the champion's clients, (d) loads from the registry and predicts,
+(f) monotone in the columns its dataset spec declares (`registry.monotone`), on that same loaded model.
 Gate (e), the shadow evidence from live traffic, is `registry.evidence.shadow_gate`.
 Both models are loaded from the registry and scored on the same rows: the challenger's held-out split.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import mlflow
 import numpy as np
@@ -20,7 +23,9 @@ from sklearn.model_selection import train_test_split
 
 from creditflow.errors import TrackingError, first_line
 from creditflow.registry.client import mlflow_errors, version_uri
+from creditflow.registry.monotone import ColumnCheck, monotone_violations
 from creditflow.registry.policy import PromotionPolicy
+from creditflow.specs import DatasetSpec, spec_from_config
 from creditflow.train.held_out import held_out
 from creditflow.train.metrics import calibration_error, ks_statistic, paired_bootstrap_auc
 
@@ -128,6 +133,32 @@ def loads_gate(uri: str) -> tuple[Gate, mlflow.pyfunc.PyFuncModel | None]:
     return Gate("d", "loads and predicts", ok, detail, {"example_rows": float(len(proba))}), model
 
 
+MONOTONE = "monotone"  # gate (f)'s title
+
+
+def _against(check: ColumnCheck) -> str:
+    """One column's failure: how many applicants, and the worst move with its row and values."""
+    w = check.worst
+    return (f"{check.column} ({check.direction}): P(default) moves against it for {check.violations} of "
+            f"{check.applicants} applicants; worst: row {w.row}, {w.before:g} -> {w.after:g} moves it by {w.size:+.4g}")
+
+
+def monotone_gate(p_default: Callable[[pd.DataFrame], np.ndarray], X: pd.DataFrame, spec: DatasetSpec | None,
+                  policy: PromotionPolicy) -> Gate:
+    """(f) P(default) never moves against a declared direction as each declared column alone is varied."""
+    if spec is None or not spec.monotone_columns():
+        return Gate("f", MONOTONE, None, "the dataset spec declares no monotone column")
+    rows = X.sample(n=min(policy.monotone_rows, len(X)), random_state=policy.eval_seed)
+    checks = monotone_violations(p_default, rows, spec, policy.monotone_grid, policy.monotone_tolerance)
+    figures = {f"violations.{c.column}": float(c.violations) for c in checks}
+    figures["worst_move"] = max((abs(c.worst.size) for c in checks if c.worst), default=0.0)
+    failed = [_against(c) for c in checks if c.violations]
+    values = max((len(c.grid) for c in checks), default=0)
+    detail = "; ".join(failed) if failed else (
+        f"{len(checks)} declared column(s), each varied over up to {values} values for {len(rows)} applicants: "
+        "P(default) never moves against the declared direction")
+    return Gate("f", MONOTONE, not failed, detail, figures)
+
 
 def signature_of(name: str, version: str) -> ModelSignature:
     """A version's signature; a version without one cannot be checked against its clients (exit 2)."""
@@ -152,6 +183,12 @@ def probabilities(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarr
     return np.asarray(model.predict(X)["probability"], dtype="float64")
 
 
+def declared_spec(model: mlflow.pyfunc.PyFuncModel) -> DatasetSpec | None:
+    """The dataset spec the artifact carries (its monotone declarations); None for a model without one."""
+    config = model.model_config or {}
+    return spec_from_config(config) if "dataset_spec" in config else None
+
+
 def _signature_gate_against(name: str, version: str, champion: str | None) -> Gate:
     new = signature_of(name, version)
     if not champion:
@@ -165,14 +202,15 @@ def _signature_gate_against(name: str, version: str, champion: str | None) -> Ga
 
 def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion: str | None,
              policy: PromotionPolicy, data_path: str | None) -> Evaluation:
-    """All four gates for `version` against the current `champion` (None: the first champion)."""
+    """Gates (a)-(d) and (f) for `version` against the current `champion` (None: the first champion)."""
     loads, model = loads_gate(version_uri(name, version))
     signature = _signature_gate_against(name, version, champion)
     run_id = client.get_model_version(name, version).run_id
     X, y, source = evaluation_data(run_id, data_path, policy)
     if model is None:
         skipped = "not evaluated: the model does not load"
-        gates = (Gate("a", "floors", False, skipped), Gate("b", "beats champion", False, skipped), signature, loads)
+        gates = (Gate("a", "floors", False, skipped), Gate("b", "beats champion", False, skipped), signature, loads,
+                 Gate("f", MONOTONE, False, skipped))
         return Evaluation(gates, champion, source, len(X))
     p_new = probabilities(model, X)
     p_old, versus = None, Gate("b", "beats champion", None, "no champion to beat")
@@ -185,6 +223,8 @@ def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion
         versus = Gate("b", "beats champion", None, "checked when a challenger is promoted to champion")
     elif p_old is not None:
         versus = versus_champion_gate(y, p_new, p_old, policy)
-    return Evaluation((floors_gate(y, p_new, p_old, policy), versus, signature, loads), champion, source, len(X))
+    monotone = monotone_gate(partial(probabilities, model), X, declared_spec(model), policy)
+    gates = (floors_gate(y, p_new, p_old, policy), versus, signature, loads, monotone)
+    return Evaluation(gates, champion, source, len(X))
 
 

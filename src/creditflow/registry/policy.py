@@ -21,7 +21,7 @@ Alias = Literal["champion", "challenger"]
 
 
 class PromotionPolicy(BaseModel):
-    """The gates' thresholds, the bootstrap that compares two models, the shadow gate and the promotion lease."""
+    """The gates' thresholds, the bootstrap that compares two models, the shadow and monotone gates, the lease."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +38,9 @@ class PromotionPolicy(BaseModel):
     lease_seconds: float = Field(600, gt=0)
     shadow_min_rows: int = Field(0, ge=0)  # (e) rows compared on live traffic before @champion; 0: not required
     shadow_max_flip_rate: float | None = Field(None, ge=0, le=1)  # (e) approve/decline flips allowed; None: no limit
+    monotone_rows: int = Field(200, ge=1)  # (f) held-out applicants whose declared columns are varied
+    monotone_grid: int = Field(20, ge=2)  # (f) values of each declared column, spread over its observed range
+    monotone_tolerance: float = Field(1e-9, ge=0)  # (f) largest move of P(default) against the direction allowed
 
 
 class PromotionRequest(BaseModel):
@@ -98,7 +101,7 @@ def add_promote_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--dry-run", nargs="?", const=True, default=False, type=_flag, metavar="BOOL",
                         help="evaluate the gates and print the decision; change nothing")
     parser.add_argument("--force", nargs="?", const=True, default=False, type=_flag, metavar="BOOL",
-                        help="promote although gates (a)-(c) or (e) fail; needs --reason (gate (d) still applies)")
+                        help="promote although gates (a)-(c), (e) or (f) fail; needs --reason (gate (d) still applies)")
     parser.add_argument("--reason", default="", help="why: recorded in the audit run and on the version")
     parser.add_argument("--data", default="", help="CSV/Parquet evaluation data instead of the challenger's data set")
     parser.add_argument("--policy", default=str(DEFAULT_POLICY), help="promotion policy YAML (gate thresholds)")

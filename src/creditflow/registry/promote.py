@@ -10,6 +10,7 @@ gates, and the next promotion (which first runs `reconcile`) finishes the rest:
   ─► version to Production, former ones Archived ─► audit run finished ─► lease released
 
 Gate (e) reads the candidate's shadow evidence (registry/evidence.py); the report prints it whenever it exists.
+Gate (f) checks the candidate's monotone behaviour (registry/monotone.py); `--force` overrides every gate but (d).
 """
 
 from __future__ import annotations
@@ -153,11 +154,11 @@ def _dry_run(client: MlflowClient, req: PromotionRequest, version: str, policy: 
 
 def _evaluate(client: MlflowClient, req: PromotionRequest, version: str, champion: str | None,
               policy: PromotionPolicy) -> tuple[Evaluation, ShadowEvidence | None]:
-    """Gates (a)-(d), then (e) on the candidate's shadow evidence; the evidence too, for the report."""
+    """Gates (a)-(d) and (f), then (e) on the candidate's shadow evidence; the evidence too, for the report."""
     evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
     shadow = _shadow_evidence(client, f"{req.name}/{version}")
     gate = shadow_gate(shadow, policy, req.alias, champion)
-    return replace(evaluation, gates=evaluation.gates + (gate,)), shadow
+    return replace(evaluation, gates=tuple(sorted(evaluation.gates + (gate,), key=lambda g: g.key))), shadow
 
 
 def _shadow_evidence(client: MlflowClient, model_version: str) -> ShadowEvidence | None:
