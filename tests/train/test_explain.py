@@ -109,3 +109,67 @@ def test_import_does_no_work() -> None:
     code = "import sys, creditflow.train.explain; print('shap' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------- categorical columns a person can read
+
+LONG_CATEGORIES = ["owner occupied with mortgage", "renting from a private landlord", "living with family", None]
+
+
+def with_long_housing(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows with a categorical column of long texts, read as the data layer reads a file."""
+    from creditflow.data.dataset import coerce_columns
+    from tests.model.shap_cases import spec_with_housing
+
+    rng = np.random.default_rng(seed)
+    housing = rng.choice(np.array(LONG_CATEGORIES, dtype=object), len(X), p=[0.45, 0.3, 0.2, 0.05])
+    risky = (housing == LONG_CATEGORIES[1]) & (rng.random(len(X)) < 0.3)
+    return coerce_columns(X.assign(Housing=housing), spec_with_housing()), (y | risky).astype(int)
+
+
+def test_waterfalls_print_the_applicants_category_not_its_code(housing_spec: DatasetSpec, shap_data: tuple) -> None:
+    import matplotlib.pyplot as plt
+    import shap
+
+    from creditflow.model.shap import raw_shap
+    from creditflow.train.explain import _explanation
+    from tests.model.shap_cases import fit
+
+    X_train, y_train, X, y = shap_data
+    X_train, y_train = with_long_housing(X_train, y_train, seed=2)
+    X = with_long_housing(X, y, seed=3)[0].head(40)
+    explained = raw_shap(fit("logistic", housing_spec, X_train, y_train), housing_spec, X, background=X_train)
+    exp = _explanation(explained, housing_spec)
+    for row in range(len(X)):
+        plt.figure()
+        shap.plots.waterfall(exp[row], max_display=len(housing_spec.raw_columns), show=False)
+        labels = [t.get_text() for t in plt.gca().get_yticklabels()]
+        plt.close("all")
+        housing = X["Housing"].iat[row]
+        assert f"{housing if housing is not None else 'not given'} = Housing" in labels, labels
+
+
+def test_partial_dependence_of_a_categorical_column_has_labels_that_do_not_overlap(
+        housing_spec: DatasetSpec, shap_data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long category texts under the bars are wrapped and slanted: whole, and no two tick labels' boxes overlap."""
+    from creditflow.train import explain
+    from tests.model.shap_cases import fit
+
+    X_train, y_train, X, y = shap_data
+    X_train, y_train = with_long_housing(X_train, y_train, seed=2)
+    X = with_long_housing(X, y, seed=3)[0].head(300)
+    pipe = fit("logistic", housing_spec, X_train, y_train)
+    saved = {}
+    monkeypatch.setattr(explain, "_save", lambda fig, path: saved.setdefault("fig", fig))
+    explain._plot_pdp(pipe, housing_spec, X, ["Housing"], tmp_path / "pdp.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = saved["fig"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.canvas.draw()
+    axis = next(a for a in fig.axes if a.get_xlabel() == "Housing")
+    labels = [t for t in axis.get_xticklabels() if t.get_text()]
+    assert sorted(t.get_text().replace("\n", " ") for t in labels) == sorted(c for c in LONG_CATEGORIES if c)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert max(len(line) for t in labels for line in t.get_text().split("\n")) <= explain.CATEGORY_WRAP

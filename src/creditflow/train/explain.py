@@ -7,6 +7,7 @@ No MLflow here, no work at import time; matplotlib and shap are imported when pl
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from creditflow.train.timing import timed
 
 PDP_GRID = 20  # grid points of a 1-D partial dependence (each one is a prediction on pdp_rows rows)
 PDP_GRID_2D = 10  # per axis of the 2-D interaction: 10 x 10 predictions
+CATEGORY_WRAP = 14  # characters per line of a category's text under a partial-dependence bar
 
 
 def write_explanations(
@@ -124,6 +126,7 @@ def _plot_pdp(pipe: Pipeline, spec: DatasetSpec, X: pd.DataFrame, features: list
     )
     for axis in np.ravel(display.axes_):
         if axis is not None:
+            _readable_categories(axis, spec)
             _relabel(axis, spec)
     fig.suptitle("Partial dependence of P(default)" + (" (interaction)" if two_d else ""))
     _save(fig, path)
@@ -158,6 +161,16 @@ def _pdp_grid(values: pd.Series, col: ColumnSpec, resolution: int) -> np.ndarray
     return uniques[uniques <= upper]
 
 
+def _readable_categories(axis: Any, spec: DatasetSpec) -> None:
+    """A categorical axis's category texts wrapped and slanted, so that long ones neither overlap nor get cut."""
+    column = spec.columns.get(axis.get_xlabel())
+    if column is None or column.group != "categorical":
+        return
+    ticks = axis.get_xticks()
+    texts = [textwrap.fill(label.get_text(), CATEGORY_WRAP) for label in axis.get_xticklabels()]
+    axis.set_xticks(ticks, texts, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+
+
 def _relabel(axis: Any, spec: DatasetSpec) -> None:
     labels = {raw: col.label for raw, col in spec.columns.items()}
     axis.set_xlabel(labels.get(axis.get_xlabel(), axis.get_xlabel()))
@@ -171,11 +184,13 @@ def _shap_table(explained: RawShap) -> pd.DataFrame:
 def _explanation(explained: RawShap, spec: DatasetSpec) -> Any:
     import shap
 
-    data = explained.data.apply(lambda c: c.astype("category").cat.codes if c.dtype == object else c)
+    data = explained.data.apply(lambda c: c if pd.api.types.is_numeric_dtype(c) else c.astype("category").cat.codes)
+    shown = explained.data.astype(object).where(explained.data.notna(), "not given")  # the applicant's own text
     return shap.Explanation(
         values=explained.values.to_numpy(),
         base_values=np.full(len(explained.values), explained.base_value),
         data=data.to_numpy(dtype="float64"),
+        display_data=shown.to_numpy(dtype=object),  # waterfalls print categories as text, not as their codes
         feature_names=[spec.columns[c].label for c in explained.values.columns],
     )
 
