@@ -442,7 +442,8 @@ def served_online(champion, production: TrackingServer, small_data, tmp_path_fac
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    assert [set(p) for p in predictions] == [{"probability", "decision", "reason_codes"}] * len(frame)
+    fields = {"probability", "decision", "reason_codes", "reason_statements"}
+    assert [set(p) for p in predictions] == [fields] * len(frame)
     return dict(zip(frame.Id, (p["probability"] for p in predictions), strict=True))
 
 
