@@ -58,13 +58,14 @@ def model_config(exp: ExperimentSpec, ds: DatasetSpec, reference: list[float] | 
         "dataset_spec": ds.model_dump(mode="json"),
         "raw_columns": ds.raw_columns,  # MLflow stores the config with sorted keys: this keeps the order
         "shap_reference": reference,
-        "calibration": calibration.to_config() if calibration else None,
+        "calibration_map": calibration.to_config() if calibration else None,  # not "calibration": MLflow logs the
+        # config as run params, where the experiment spec's `calibration` already is
     }
 
 
 CONFIG_KEYS = frozenset({  # what model_config writes: a key beyond these comes from a newer creditflow
     "threshold", "reason_codes", "reason_codes_for", "reason_codes_as", "decisions", "display_names", "family",
-    "dataset_spec", "raw_columns", "shap_reference", "calibration",
+    "dataset_spec", "raw_columns", "shap_reference", "calibration_map",
 })
 RETIRED_KEYS = frozenset({  # written by earlier versions, read no more (docs/performance.md): accepted and ignored
     "decision_as", "reason_codes_as_key", "freeze_gc_after_load",

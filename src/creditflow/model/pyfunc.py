@@ -66,7 +66,7 @@ class Scoring:
                    ds.reason_statements(), config.get("reason_codes_for", "all") == "declined",
                    config.get("reason_codes_as") == "json",
                    np.asarray(config.get("decisions", DECISIONS), dtype=object),
-                   Calibration.from_config(config.get("calibration")))
+                   Calibration.from_config(config.get("calibration_map")))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
