@@ -30,10 +30,17 @@ def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.max(tpr - fpr))
 
 
-def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-frequency bins of predicted probability."""
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[int, float, float]]:
+    """Equal-frequency bins of predicted probability, lowest first: (rows, mean predicted, observed rate) each."""
+    y, p = np.asarray(y), np.asarray(p)
     order = np.argsort(p)
-    gaps = [abs(np.mean(y[idx]) - np.mean(p[idx])) * len(idx) for idx in np.array_split(order, bins) if len(idx)]
+    return [(len(idx), float(np.mean(p[idx])), float(np.mean(y[idx]))) for idx in np.array_split(order, bins)
+            if len(idx)]
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the row-weighted gap between observed and predicted rates of `reliability` bins."""
+    gaps = [abs(rate - mean) * rows for rows, mean, rate in reliability(y, p, bins)]
     return float(np.sum(gaps) / len(p))
 
 
