@@ -1,14 +1,19 @@
 """The model card: its figures are the held-out figures (with intervals that hold them), its subgroups add up, it
-states every feature's reason."""
+states every feature's reason; every registered version has one, linked from its description, stating the figures
+the run logged, and `creditflow explain` regenerates it."""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
+from creditflow.cli import main
 from creditflow.data.dataset import Split
 from creditflow.model.calibration import Calibration
 from creditflow.model.pipeline import predict_default
@@ -16,6 +21,8 @@ from creditflow.specs import ColumnSpec, ReportBySpec
 from creditflow.train.card import build_card, data_facts, subgroup_labels
 from creditflow.train.card_text import card_files
 from creditflow.train.metrics import calibration_error, evaluate
+from creditflow.train.run import train_and_log
+from tests.conftest import small_experiment
 
 AGE = "age"
 BANDS = {"<30": (0, 30), "30-44": (30, 45), "45-59": (45, 60), "60+": (60, 200)}  # the flagship spec's age bands
@@ -106,3 +113,55 @@ def test_a_calibrated_card_shows_the_error_before_and_after(fitted_logistic, sma
     markdown = card_files(calibrated)["model_card.md"]
     assert f"Before calibration: {before:.4f}" in markdown
     assert f"Calibration error (held out): {after:.4f}" in markdown and "Method: sigmoid" in markdown
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, small_spec, small_data):
+    """A small registered run with explanations, in its own store: (tracking URI, outcome)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        outcome = train_and_log(small_experiment("logistic_baseline.yaml"), small_spec, small_data)
+    finally:
+        mlflow.set_tracking_uri(None)
+    return uri, outcome
+
+
+def _card_text(uri: str, run_id: str, tmp_path: Path, name: str = "model_card.md") -> str:
+    mlflow.set_tracking_uri(uri)
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model_card/{name}", dst_path=str(tmp_path))
+    return Path(path).read_text()
+
+
+def test_every_registered_version_has_a_card_stating_what_the_run_logged(registered, tmp_path) -> None:
+    uri, outcome = registered
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    mv = client.get_model_version("credit-default", outcome.registered_version)
+    assert f"Model card: runs:/{outcome.run_id}/model_card/model_card.md" in mv.description
+    markdown = _card_text(uri, outcome.run_id, tmp_path)
+    metrics = run.data.metrics
+    for name, key in (("ROC AUC", "test_roc_auc"), ("KS", "test_ks"), ("Brier score", "test_brier"),
+                      ("Calibration error (10 equal-frequency bins)", "test_calibration_error"),
+                      ("PR AUC", "test_pr_auc"), ("Log loss", "test_log_loss")):
+        assert f"| {name} | {metrics[key]:.4f} |" in markdown, name
+    assert f"| Approval rate at 0.2 | {100 * (1 - metrics['test_decline_rate']):.2f}% |" in markdown
+    assert f"`{run.data.tags['data_digest']}`" in markdown and f"`{run.data.tags['data_source']}`" in markdown
+    pictures = {f.path for f in client.list_artifacts(outcome.run_id, "explanations") if f.path.endswith(".png")}
+    assert pictures and all(f"- `{path}`" in markdown for path in pictures)
+    assert "<h2>Held-out performance</h2>" in _card_text(uri, outcome.run_id, tmp_path, "model_card.html")
+    assert metrics["seconds_card"] > 0
+
+
+def test_creditflow_explain_regenerates_the_card_with_the_versions_as_they_are(registered, tmp_path,
+                                                                               monkeypatch) -> None:
+    uri, outcome = registered
+    MlflowClient(uri).set_registered_model_alias("credit-default", "challenger", outcome.registered_version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    before = _card_text(uri, outcome.run_id, tmp_path / "before")
+    assert "@challenger" not in before
+    assert main(["explain", "--run-id", outcome.run_id]) == 0
+    after = _card_text(uri, outcome.run_id, tmp_path / "after")
+    assert f"`credit-default` version {outcome.registered_version}: aliases @challenger" in after
+    figures = [line for line in before.splitlines() if line.startswith(("| ROC AUC", "| KS", "| Age |"))]
+    assert len(figures) == 6 and all(line in after for line in figures)  # the same split, the same figures
