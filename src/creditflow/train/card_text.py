@@ -17,11 +17,13 @@ FEW_ROWS, FEW_DEFAULTS = 500, 30  # a subgroup smaller than this has wide interv
 
 
 def title(card: ModelCard) -> str:
+    """The card's heading and HTML title: which family, from which experiment."""
     exp = card.experiment
     return f"Model card: {exp.family} from experiment '{exp.name}'"
 
 
 def model_section(card: ModelCard) -> list[Block]:
+    """What was trained and how it decides, so a reader knows what the figures describe."""
     exp = card.experiment
     return [("h2", "Model"), ("ul", [
         f"Training run: `{card.run_id}`; model family `{exp.family}`, {exp.search.type} search on cross-validated "
@@ -33,6 +35,7 @@ def model_section(card: ModelCard) -> list[Block]:
 
 
 def use_sections(card: ModelCard) -> list[Block]:
+    """Intended and out-of-scope use, from the dataset spec's population and the decision rule."""
     ds, exp = card.dataset, card.experiment
     target = f"`{ds.target.column}` = {ds.target.positive}"
     population = f"`{ds.name}`" + (f" ({ds.description})" if ds.description else "")
@@ -53,6 +56,7 @@ def use_sections(card: ModelCard) -> list[Block]:
 
 
 def data_section(card: ModelCard) -> list[Block]:
+    """Where the data came from and how much of it each step used."""
     ds, data, exp = card.dataset, card.data, card.experiment
     rows = [("Data set", ds.name + (f": {ds.description}" if ds.description else "")),
             ("Source", f"`{data.source}`"), ("Digest", f"`{data.digest}`"),
@@ -66,6 +70,7 @@ def data_section(card: ModelCard) -> list[Block]:
 
 
 def features_section(ds: DatasetSpec) -> list[Block]:
+    """Every input with the statement a decline would give for it."""
     rows = [(f"`{raw}`", col.label, col.group, col.monotone or "", col.statement) for raw, col in ds.columns.items()]
     derived = [f"`{name}` ({d.display or name}): `{d.column}` {OPS[d.op]}{'' if d.value is None else f' {d.value:g}'}"
                for name, d in ds.derived.items()]
@@ -78,6 +83,7 @@ def features_section(ds: DatasetSpec) -> list[Block]:
 
 
 def performance_section(card: ModelCard) -> list[Block]:
+    """The held-out figures the run logs, with how far resampling moves them."""
     level = f"{LEVEL:.0%}"
     rows = [(name, fixed(card.metrics[key]), interval(card.intervals[key])) for key, name in HEADLINE]
     rows.append((f"Approval rate at {card.experiment.threshold:g}", percent(1 - card.metrics["decline_rate"]),
@@ -91,6 +97,7 @@ def performance_section(card: ModelCard) -> list[Block]:
 
 
 def subgroup_section(card: ModelCard) -> list[Block]:
+    """Performance and approval rate per report_by subgroup, to see who the model serves worse."""
     blocks: list[Block] = [("h2", "Performance and approval rate by subgroup")]
     if not card.subgroups:
         return [*blocks, ("p", "The dataset spec names no `report_by` column: no subgroup figures.")]
@@ -112,6 +119,7 @@ def subgroup_section(card: ModelCard) -> list[Block]:
 
 
 def calibration_section(card: ModelCard) -> list[Block]:
+    """Whether P(default) can be read as a default rate, before and after the map."""
     method = card.experiment.calibration
     lines = [f"Calibration error (held out): {fixed(card.metrics['calibration_error'])} "
              f"({interval(card.intervals['calibration_error'])})"]
@@ -127,6 +135,7 @@ def calibration_section(card: ModelCard) -> list[Block]:
 
 
 def monotone_section(card: ModelCard) -> list[Block]:
+    """The declared directions and whether the trained model keeps them."""
     blocks: list[Block] = [("h2", "Monotone behaviour")]
     if not card.dataset.monotone_columns():
         return [*blocks, ("p", "The dataset spec declares no monotone column: nothing to check.")]
@@ -142,6 +151,7 @@ def monotone_section(card: ModelCard) -> list[Block]:
 
 
 def promotion_section(card: ModelCard) -> list[Block]:
+    """Where the gates' verdicts are: promotion happens after the card is written."""
     name = card.experiment.register_as or "NAME"
     blocks: list[Block] = [("h2", "Promotion gates"), (
         "p", "Gates (a)-(f) are decided when a version is promoted, on the registered artifact, after this card was "
@@ -155,6 +165,7 @@ def promotion_section(card: ModelCard) -> list[Block]:
 
 
 def explanation_section(card: ModelCard) -> list[Block]:
+    """Where the run's explanation pictures are."""
     if not card.explanations:
         return [("h2", "Explanations"), ("p", "This run logged no explanation pictures (`explain.enabled: false`).")]
     return [("h2", "Explanations"),
@@ -163,6 +174,7 @@ def explanation_section(card: ModelCard) -> list[Block]:
 
 
 def limits_section(card: ModelCard) -> list[Block]:
+    """What the figures cannot tell, worked out from the specs and the figures."""
     ds, data = card.dataset, card.data
     limits = []
     if data.generated:
