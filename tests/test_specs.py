@@ -90,6 +90,21 @@ def test_monotone_is_a_direction_of_an_ordered_column(tmp_path: Path) -> None:
         load_dataset_spec(_write(tmp_path, text, "d.yaml"))
 
 
+def test_report_by_names_a_column_in_bands_or_by_category(tmp_path: Path) -> None:
+    """The flagship reports by age bands; an unknown column, a numeric one without bands, bands out of order and a
+    categorical one with bands are each one line."""
+    assert load_dataset_spec(DATASET_YAML).report_by["age"].bands == (30, 45, 60)
+    for report_by, message in (("{ages: {bands: [30]}}", "report_by names unknown column 'ages'"),
+                               ("{age: {}}", "report_by 'age': a numeric column needs bands"),
+                               ("{age: {bands: [45, 30]}}", "report_by 'age': bands must be increasing")):
+        text = DATASET_YAML.read_text().replace("report_by:\n  age: {bands: [30, 45, 60]}", f"report_by: {report_by}")
+        with pytest.raises(SpecError, match=message):
+            load_dataset_spec(_write(tmp_path, text, "d.yaml"))
+    text = DATASET_YAML.read_text().replace("{name: age, group: numeric,", "{name: age, group: categorical,")
+    with pytest.raises(SpecError, match="report_by 'age': a categorical column is reported by category, not bands"):
+        load_dataset_spec(_write(tmp_path, text, "d.yaml"))
+
+
 def test_overrides_are_validated() -> None:
     exp, _ = load_experiment_spec(EXPERIMENTS / "xgboost_bayes.yaml")
     assert exp.with_overrides(**{"search.trials": 3}).search.trials == 3

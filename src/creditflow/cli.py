@@ -207,7 +207,7 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
                    help="applicants batch-scored with the champion at the end, into predictions/ (0: skip)")
     p.set_defaults(handler=_cmd_main)
 
-    p = sub.add_parser("explain", help="rebuild the explanation artifacts of an existing run's model")
+    p = sub.add_parser("explain", help="rebuild the explanations and the model card of an existing run's model")
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
     p.set_defaults(handler=_cmd_explain)

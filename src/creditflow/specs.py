@@ -103,10 +103,19 @@ DEFAULT_GROUPS: dict[str, GroupSpec] = {
 }
 
 
+class ReportBySpec(_Frozen):
+    """A column the model card reports performance and approval rate by: a numeric one in bands, a categorical one
+    by category."""
+
+    bands: tuple[float, ...] = ()  # band edges, increasing: [30, 45, 60] gives <30, 30-44, 45-59, 60+
+
+
 class DatasetSpec(_Frozen):
     """What a tabular credit data set looks like and how each column is prepared."""
 
     name: str
+    description: str = ""  # who the applicants are and what default means: the model card's intended use
+    period: str = ""  # when the applications and their outcomes were observed, as the data's provider states it
     source: str = "generated"
     generated: GeneratedSpec = GeneratedSpec()
     target: TargetSpec
@@ -115,6 +124,20 @@ class DatasetSpec(_Frozen):
     columns: dict[str, ColumnSpec]
     derived: dict[str, DerivedSpec] = {}
     groups: dict[GroupKind, GroupSpec] = {}
+    report_by: dict[str, ReportBySpec] = {}  # raw column -> its subgroups in the model card
+
+    @model_validator(mode="after")
+    def _check_report_by(self) -> DatasetSpec:
+        for raw, report in self.report_by.items():
+            if raw not in self.columns:
+                raise ValueError(f"report_by names unknown column '{raw}'")
+            categorical = self.columns[raw].group == "categorical"
+            if categorical == bool(report.bands):
+                raise ValueError(f"report_by '{raw}': " + ("a categorical column is reported by category, not bands"
+                                                           if categorical else "a numeric column needs bands"))
+            if list(report.bands) != sorted(set(report.bands)):
+                raise ValueError(f"report_by '{raw}': bands must be increasing")
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> DatasetSpec:

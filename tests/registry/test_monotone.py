@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from creditflow.data.dataset import split_data
+from creditflow.model.monotone import grid_values, monotone_violations
 from creditflow.model.pipeline import build_pipeline, predict_default
 from creditflow.registry.audit import TAG
 from creditflow.registry.gates import monotone_gate
-from creditflow.registry.monotone import grid_values, monotone_violations
 from creditflow.registry.policy import PromotionPolicy, PromotionRequest, load_policy
 from creditflow.registry.promote import promote
 from creditflow.specs import DatasetSpec

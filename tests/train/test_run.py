@@ -67,6 +67,8 @@ def test_explanations_and_model_are_artifacts(logged) -> None:
                      "roc_curve.png", "pr_curve.png", "calibration_curve.png"):
         assert f"explanations/{expected}" in names
     assert any(n.startswith("explanations/shap_waterfall_") for n in names)
+    cards = {f.path for f in client.list_artifacts(outcome.run_id, "model_card")}
+    assert cards == {"model_card/model_card.md", "model_card/model_card.html"}
 
 
 def test_model_has_signature_over_raw_columns_and_predicts_probability(logged, small_spec, small_data) -> None:
@@ -89,6 +91,7 @@ def test_model_is_registered_with_description_and_lineage(logged) -> None:
     mv = client.get_model_version("credit-default", outcome.registered_version)
     assert mv.run_id == outcome.run_id
     assert "held-out ROC AUC" in mv.description
+    assert f"Model card: runs:/{outcome.run_id}/model_card/model_card.md" in mv.description
     assert mv.tags["model_family"] == "logistic" and float(mv.tags["test_roc_auc"]) > 0.7
 
 

@@ -76,6 +76,11 @@ def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditDat
     return _validated(_named_id_column(frame, spec), spec, source, truth)
 
 
+def is_generated_source(source: str) -> bool:
+    """Whether a data set's source (as `load_dataset` names it) is the embedded generator rather than a file."""
+    return source.startswith("generated(")
+
+
 def _named_id_column(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The id column under the spec's name (Kaggle's cs-training.csv leaves its header blank)."""
     if not spec.id_column:

@@ -2,7 +2,7 @@
 
 (a) floors (ROC AUC, calibration, KS drop), (b) beats the champion by a paired bootstrap interval,
 (c) signature compatible with the champion's clients, (d) loads from the registry and predicts,
-(f) monotone in the columns its dataset spec declares (`registry.monotone`), on that same loaded model.
+(f) monotone in the columns its dataset spec declares (`model.monotone`), on that same loaded model.
 Gate (e), the shadow evidence from live traffic, is `registry.evidence.shadow_gate`.
 Both models are loaded from the registry and scored on the same rows: the challenger's held-out split.
 """
@@ -22,8 +22,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from creditflow.errors import TrackingError, first_line
+from creditflow.model.monotone import ColumnCheck, monotone_violations
 from creditflow.registry.client import mlflow_errors, version_uri
-from creditflow.registry.monotone import ColumnCheck, monotone_violations
 from creditflow.registry.policy import PromotionPolicy
 from creditflow.specs import DatasetSpec, spec_from_config
 from creditflow.train.held_out import held_out

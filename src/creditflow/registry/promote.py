@@ -10,7 +10,7 @@ gates, and the next promotion (which first runs `reconcile`) finishes the rest:
   ─► version to Production, former ones Archived ─► audit run finished ─► lease released
 
 Gate (e) reads the candidate's shadow evidence (registry/evidence.py); the report prints it whenever it exists.
-Gate (f) checks the candidate's monotone behaviour (registry/monotone.py); `--force` overrides every gate but (d).
+Gate (f) checks the candidate's monotone behaviour (model/monotone.py); `--force` overrides every gate but (d).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""MLflow at the edge: one training run = params, dataset input, CV + held-out metrics, explanations, model.
+"""MLflow at the edge: one training run = params, dataset input, CV + held-out metrics, explanations, model,
+model card.
 
 The library stages (data, search, explain, model) know nothing of MLflow; this module runs them
 inside a run, logs what they return, and registers the model the run produces.
@@ -28,12 +29,15 @@ from creditflow.errors import TrackingError, first_line
 from creditflow.model.calibration import Calibration
 from creditflow.specs import DatasetSpec, ExperimentSpec
 from creditflow.train import search
+from creditflow.train.card import ModelCard, build_card, data_facts
+from creditflow.train.card_text import CARD_FILES, card_files
 from creditflow.train.explain import write_explanations
 from creditflow.train.held_out import SPEC_ARTIFACT, held_out
 from creditflow.train.log_model import log_credit_model
 from creditflow.train.timing import timed
 
 logger = logging.getLogger(__name__)
+CARD_DIR = "model_card"  # the run's artifact folder of the model card
 
 
 @dataclass(frozen=True)
@@ -139,13 +143,17 @@ def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> Tra
         mlflow.log_metrics({**result.best_cv, **test})
         logger.info("  held-out: roc_auc=%.4f ks=%.3f brier=%.4f", test["test_roc_auc"], test["test_ks"],
                     test["test_brier"])
+        pictures: tuple[str, ...] = ()
         if exp.explain.enabled:
             with timed(timings, "seconds_explain", "explain"):
-                log_explanations(pipe, exp, ds, split.X_test, split.y_test, calibration)
+                pictures = log_explanations(pipe, exp, ds, split.X_test, split.y_test, calibration)
         with timed(timings, "seconds_log_model", "log_model"):
             info = log_credit_model(pipe, exp, ds, split.X_train, calibration)
+        with timed(timings, "seconds_card", "model card"):
+            facts = data_facts(split, data.source, data_digest, data.n_rule_violations)
+            card = log_card(build_card(exp, ds, pipe, split, facts, calibration, run.info.run_id, pictures))
         mlflow.log_metrics(timings)
-        version = register(info, exp, test, data_digest) if exp.register_as else None
+        version = register(info, exp, test, data_digest, card) if exp.register_as else None
     return TrainingOutcome(run.info.run_id, exp.name, exp.family, info.model_uri, result.best_cv, test, version)
 
 
@@ -170,27 +178,55 @@ def ends_failed(run_id: str) -> Iterator[None]:
 
 
 def log_explanations(pipe: Any, exp: ExperimentSpec, ds: DatasetSpec, X: Any, y: Any,
-                     calibration: Calibration | None = None) -> None:
+                     calibration: Calibration | None = None) -> tuple[str, ...]:
+    """Log the explanation artifacts under `explanations/`; return the artifact paths of its pictures (for the card)."""
     with tempfile.TemporaryDirectory() as tmp:
         figures = write_explanations(pipe, ds, exp.explain, X, y, Path(tmp), calibration)
         mlflow.log_artifacts(tmp, "explanations")
+        pictures = tuple(f"explanations/{path.name}" for path in sorted(Path(tmp).glob("*.png")))
     mlflow.log_metrics({k: float(v) for k, v in figures.items()})
+    return pictures
+
+
+def log_card(card: ModelCard) -> str:
+    """Log the model card (Markdown and HTML) under `model_card/` of the active run; return the Markdown's URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in card_files(card).items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        mlflow.log_artifacts(tmp, CARD_DIR)
+    return f"runs:/{mlflow.active_run().info.run_id}/{CARD_DIR}/{CARD_FILES[0]}"
+
+
+def registered_versions(run_id: str) -> tuple[str, ...]:
+    """Each registered version of the run's model, with its aliases and tags as they are now (for the card)."""
+    client, lines = mlflow.MlflowClient(), []
+    for found in client.search_model_versions(f"run_id = '{run_id}'"):
+        mv = client.get_model_version(found.name, found.version)  # the search leaves the aliases out
+        aliases = ", ".join(f"@{a}" for a in mv.aliases) or "none"
+        tags = "; ".join(f"`{k}` = {str(v)[:120]}" for k, v in sorted(mv.tags.items()))
+        lines.append(f"`{mv.name}` version {mv.version}: aliases {aliases}; tags: {tags or 'none'}")
+    return tuple(lines)
 
 
 def rebuild_explanations(run_id: str, data_path: str | None = None) -> None:
-    """Recompute the explanation artifacts of a run's model on its held-out split, into the same run."""
+    """Recompute the explanation artifacts and the model card of a run's model on its held-out split, into the run."""
     rows = held_out(run_id, data_path)
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model()
     except (MlflowException, OSError) as exc:
         raise TrackingError(f"run {run_id} has no creditflow model: {first_line(exc)}") from None
+    pipe, calibration, split = model.pipeline, model.scoring.calibration, rows.split
+    logged = mlflow.MlflowClient().get_run(run_id).data
+    facts = data_facts(split, rows.source, logged.tags.get("data_digest", "unknown"),
+                       int(logged.params.get("data.rule_violations_dropped", 0)))
     with mlflow.start_run(run_id=run_id):
-        log_explanations(model.pipeline, rows.experiment, rows.dataset, rows.split.X_test, rows.split.y_test,
-                         model.scoring.calibration)
-    logger.info("explanations of run %s rebuilt", run_id)
+        pictures = log_explanations(pipe, rows.experiment, rows.dataset, split.X_test, split.y_test, calibration)
+        log_card(build_card(rows.experiment, rows.dataset, pipe, split, facts, calibration, run_id, pictures,
+                            registered_versions(run_id)))
+    logger.info("explanations and model card of run %s rebuilt", run_id)
 
 
-def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_digest: str) -> str:
+def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_digest: str, card: str) -> str:
     """Register the run's model as a new version, described and tagged with its lineage and key metrics."""
     try:
         mv = mlflow.register_model(info.model_uri, exp.register_as, tags={
@@ -200,7 +236,8 @@ def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_
         mlflow.MlflowClient().update_model_version(
             exp.register_as, mv.version,
             description=f"{exp.family} from experiment '{exp.name}' ({exp.search.type} search); "
-                        f"held-out ROC AUC {test['test_roc_auc']:.4f}",
+                        f"held-out ROC AUC {test['test_roc_auc']:.4f}. Model card: {card} "
+                        f"(and {CARD_FILES[1]} beside it, which the run's Artifacts tab renders)",
         )
     except MlflowException as exc:
         raise TrackingError(f"could not register model '{exp.register_as}': {first_line(exc)}") from None

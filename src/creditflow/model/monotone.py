@@ -1,4 +1,4 @@
-"""Monotone behaviour, checked on a model as it will serve: the core of promotion gate (f).
+"""Monotone behaviour, checked on a model as it will serve: the core of promotion gate (f) and the model card's check.
 
 Each column the dataset spec declares `monotone` is varied alone over a grid spanning its observed values in a
 sample of held-out applicants, for each of them, everything else kept; P(default) must never move against the
