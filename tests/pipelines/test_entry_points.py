@@ -80,7 +80,7 @@ def test_explain_entry_point_rebuilds_artifacts(mlflow_server, small_csv) -> Non
     run = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
     proc = mlflow_run(mlflow_server, "explain", f"run_id={run.info.run_id}", f"data={small_csv}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"explanations of run {run.info.run_id} rebuilt" in proc.stdout
+    assert f"explanations and model card of run {run.info.run_id} rebuilt" in proc.stdout
 
 
 def test_monitor_drift_entry_point_logs_the_report_on_the_project_run(mlflow_server, small_csv, tmp_path) -> None:
