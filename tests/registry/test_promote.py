@@ -71,10 +71,11 @@ def models(request: pytest.FixtureRequest, small_spec, small_data) -> Models:
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[PromotionPolicy, Path]:
-    """The shipped policy with floors a one-split stump meets (so it can be the first champion), smaller bootstrap."""
+    """The shipped policy with floors a one-split stump meets (so it can be the first champion), smaller bootstrap
+    and monotone sample (every promotion of the kill loops runs the gates: tests/registry/test_monotone.py owns (f))."""
     shipped = load_policy(EXPERIMENTS / "promotion.yaml").model_dump()
     policy = PromotionPolicy(**{**shipped, "min_roc_auc": 0.70, "max_calibration_error": 0.06,
-                                "bootstrap_samples": 200})
+                                "bootstrap_samples": 200, "monotone_rows": 40})
     path = tmp_path_factory.mktemp("policy") / "promotion.yaml"
     path.write_text(yaml.safe_dump(policy.model_dump()))
     return policy, path
