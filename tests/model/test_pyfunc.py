@@ -271,6 +271,8 @@ def test_a_calibrated_model_serves_the_calibrated_probability_with_the_same_reas
     served = Scoring.build(pipe, small_spec, model_config(exp, small_spec, calibration=calibration))(X)
     expected = calibration.apply(predict_default(pipe, X))
     np.testing.assert_allclose(served.probability.to_numpy(), expected, rtol=0, atol=1e-12)
+    probability_only = Scoring.build(pipe, small_spec, model_config(exp, small_spec, calibration=calibration))
+    np.testing.assert_array_equal(probability_only.probability(X), served.probability.to_numpy())  # gate (f)'s path
     np.testing.assert_allclose(predict_default(pipe, X, calibration), expected, rtol=0, atol=0)
     assert (served.probability < plain.probability).mean() > 0.9  # this map lowers nearly every probability
     assert served.decision.tolist() == np.where(expected >= exp.threshold, "decline", "approve").tolist()

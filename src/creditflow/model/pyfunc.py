@@ -68,6 +68,12 @@ class Scoring:
                    np.asarray(config.get("decisions", DECISIONS), dtype=object),
                    Calibration.from_config(config.get("calibration_map")))
 
+    def probability(self, frame: pd.DataFrame) -> np.ndarray:
+        """The served P(default) alone, without the reasons' cost (gate (f) scores tens of thousands of rows)."""
+        R = applicant_matrix(frame, self.spec)
+        check_rules(R, self.spec, self.rules)
+        return calibrated(self.scorer.probability_of(self.scorer.transform(R)), self.calibration)
+
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         R = applicant_matrix(frame, self.spec)
         check_rules(R, self.spec, self.rules)

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -183,6 +184,15 @@ def probabilities(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarr
     return np.asarray(model.predict(X)["probability"], dtype="float64")
 
 
+def served_probability(model: mlflow.pyfunc.PyFuncModel) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The artifact's own P(default) without reason codes where it has that path (a creditflow model), else predict."""
+    try:
+        scoring = getattr(model.unwrap_python_model(), "scoring", None)
+    except MlflowException:  # not a PythonModel at all
+        scoring = None
+    return scoring.probability if scoring is not None else partial(probabilities, model)
+
+
 def declared_spec(model: mlflow.pyfunc.PyFuncModel) -> DatasetSpec | None:
     """The dataset spec the artifact carries (its monotone declarations); None for a model without one."""
     config = model.model_config or {}
@@ -223,7 +233,7 @@ def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion
         versus = Gate("b", "beats champion", None, "checked when a challenger is promoted to champion")
     elif p_old is not None:
         versus = versus_champion_gate(y, p_new, p_old, policy)
-    monotone = monotone_gate(partial(probabilities, model), X, declared_spec(model), policy)
+    monotone = monotone_gate(served_probability(model), X, declared_spec(model), policy)
     gates = (floors_gate(y, p_new, p_old, policy), versus, signature, loads, monotone)
     return Evaluation(gates, champion, source, len(X))
 
