@@ -38,6 +38,9 @@ FIXTURES = ROOT / "tests" / "fixtures"
 REGISTRY_DRIVER = ROOT / "tests" / "registry_driver.py"
 VENV_BIN = Path(sys.executable).parent
 SMALL_ROWS = 6_000
+REDIS = "redis://127.0.0.1:6379/15"  # the tests' database on the machine's Redis
+# modules sharing that database (applicant keys of the same dataset) run on one pytest-xdist worker, one at a time
+ON_REDIS = pytest.mark.xdist_group("redis")
 CHAMPION = "models:/credit-default@champion"
 
 # fixture -> the marker a test using it (directly or through another fixture) must carry

@@ -29,11 +29,10 @@ from creditflow.serving.live import LiveModel, fetch
 from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
-from tests.conftest import ROOT, VENV_BIN, subprocess_env
+from tests.conftest import ON_REDIS, REDIS, ROOT, VENV_BIN, subprocess_env
 
-pytestmark = pytest.mark.integration  # every test runs against the real Redis
+pytestmark = [pytest.mark.integration, ON_REDIS]  # every test runs against the real Redis
 
-REDIS = "redis://127.0.0.1:6379/15"
 CHAMPION = "models:/credit-default@champion"
 LATE_90 = "NumberOfTimes90DaysLate"
 OPEN_LINES = "NumberOfOpenCreditLinesAndLoans"
