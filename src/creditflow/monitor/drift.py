@@ -165,7 +165,8 @@ def alert_if_major(report: DriftReport) -> None:
         raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
 
 
-def write_report(report: DriftReport, path: str | Path) -> None:
+def write_report(report: Any, path: str | Path) -> None:
+    """A report (anything with `to_dict`: drift, performance) as JSON; one line if the file cannot be written."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report.to_dict(), indent=2))
