@@ -48,3 +48,19 @@ def vintages_figure(vintages: Sequence[Any], as_of: str, level: float) -> Any:
             ax.legend(loc="best", fontsize=8)
     rate_ax.set_xlabel(f"vintage (outcomes known by {as_of})")
     return fig
+
+
+def distributions_figure(drifts: Sequence[Any]) -> Any:
+    """Reference (training) vs current bin shares, one panel per column (`monitor.drift.Drift` objects)."""
+    import numpy as np
+
+    fig, axes = _figure(len(drifts) or 1, 1, 9, 2.6 * max(len(drifts), 1))
+    for ax, drift in zip((row[0] for row in axes), drifts, strict=False):
+        x = np.arange(len(drift.reference))
+        ax.bar(x - 0.2, drift.reference, width=0.4, label="reference (training)")
+        ax.bar(x + 0.2, drift.batch, width=0.4, label="current batch")
+        ax.set_xticks(x, drift.bins or [str(i) for i in x], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("share of rows")
+        ax.set_title(f"{drift.label}: PSI {drift.psi:.3f} ({drift.status})", fontsize=10)
+        ax.legend(fontsize=7)
+    return fig
