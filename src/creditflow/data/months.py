@@ -39,8 +39,8 @@ PROBABILITY = "true_probability"
 FOLDERS = ("applicants", "outcomes", "truth")
 
 # --- covariate drift: the population from the onset on (see docs/generated_data.md) ------------------
-INCOME_FACTOR = 0.7  # reported incomes fall by 30 %
-UTILISATION_LOGIT_SHIFT = 0.9  # utilisation in (0, 1) moves up on the logit scale
+INCOME_FACTOR = 0.6  # reported incomes fall by 40 %
+UTILISATION_LOGIT_SHIFT = 1.3  # utilisation in (0, 1) moves up on the logit scale
 # --- concept drift: the true log-odds from the onset on, as weights on the terms of synthetic.true_log_odds ---
 LATE_WEIGHT = 2.5  # late payments weigh 2.5 times as much
 UTILISATION_WEIGHT = 0.2  # utilisation keeps a fifth of its weight (still increasing)

@@ -80,8 +80,8 @@ class VintagePerformance:
         f, ci = self.figures, self.intervals
         auc_ci, ks_ci, rate_ci = ci["realized_roc_auc"], ci["realized_ks"], ci["observed_default_rate"]
         return (f"{head}  {f['realized_roc_auc']:.4f} [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]  "
-                f"{f['realized_ks']:.3f} [{ks_ci[0]:.3f}, {ks_ci[1]:.3f}]  {f['expected_default_rate']:6.2%}  "
-                f"{f['observed_default_rate']:6.2%} [{rate_ci[0]:.2%}, {rate_ci[1]:.2%}]  "
+                f"{f['realized_ks']:.3f} [{ks_ci[0]:.3f}, {ks_ci[1]:.3f}]  {f['expected_default_rate']:8.2%}  "
+                f"{f['observed_default_rate']:6.2%} [{rate_ci[0]:6.2%}, {rate_ci[1]:6.2%}]  "
                 f"{f['calibration_error']:.4f}  {'ALARM' if self.alarms else 'ok'}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,8 +121,8 @@ class PerformanceReport:
         level = f"{self.policy.interval_level:.0%}"
         lines = [f"[performance] vintages of {self.predictions} against outcomes in {self.outcomes} known by "
                  f"{self.as_of} ({level} intervals, {self.policy.bootstrap_samples} bootstrap samples)",
-                 f"{'vintage':<8} {'model':<5} {'scored':>8} {'outcomes':>8} {'unknown':>7}  realized AUC [CI]"
-                 f"          KS [CI]              expected  observed [CI]          cal.err  alarm"]
+                 f"{'vintage':<8} {'model':<5} {'scored':>8} {'outcomes':>8} {'unknown':>7}  {'realized AUC [CI]':<23}"
+                 f"  {'KS [CI]':<20}  {'expected':>8}  {'observed [CI]':<22}  cal.err  alarm"]
         lines += [v.line() for v in self.vintages]
         lines += [f"  {v.vintage}: {alarm}" for v in self.vintages for alarm in v.alarms]
         if self.unscored:
