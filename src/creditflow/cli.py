@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
+from creditflow.monitor.policy import add_performance_arguments
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
@@ -122,12 +124,31 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from creditflow.data.months import generate_months
+
+    months = generate_months(args.output, args.months, args.start, args.drift, args.onset or None,
+                             args.rows_per_month, args.outcome_lag, args.seed)
+    print(f"{len(months)} months {months[0]}..{months[-1]} of {args.rows_per_month} applicants "
+          f"(drift {args.drift}{' from ' + args.onset if args.onset else ''}) under {args.output}")
+    return 0
+
+
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     from creditflow.monitor.drift import alert_if_major, monitor_drift
     from creditflow.train.run import detach_project_run
 
     launcher = detach_project_run()
     alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
+    return 0
+
+
+def _cmd_monitor_performance(args: argparse.Namespace) -> int:
+    from creditflow.monitor.performance import alert_on, monitor_performance
+    from creditflow.monitor.policy import load_monitoring_policy
+
+    policy = load_monitoring_policy(args.policy)
+    alert_on(monitor_performance(args.predictions, args.outcomes, policy, args.as_of or None, args.log, args.report))
     return 0
 
 
@@ -213,6 +234,14 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_explain)
 
 
+def add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generated data")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("generate", help="applicants month by month, their outcomes later, with an optional drift "
+                                         "(docs/generated_data.md)")
+    add_generate_arguments(p).set_defaults(handler=_cmd_data_generate)
+
+
 def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="promote a model version through the gates (exit 0 promoted, 3 refused)")
     add_promote_arguments(p).set_defaults(handler=promote_command)
@@ -290,7 +319,7 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="data drift against the model's training data")
+    p = sub.add_parser("monitor", help="data drift against the model's training data; realized performance")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
     p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
@@ -299,6 +328,10 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                    help="log the report as an MLflow run (default: yes)")
     p.set_defaults(handler=_cmd_monitor_drift)
+
+    p = mon.add_parser("performance", help="realized performance of the scored batches by vintage, once outcomes "
+                                           "are known (exit 3: the latest vintage decayed)")
+    add_performance_arguments(p).set_defaults(handler=_cmd_monitor_performance)
 
 
 def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
@@ -320,7 +353,7 @@ def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_training_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
+    for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
                 add_registry_parsers, add_ops_parsers):
         add(sub)
     return parser
