@@ -97,11 +97,15 @@ def score_batch_command(args: argparse.Namespace, on_step: Callable[[str], None]
     from creditflow.serving.batch.job import log_batch, run_batch
     from creditflow.serving.batch.plan import plan_batch
     from creditflow.serving.batch.spark import load_batch_config, start_spark
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
     config = load_batch_config(args.config or None, master=args.master)
+    if bool(args.model_uri) == bool(args.deployment):
+        raise CreditflowError("give one of --model-uri (one model) and --deployment (a segmented deployment)")
+    deployment = load_deployment(args.deployment) if args.deployment else None
     launcher = detach_project_run()
-    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
+    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table, deployment)
     spark = start_spark(config)  # only after the model and the input's columns are checked
     try:
         result = run_batch(spark, plan, config.progress_seconds, on_step or no_step)
@@ -269,7 +273,9 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="batch scoring")
     score = p.add_subparsers(dest="score_command", required=True)
     p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--model-uri", default="", help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--deployment", default="", help="instead of --model-uri: a segmented deployment, e.g. "
+                                                    "serving/segments.yaml (each row scored by its segment's model)")
     p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
     p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
     p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from creditflow.errors import TrackingError
+from creditflow.errors import SpecError, TrackingError
 from creditflow.registry.client import (
     ModelRef,
     alias_parts,
@@ -36,7 +37,7 @@ from creditflow.registry.client import (
     resolve_model,
 )
 from creditflow.serving.live import Loaded, LiveModel
-from creditflow.specs import CHAMPION_URI, DatasetSpec
+from creditflow.specs import CHAMPION_URI, DatasetSpec, read_yaml, validated
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ class SegmentsConfig(BaseModel):
 
     def uri(self, segment: str) -> str:
         return self.model.replace(SEGMENT, segment)
+
+
+def load_deployment(path: str | Path) -> SegmentsConfig:
+    """The `segments:` block of a deployment file (serving/segments.yaml): what batch scoring and drift route by."""
+    data = read_yaml(Path(path), "deployment file")
+    if not isinstance(data.get("segments"), dict):
+        raise SpecError(f"{path}: no `segments:` block (column, fallback, model, values): not a segmented deployment")
+    return validated(SegmentsConfig, data["segments"], f"{path} segments")
 
 
 @dataclass(frozen=True)
