@@ -128,10 +128,20 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
 
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     from creditflow.monitor.drift import alert_if_major, monitor_drift
+    from creditflow.monitor.segments import monitor_segments
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
+    deployment = load_deployment(args.deployment) if args.deployment else None
+    if deployment and args.model_uri not in ("", deployment.fallback):
+        raise CreditflowError(f"--model-uri {args.model_uri} is not the deployment's fallback {deployment.fallback}: "
+                              "give one of --model-uri and --deployment")
     launcher = detach_project_run()
-    alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
+    if deployment:
+        report = monitor_segments(deployment, args.input, args.report, args.log, launcher)
+    else:
+        report = monitor_drift(args.model_uri or CHAMPION_URI, args.input, args.report, args.log, launcher)
+    alert_if_major(report)
     return 0
 
 
@@ -299,7 +309,9 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("monitor", help="data drift against the model's training data")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
+    p.add_argument("--model-uri", default="", help=f"the model (default {CHAMPION_URI})")
+    p.add_argument("--deployment", default="", help="instead: a segmented deployment (serving/segments.yaml): "
+                                                    "each segment's rows against its model, and overall")
     p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
     p.add_argument("--report", default="", help="also write the report as JSON to this file")
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
