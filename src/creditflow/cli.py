@@ -153,11 +153,14 @@ def stream_command(args: argparse.Namespace, on_step: Callable[[str], None] | No
     """`creditflow stream score`; `on_step` is the scorer's step hook (kill tests stop the process at a step)."""
     from creditflow.registry.lease import no_step
     from creditflow.serving.live import LiveModel, fetch
+    from creditflow.serving.segments import SegmentRouter, follow_deployment
     from creditflow.serving.stream import StreamScorer, load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
                                 reload_seconds=args.reload_seconds)
-    live = LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream")
+    live: LiveModel | SegmentRouter = (
+        follow_deployment(config.segments, config.reload_seconds, "stream") if config.segments
+        else LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream"))
     scorer = StreamScorer(config, live, on_step=on_step or no_step)
     following = f", following {config.model_uri} every {config.reload_seconds:g} s" if live.follows else ""
     print(f"[stream] scoring {config.events_stream} of {config.store} with {live.current.label} as "

@@ -57,6 +57,11 @@ class Loaded:
     def spec(self) -> DatasetSpec:
         return self.model.unwrap_python_model().dataset
 
+    @property
+    def members(self) -> tuple[Loaded, ...]:
+        """The loaded models that may answer (a segments' `Routing` has several)."""
+        return (self,)
+
     def answer(self, frame: Any) -> Any:
         """The model's answer frame, each prediction with the model_version that made it."""
         return self.model.predict(frame).assign(model_version=self.label)

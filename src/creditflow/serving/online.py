@@ -97,10 +97,8 @@ class ServingConfig(BaseModel):
             return self
         if self.shadow or self.feature_store:
             raise ValueError("a segmented deployment serves POST /invocations only: no shadow, no feature_store")
-        if "model_uri" in self.model_fields_set and self.model_uri != self.segments.fallback:
-            raise ValueError(f"model_uri {self.model_uri} is not the segments' fallback {self.segments.fallback}: "
-                             "leave model_uri out of a segmented deployment")
-        return self.model_copy(update={"model_uri": self.segments.fallback})
+        return self.model_copy(update={"model_uri": self.segments.fallback_for(
+            self.model_uri, "model_uri" in self.model_fields_set)})
 
     @property
     def segment_column(self) -> str:

@@ -36,7 +36,8 @@ from creditflow.registry.client import (
     registered_model,
     resolve_model,
 )
-from creditflow.serving.live import Loaded, LiveModel
+from creditflow.serving.live import LiveModel, Loaded, fetch
+from creditflow.serving.metrics import Metrics
 from creditflow.specs import CHAMPION_URI, DatasetSpec, read_yaml, validated
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ class SegmentsConfig(BaseModel):
 
     def uri(self, segment: str) -> str:
         return self.model.replace(SEGMENT, segment)
+
+    def fallback_for(self, model_uri: str, given: bool) -> str:
+        """A config's model_uri beside this block: the fallback (one given must name it)."""
+        if given and model_uri != self.fallback:
+            raise ValueError(f"model_uri {model_uri} is not the segments' fallback {self.fallback}: leave model_uri "
+                             "out of a segmented deployment")
+        return self.fallback
 
 
 def load_deployment(path: str | Path) -> SegmentsConfig:
@@ -154,6 +162,10 @@ class Routing:
     def label(self) -> str:
         return self.fallback.label
 
+    @property
+    def members(self) -> tuple[Loaded, ...]:
+        return (self.fallback, *self.segments.values())
+
     def answer(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model`."""
@@ -174,6 +186,10 @@ class SegmentRouter:
     def __init__(self, column: str, fallback: LiveModel, segments: dict[str, LiveModel]):
         self.column, self.fallback, self.segments = column, fallback, segments
         self.metrics = fallback.metrics
+
+    @property
+    def follows(self) -> bool:
+        return self.fallback.follows
 
     @property
     def current(self) -> Routing:
@@ -203,6 +219,16 @@ class SegmentRouter:
 
 
 def segment_follower(config: SegmentsConfig, segment: str, first: Loaded | None, reload_seconds: float,
-                     metrics: Any) -> LiveModel:
+                     metrics: Metrics | None) -> LiveModel:
     """The LiveModel of one segment (role `segment:<name>` in /metrics)."""
     return LiveModel(config.uri(segment), first, reload_seconds, f"segment:{segment}", metrics)
+
+
+def follow_deployment(config: SegmentsConfig, reload_seconds: float, role: str = "champion") -> SegmentRouter:
+    """The deployment checked, each model with a version fetched (resolved, downloaded, loaded, warmed), and a
+    follower per model: what the stream scorer holds."""
+    refs = resolve_deployment(config)
+    fallback = LiveModel(config.fallback, fetch(refs.fallback.uri), reload_seconds, role)
+    return SegmentRouter(config.column, fallback, {
+        s: segment_follower(config, s, ref and fetch(ref.uri), reload_seconds, fallback.metrics)
+        for s, ref in refs.segments.items()})

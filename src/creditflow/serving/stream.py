@@ -18,7 +18,9 @@ after its event, however the events were batched. Events that cannot be scored (
 unknown type, no batch features, a state that would break a value rule, an error in the model for
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
 changes no sums, so the applicant stays scorable. An entry read more than max_deliveries times
-without being handled (a scorer crashed on it) is dead-lettered the same way.
+without being handled (a scorer crashed on it) is dead-lettered the same way. With `segments:` (as in
+serving/segments.yaml) each event is scored by the model of the segment its event names (the field of the
+segment column, `Region 07`), the fallback for an event without one or of a segment without a champion.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
@@ -43,6 +45,7 @@ from creditflow.errors import SpecError
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
+from creditflow.serving.segments import SegmentRouter, SegmentsConfig
 from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,14 @@ class StreamConfig(BaseModel):
     reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
     max_deliveries: int = Field(5, gt=0)  # an entry read this many times and never handled is dead-lettered
     events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
+    segments: SegmentsConfig | None = None  # a model per segment: events name their segment in the column's field
+
+    @model_validator(mode="after")
+    def _segmented(self) -> StreamConfig:
+        if self.segments is None:
+            return self
+        return self.model_copy(update={"model_uri": self.segments.fallback_for(
+            self.model_uri, "model_uri" in self.model_fields_set)})
 
 
 def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
@@ -99,6 +110,7 @@ class Event:
     id: str  # the stream entry's id
     applicant_id: str
     kind: str
+    segment: str | None = None  # the segment the event names (a segmented scorer), None: the fallback's
 
 
 @dataclass
@@ -119,7 +131,8 @@ class Tally:
 class StreamScorer:
     """One consumer of the events stream: applies streaming sums, scores, publishes, acknowledges."""
 
-    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = "", on_step: Step = no_step):
+    def __init__(self, config: StreamConfig, live: LiveModel | SegmentRouter, consumer: str = "",
+                 on_step: Step = no_step):
         self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
@@ -226,8 +239,12 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        predicted = loaded.model.predict(self.frame([states[e.id] for e in valid])) if valid else pd.DataFrame()
+        frame = self.frame([states[e.id] for e in valid])
+        if self.config.segments:  # the routing key beside the model's columns
+            frame[self.config.segments.column] = [e.segment for e in valid]
+        predicted = loaded.answer(frame) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
+        uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         scored = []
         for event in events:
@@ -240,8 +257,9 @@ class StreamScorer:
                            "decision": str(answer["decision"]),
                            "reason_codes": json.dumps(list(answer["reason_codes"])),
                            "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
-                           "model_uri": loaded.uri,
-                           "model_version": loaded.label, "scored_at": scored_at})
+                           "model_uri": uris[answer["model_version"]], "model_version": answer["model_version"],
+                           **({"segment_model": str(answer["segment_model"]).lower()} if "segment_model" in answer
+                              else {}), "scored_at": scored_at})
         return scored, sorted(rejected, key=lambda r: _order(r[0]))
 
     def parse(self, entry_id: str, raw: dict[Any, Any]) -> tuple[Event | None, str]:
@@ -254,7 +272,8 @@ class StreamScorer:
             return None, "no applicant_id field"
         if kind not in self.config.events:
             return None, f"unknown event type '{kind}' (known: {', '.join(sorted(self.config.events))})"
-        return Event(entry_id, applicant, kind), ""
+        segment = (fields.get(self.config.segments.column, "").strip() or None) if self.config.segments else None
+        return Event(entry_id, applicant, kind, segment), ""
 
     def decide(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Each event's state (the applicant right after it) and the reason of each rejected event.
