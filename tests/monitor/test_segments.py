@@ -50,7 +50,8 @@ def test_drift_is_reported_per_segment_against_its_own_model_and_overall(segment
     assert report["rows"] == 1_500 and segments["R01"]["rows"] == int(r01.sum()) - sum(frame.index[:5].isin(
         frame.index[r01]))
     assert report["columns"]["MonthlyIncome"]["psi"] < segments["R01"]["columns"]["MonthlyIncome"]["psi"]
-    assert run.data.metrics["psi.R01.MonthlyIncome"] == pytest.approx(segments["R01"]["columns"]["MonthlyIncome"]["psi"])
+    r01_income = segments["R01"]["columns"]["MonthlyIncome"]["psi"]
+    assert run.data.metrics["psi.R01.MonthlyIncome"] == pytest.approx(r01_income)
     assert run.data.metrics["psi.MonthlyIncome"] == pytest.approx(report["columns"]["MonthlyIncome"]["psi"])
     assert "by Region: each segment against its model's training data" in out
 

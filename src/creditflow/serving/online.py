@@ -49,7 +49,13 @@ from creditflow.serving.features import FeatureStore, FeatureStoreError, Unknown
 from creditflow.serving.live import LiveModel, Loaded, load_local
 from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
 from creditflow.serving.requests import parse_body
-from creditflow.serving.segments import SegmentRouter, SegmentsConfig, resolve_deployment, segment_follower
+from creditflow.serving.segments import (
+    SegmentRouter,
+    SegmentsConfig,
+    resolve_deployment,
+    segment_follower,
+    with_fallback,
+)
 from creditflow.serving.shadow import ShadowRunner
 from creditflow.specs import CHAMPION_URI, load_config
 
@@ -97,12 +103,7 @@ class ServingConfig(BaseModel):
             return self
         if self.shadow or self.feature_store:
             raise ValueError("a segmented deployment serves POST /invocations only: no shadow, no feature_store")
-        return self.model_copy(update={"model_uri": self.segments.fallback_for(
-            self.model_uri, "model_uri" in self.model_fields_set)})
-
-    @property
-    def segment_column(self) -> str:
-        return self.segments.column if self.segments else ""
+        return with_fallback(self)
 
 
 def load_serving_config(path: str | Path | None, **overrides: Any) -> ServingConfig:
@@ -164,7 +165,7 @@ class RequestGuard:
                  metrics: Metrics | None = None, shadow: ShadowRunner | None = None):
         self.app, self.live, self.config, self.features = app, live, config, features
         self.metrics = metrics or live.metrics
-        self.shadow = shadow
+        self.shadow, self.segment = shadow, config.segments.column if config.segments else ""  # the routing column
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -222,7 +223,7 @@ class RequestGuard:
         try:
             if scope["path"] == BY_ID:
                 body, content_type = self.looked_up(body), "application/json"
-            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.config.segment_column)
+            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.segment)
         except BadRequest as exc:
             return await respond(send, exc.status, error_body(exc.status, exc.message))
         except UnknownApplicants as exc:

@@ -71,12 +71,18 @@ class SegmentsConfig(BaseModel):
     def uri(self, segment: str) -> str:
         return self.model.replace(SEGMENT, segment)
 
-    def fallback_for(self, model_uri: str, given: bool) -> str:
-        """A config's model_uri beside this block: the fallback (one given must name it)."""
-        if given and model_uri != self.fallback:
-            raise ValueError(f"model_uri {model_uri} is not the segments' fallback {self.fallback}: leave model_uri "
-                             "out of a segmented deployment")
-        return self.fallback
+
+
+def with_fallback(config: Any) -> Any:
+    """A config (serving, stream) whose `segments` block is set: its model_uri is the fallback (one given must name
+    it). A pydantic after-validator."""
+    segments = config.segments
+    if segments is None:
+        return config
+    if "model_uri" in config.model_fields_set and config.model_uri != segments.fallback:
+        raise ValueError(f"model_uri {config.model_uri} is not the segments' fallback {segments.fallback}: leave "
+                         "model_uri out of a segmented deployment")
+    return config.model_copy(update={"model_uri": segments.fallback})
 
 
 def load_deployment(path: str | Path) -> SegmentsConfig:
@@ -209,8 +215,8 @@ class SegmentRouter:
         """GET /models: each segment with the version that answers for it now (the fallback's while it has none
         of its own), then the fallback (`segment: null`)."""
         fallback = self.fallback.label
-        return ([{"segment": s, "model_version": live.current.label if live.current else fallback,
-                  "segment_model": live.current is not None} for s, live in self.segments.items()]
+        return ([{"segment": s, "model_version": live.current.label if live.current else fallback}
+                 for s, live in self.segments.items()]
                 + [{"segment": None, "model_version": fallback}])
 
     def health(self) -> dict[str, Any]:

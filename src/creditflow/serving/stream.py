@@ -18,9 +18,8 @@ after its event, however the events were batched. Events that cannot be scored (
 unknown type, no batch features, a state that would break a value rule, an error in the model for
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
 changes no sums, so the applicant stays scorable. An entry read more than max_deliveries times
-without being handled (a scorer crashed on it) is dead-lettered the same way. With `segments:` (as in
-serving/segments.yaml) each event is scored by the model of the segment its event names (the field of the
-segment column, `Region 07`), the fallback for an event without one or of a segment without a champion.
+without being handled (a scorer crashed on it) is dead-lettered the same way.
+With `segments:` (serving/segments.yaml) an event is scored by its segment's model (`Region R07`) or the fallback.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from creditflow.errors import SpecError
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
-from creditflow.serving.segments import SegmentRouter, SegmentsConfig
+from creditflow.serving.segments import SegmentRouter, SegmentsConfig, with_fallback
 from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
 
 logger = logging.getLogger(__name__)
@@ -80,12 +79,7 @@ class StreamConfig(BaseModel):
     events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
     segments: SegmentsConfig | None = None  # a model per segment: events name their segment in the column's field
 
-    @model_validator(mode="after")
-    def _segmented(self) -> StreamConfig:
-        if self.segments is None:
-            return self
-        return self.model_copy(update={"model_uri": self.segments.fallback_for(
-            self.model_uri, "model_uri" in self.model_fields_set)})
+    _fallback = model_validator(mode="after")(with_fallback)  # with segments: model_uri is their fallback
 
 
 def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
@@ -239,10 +233,8 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        frame = self.frame([states[e.id] for e in valid])
-        if self.config.segments:  # the routing key beside the model's columns
-            frame[self.config.segments.column] = [e.segment for e in valid]
-        predicted = loaded.answer(frame) if valid else pd.DataFrame()
+        rows, segments = [states[e.id] for e in valid], [e.segment for e in valid]
+        predicted = loaded.answer(self.frame(rows, segments)) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
         uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -258,8 +250,8 @@ class StreamScorer:
                            "reason_codes": json.dumps(list(answer["reason_codes"])),
                            "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
                            "model_uri": uris[answer["model_version"]], "model_version": answer["model_version"],
-                           **({"segment_model": str(answer["segment_model"]).lower()} if "segment_model" in answer
-                              else {}), "scored_at": scored_at})
+                           **{k: str(answer[k]).lower() for k in ("segment_model",) if k in answer},
+                           "scored_at": scored_at})
         return scored, sorted(rejected, key=lambda r: _order(r[0]))
 
     def parse(self, entry_id: str, raw: dict[Any, Any]) -> tuple[Event | None, str]:
@@ -311,9 +303,11 @@ class StreamScorer:
             return {}
         return dict(zip(states, rule_violations(self.frame(list(states.values())), self.spec), strict=True))
 
-    def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Applicant rows as the model's typed raw columns."""
-        return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+    def frame(self, rows: list[dict[str, Any]], segments: list[str | None] | None = None) -> pd.DataFrame:
+        """Applicant rows as the model's typed raw columns (and a segmented scorer's routing column: `segments`)."""
+        frame = coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+        routing = self.config.segments
+        return frame.assign(**{routing.column: segments}) if routing and segments is not None else frame
 
     def applied(self, events: list[Event]) -> dict[str, bool]:
         """Whether each event's sums are in the store already (a redelivery)."""

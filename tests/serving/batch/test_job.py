@@ -440,7 +440,8 @@ def test_a_segmented_batch_routes_every_row_to_its_model_in_one_spark_job(spark,
     deployment = SegmentsConfig(column=SEGMENT_COLUMN, model="models:/credit-default-{segment}@champion",
                                 values=("R01", "R02", "R03"))
     with tracking_at(segment_store.uri):
-        result = score_batch(spark, "", tmp_path / "in.parquet", tmp_path / "out", batch_id="seg", deployment=deployment)
+        result = score_batch(spark, "", tmp_path / "in.parquet", tmp_path / "out", batch_id="seg",
+                             deployment=deployment)
         jobs = spark.sparkContext.statusTracker().getJobIdsForGroup("score-seg")
         models = {s: mlflow.pyfunc.load_model(f"models:/credit-default{s}@champion") for s in ("", "-R01")}
     assert len(jobs) == 1  # every model's rows scored and written by ONE Spark job
