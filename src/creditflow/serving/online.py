@@ -237,8 +237,7 @@ class RequestGuard:
         status, payload, answer = await self.score(loaded, frame)
         await respond(send, status, payload)
         if answer is not None:
-            for label, decisions in answer.groupby("model_version", sort=False)["decision"]:
-                self.metrics.scored(str(label), decisions)
+            self.metrics.answered(answer)
             if self.shadow is not None:
                 self.shadow.offer(frame, answer, loaded.label)
         return status
