@@ -196,6 +196,10 @@ def test_one_endpoint_answers_for_every_segment_and_follows_each_alias(segment_s
             {"R01": r01, "R02": r02}.get(s, segment_store.fallback) for s in frame[SEGMENT_COLUMN]]
         metrics = requests.get(f"{url}/metrics", timeout=10).text
         assert f'creditflow_rows_scored_total{{model_version="{r02}"}}' in metrics
+        health = requests.get(f"{url}/health", timeout=10).json()
+        assert health["segment_column"] == "Region" and health["model_version"] == segment_store.fallback
+        assert health["segments"]["R02"]["model_version"] == r02 and health["segments"]["R03"]["model_version"] is None
+        assert health["segments"]["R03"]["polls"] > 0 and health["segments"]["R03"]["poll_errors"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
