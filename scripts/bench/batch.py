@@ -19,6 +19,10 @@ driver, the JVM and the Python workers. At the end: rows/s, the ratios, and the 
 
     .venv/bin/python scripts/bench/batch.py                                   # 1M and 5M rows (~15 min)
     .venv/bin/python scripts/bench/batch.py --sizes 200000 --families logistic --repeats 2   # a quick look
+    .venv/bin/python scripts/bench/batch.py --segments 20 --sizes 1000000   # routed to 20 models vs one
+
+`--segments N` (scripts/bench/segmented.py) runs only the batch job, on the input with a Region column: with
+the global model alone, then routed to N segment models and the global one (one Spark job), `--repeats` times each.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import segmented  # scripts/bench/segmented.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT = "RESULT "
@@ -290,6 +296,44 @@ def phase_spark(data: str, models: dict[str, str], families: list[str], work: st
     return results
 
 
+def phase_segments(data: str, model: str, deployment: str, work: str, repeats: int) -> dict:
+    """The batch job with one model, then routed by the deployment: the same rows, each run into a new output."""
+    from creditflow.serving.batch.job import run_batch
+    from creditflow.serving.batch.plan import plan_batch
+    from creditflow.serving.batch.spark import load_batch_config, start_spark
+    from creditflow.serving.segments import load_deployment
+
+    spark = start_spark(load_batch_config(ROOT / "serving" / "batch" / "job.yaml", master="local[2]"))
+    routes = {"one": {"model_uri": model}, "routed": {"model_uri": "", "deployment": load_deployment(deployment)}}
+    results = {}
+    for name, how in routes.items():
+        outputs = (Path(work) / f"{name}-{i}-{time.time_ns()}" for i in range(repeats))
+        results[name] = _timed(lambda how=how, outputs=outputs: run_batch(
+            spark, plan_batch(how["model_uri"], data, next(outputs), batch_id="bench",
+                              deployment=how.get("deployment")), progress_seconds=30), repeats)
+    spark.stop()
+    return results
+
+
+def segments_main(args: argparse.Namespace, work: Path, sizes: list[int]) -> int:
+    models = prepare_models(work, ["logistic"], args.train_rows)
+    deployment = segmented.prepare_segments(args.segments, args.train_rows, models["logistic"], work)
+    print(f"\nbatch job: {args.segments} segment models + the global one (routed, one Spark job) vs the global "
+          f"model alone; cold = first run, warm = median of the others")
+    for size in sizes:
+        data = work / f"applicants-{size}.parquet"
+        if not data.exists():
+            write_input(data, size)
+        routed = segmented.add_regions_to_input(data, args.segments)
+        r = child("segments", data=str(routed), model=models["logistic"], deployment=str(deployment),
+                  work=str(work / f"segments-{size}"), repeats=args.repeats)
+        for name in ("one", "routed"):
+            print(f"{size:>10,} {name:<7} cold {r[name]['cold_s']:7.1f} s  warm {r[name]['warm_s']:7.1f} s  "
+                  f"{size / r[name]['warm_s']:>10,.0f} rows/s")
+        print(f"{size:>10,} routed / one = x{r['routed']['warm_s'] / r['one']['warm_s']:.2f} in time (goal <= 1.3)")
+    return 0
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -356,11 +400,12 @@ def main() -> int:
     parser.add_argument("--arrow-rows", type=int, default=100_000, help="our Arrow batch size (rows)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each UDF phase (first = cold)")
     parser.add_argument("--work", default="", help="working directory (default: a temporary one)")
+    parser.add_argument("--segments", type=int, default=0, help="only the job: routed to N segment models vs one")
     parser.add_argument("--phase", default="", help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        fn = {"inproc": phase_inproc, "spark": phase_spark}[args.phase]
+        fn = {"inproc": phase_inproc, "spark": phase_spark, "segments": phase_segments}[args.phase]
         print(RESULT + json.dumps(fn(**json.loads(args.args))), flush=True)
         return 0
 
@@ -379,6 +424,8 @@ def main() -> int:
 
     os.environ["MLFLOW_TRACKING_URI"] = store  # the child phases read the same store
     os.chdir(work)  # artifacts next to the store
+    if args.segments:
+        return segments_main(args, work, sizes)
     print(f"work directory {work}; training {', '.join(families)} on {args.train_rows:,} rows", flush=True)
     models = prepare_models(work, families, args.train_rows)
     runs: dict = {}

@@ -14,9 +14,13 @@ memory (RSS of its process tree) every 5 s; it fails (exit 1) on any error or on
 `--swap` measures following the registry (scripts/bench/swap.py): 1-row requests at the first
 `--concurrency` in steady state, in the window around a hot swap, and with a shadow model on.
 
+`--segments N` measures a segmented deployment (scripts/bench/segmented.py): N segment models plus the
+global one in one server vs the global model alone: start-up time, RSS, 1-row p50/p99 at concurrency 8.
+
     .venv/bin/python scripts/bench/serving.py                      # comparison, 3 runs x 10 s
     .venv/bin/python scripts/bench/serving.py --soak --seconds 60  # many requests, memory flat
     .venv/bin/python scripts/bench/serving.py --swap --concurrency 8 --experiment hist_gradient_boosting.yaml
+    .venv/bin/python scripts/bench/serving.py --segments 20 --train-rows 150000     # many models, one endpoint
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import segmented  # scripts/bench/segmented.py, beside this file
 import swap  # scripts/bench/swap.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,6 +254,8 @@ def main() -> int:
                         choices=["stock", "plain", "ours"], help="which endpoints to compare")
     parser.add_argument("--soak", action="store_true", help="only `ours`, >= 60 s per combination, memory sampled")
     parser.add_argument("--swap", action="store_true", help="steady vs hot swap vs shadow on (scripts/bench/swap.py)")
+    parser.add_argument("--segments", type=int, default=0,
+                        help="N segment models + the global one vs the global alone (scripts/bench/segmented.py)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
@@ -258,6 +265,8 @@ def main() -> int:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.chdir(tmp)
         ours_uri, stock_uri, X = prepare_models(args.train_rows, args.experiment)
+        if args.segments:
+            return segmented.serving_bench(args.segments, ours_uri, X, args, tmp, run_wrk, sys.modules[__name__])
         names = ["ours"] if args.soak else ["follow", "shadow"] if args.swap else args.endpoints
         commands = {
             "stock": [str(BIN / "mlflow"), "models", "serve", "-m", stock_uri, "--env-manager", "local"],

@@ -54,7 +54,8 @@ def test_the_interval_not_the_point_estimate_decides_the_auc_alarm() -> None:
     assert auc < just_inside.validation_roc_auc - POLICY.auc_margin  # the point estimate alone would alarm
     assert just_inside.alarms == ()
     beyond = measure(vintage(y, p), validation_auc=high + POLICY.auc_margin + 0.001, policy=POLICY)
-    assert beyond.alarm and len(beyond.alarms) == 1 and "credibly more than 0.02 below the model's held-out AUC" in beyond.alarms[0]
+    assert beyond.alarm and len(beyond.alarms) == 1
+    assert "credibly more than 0.02 below the model's held-out AUC" in beyond.alarms[0]
 
 
 def test_defaults_credibly_above_expected_alarm() -> None:

@@ -19,6 +19,7 @@ unknown type, no batch features, a state that would break a value rule, an error
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
 changes no sums, so the applicant stays scorable. An entry read more than max_deliveries times
 without being handled (a scorer crashed on it) is dead-lettered the same way.
+With `segments:` (serving/segments.yaml) an event is scored by its segment's model (`Region R07`) or the fallback.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
@@ -43,6 +44,7 @@ from creditflow.errors import SpecError
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
+from creditflow.serving.segments import SegmentRouter, SegmentsConfig, with_fallback
 from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class StreamConfig(BaseModel):
     reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
     max_deliveries: int = Field(5, gt=0)  # an entry read this many times and never handled is dead-lettered
     events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
+    segments: SegmentsConfig | None = None  # a model per segment: events name their segment in the column's field
+
+    _fallback = model_validator(mode="after")(with_fallback)  # with segments: model_uri is their fallback
 
 
 def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
@@ -99,6 +104,7 @@ class Event:
     id: str  # the stream entry's id
     applicant_id: str
     kind: str
+    segment: str | None = None  # the segment the event names (a segmented scorer), None: the fallback's
 
 
 @dataclass
@@ -119,7 +125,8 @@ class Tally:
 class StreamScorer:
     """One consumer of the events stream: applies streaming sums, scores, publishes, acknowledges."""
 
-    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = "", on_step: Step = no_step):
+    def __init__(self, config: StreamConfig, live: LiveModel | SegmentRouter, consumer: str = "",
+                 on_step: Step = no_step):
         self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
@@ -226,8 +233,10 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        predicted = loaded.model.predict(self.frame([states[e.id] for e in valid])) if valid else pd.DataFrame()
+        rows, segments = [states[e.id] for e in valid], [e.segment for e in valid]
+        predicted = loaded.answer(self.frame(rows, segments)) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
+        uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         scored = []
         for event in events:
@@ -240,8 +249,9 @@ class StreamScorer:
                            "decision": str(answer["decision"]),
                            "reason_codes": json.dumps(list(answer["reason_codes"])),
                            "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
-                           "model_uri": loaded.uri,
-                           "model_version": loaded.label, "scored_at": scored_at})
+                           "model_uri": uris[answer["model_version"]], "model_version": answer["model_version"],
+                           **{k: str(answer[k]).lower() for k in ("segment_model",) if k in answer},
+                           "scored_at": scored_at})
         return scored, sorted(rejected, key=lambda r: _order(r[0]))
 
     def parse(self, entry_id: str, raw: dict[Any, Any]) -> tuple[Event | None, str]:
@@ -254,7 +264,8 @@ class StreamScorer:
             return None, "no applicant_id field"
         if kind not in self.config.events:
             return None, f"unknown event type '{kind}' (known: {', '.join(sorted(self.config.events))})"
-        return Event(entry_id, applicant, kind), ""
+        segment = (fields.get(self.config.segments.column, "").strip() or None) if self.config.segments else None
+        return Event(entry_id, applicant, kind, segment), ""
 
     def decide(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Each event's state (the applicant right after it) and the reason of each rejected event.
@@ -292,9 +303,11 @@ class StreamScorer:
             return {}
         return dict(zip(states, rule_violations(self.frame(list(states.values())), self.spec), strict=True))
 
-    def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Applicant rows as the model's typed raw columns."""
-        return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+    def frame(self, rows: list[dict[str, Any]], segments: list[str | None] | None = None) -> pd.DataFrame:
+        """Applicant rows as the model's typed raw columns (and a segmented scorer's routing column: `segments`)."""
+        frame = coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+        routing = self.config.segments
+        return frame.assign(**{routing.column: segments}) if routing and segments is not None else frame
 
     def applied(self, events: list[Event]) -> dict[str, bool]:
         """Whether each event's sums are in the store already (a redelivery)."""
