@@ -28,6 +28,8 @@ class SegmentedDrift:
     source = property(lambda self: self.overall.source)
     rows = property(lambda self: self.overall.rows)
     rows_scored = property(lambda self: self.overall.rows_scored)
+    columns = property(lambda self: self.overall.columns)  # the picture logged with the report: all rows
+    score = property(lambda self: self.overall.score)
 
     @property
     def drifts(self) -> list[Drift]:
