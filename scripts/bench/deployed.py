@@ -83,7 +83,7 @@ def _agree(url: str, mlserver_url: str | None, X) -> str:
 def families_bench(args: argparse.Namespace, tmp: Path) -> int:
     import mlflow
 
-    from serving import BIN, Endpoint, bodies, free_port, run_wrk, start, wait_ready
+    from serving import BIN, Endpoint, bodies, free_port, run_wrk, start, stop, wait_ready
 
     names = [n for n in args.families.split(",") if n]
     champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
@@ -140,13 +140,7 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
             print(f"run {run + 1}/{args.runs} done", flush=True)
         in_process = _in_process(champs, calls=args.inproc_calls, rounds=4)
     finally:
-        for ep in procs:
-            ep.proc.terminate()
-        for ep in procs:
-            try:
-                ep.proc.wait(timeout=30)
-            except Exception:
-                ep.proc.kill()
+        stop(procs)
     report(champs, results, in_process, args)
     return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
 
@@ -198,7 +192,7 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
     import redis
 
     from creditflow.serving.features import FeatureStore
-    from serving import BIN, bodies, free_port, run_wrk, start, wait_ready
+    from serving import BIN, bodies, free_port, run_wrk, start, stop, wait_ready
 
     names = [n for n in args.families.split(",") if n]
     champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
@@ -237,10 +231,7 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
                         results.setdefault((name, conc, kind), []).append(
                             run_wrk(ep.url, scripts[name, kind], conc, args.seconds, path))
     finally:
-        for ep in procs:
-            ep.proc.terminate()
-        for ep in procs:
-            ep.proc.wait(timeout=30)
+        stop(procs)
     print(f"\nby id against full payload, same server: {args.runs} run(s) x {args.seconds} s each, in turn; medians; "
           f"1 applicant per request; {args.workers} worker(s)")
     print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")

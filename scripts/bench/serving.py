@@ -138,6 +138,17 @@ def wait_ready(endpoints: list[Endpoint], timeout: float = 180) -> None:
             time.sleep(0.3)
 
 
+def stop(endpoints: list[Endpoint]) -> None:
+    """Terminate every server, then wait for each (killed after 30 s)."""
+    for ep in endpoints:
+        ep.proc.terminate()
+    for ep in endpoints:
+        try:
+            ep.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ep.proc.kill()
+
+
 def bodies(X, rows: int, count: int = 40) -> list[str]:
     """`count` request bodies of `rows` held-out applicants each (dataframe_split)."""
     out = []
@@ -299,13 +310,7 @@ def main() -> int:
             compare(endpoints, X, args, tmp)
             return 0
         finally:
-            for ep in endpoints:
-                ep.proc.terminate()
-            for ep in endpoints:
-                try:
-                    ep.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    ep.proc.kill()
+            stop(endpoints)
 
 
 def add_family_options(parser: argparse.ArgumentParser) -> None:

@@ -226,7 +226,8 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        predicted = loaded.model.predict(self.frame([states[e.id] for e in valid])) if valid else pd.DataFrame()
+        rows = states.loc[[e.id for e in valid]].reset_index(drop=True)
+        predicted = loaded.model.predict(rows) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         scored = []
@@ -256,8 +257,9 @@ class StreamScorer:
             return None, f"unknown event type '{kind}' (known: {', '.join(sorted(self.config.events))})"
         return Event(entry_id, applicant, kind), ""
 
-    def decide(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Each event's state (the applicant right after it) and the reason of each rejected event.
+    def decide(self, events: list[Event]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Each scored event's state (the applicant right after it) as the model's typed row, indexed by event id,
+        and the reason of each rejected event.
 
         Events apply in stream order, per applicant. A rejected event changes nothing: the next event of
         that applicant starts from the state before it, so the applicant stays scorable. An event already
@@ -276,21 +278,23 @@ class StreamScorer:
                 if not applied[e.id]:
                     state[e.applicant_id] = _added(state[e.applicant_id], self.config.events[e.kind])
                 states[e.id] = state[e.applicant_id]
-            broken = self.broken(states)
+            rows, broken = self.broken(states)
             first: dict[str, str] = {}
             for e in events:
                 if broken.get(e.id) and e.applicant_id not in first:
                     first[e.applicant_id] = e.id
             if not first:
-                return states, reasons
+                return rows, reasons
             reasons.update({i: f"the applicant's features would break a value rule: {broken[i]}"
                             for i in first.values()})
 
-    def broken(self, states: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """The value rule each state breaks ("" when none), checked for all states at once."""
+    def broken(self, states: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The states as typed rows (indexed by event id; typed once per batch, for the rules and the model) and the
+        value rule each breaks ("" when none), checked for all states at once."""
+        rows = self.frame(list(states.values())).set_axis(list(states))
         if not states:
-            return {}
-        return dict(zip(states, rule_violations(self.frame(list(states.values())), self.spec), strict=True))
+            return rows, {}
+        return rows, dict(zip(states, rule_violations(rows, self.spec), strict=True))
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Applicant rows as the model's typed raw columns."""
