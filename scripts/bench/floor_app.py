@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 ANSWER = (b'{"predictions": [{"probability": 0.0144, "decision": "approve", "reason_codes": ["Monthly income", '
           b'"Number of dependents", "Debt ratio"], "reason_statements": ["Income insufficient for the credit '
@@ -50,8 +49,9 @@ def main() -> int:
     parser.add_argument("-w", "--workers", type=int, default=1)
     args = parser.parse_args()
     sock = listening_socket(args.host, args.port)
+    # "floor_app:app": this script's folder is sys.path[0] here and in the workers uvicorn spawns
     uv = uvicorn.Config("floor_app:app", host=args.host, port=args.port, workers=args.workers,
-                        timeout_worker_healthcheck=60, log_level="warning", app_dir=str(Path(__file__).parent))
+                        timeout_worker_healthcheck=60, log_level="warning")
     if args.workers == 1:
         uvicorn.Server(uv).run(sockets=[sock])
     else:
