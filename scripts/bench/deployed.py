@@ -232,6 +232,7 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
                             run_wrk(ep.url, scripts[name, kind], conc, args.seconds, path))
     finally:
         stop(procs)
+        redis.Redis.from_url(store).flushdb()  # the applicants' features were the bench's own
     print(f"\nby id against full payload, same server: {args.runs} run(s) x {args.seconds} s each, in turn; medians; "
           f"1 applicant per request; {args.workers} worker(s)")
     print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
