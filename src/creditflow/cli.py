@@ -175,7 +175,8 @@ def stream_command(args: argparse.Namespace, on_step: Callable[[str], None] | No
     from creditflow.registry.lease import no_step
     from creditflow.serving.live import LiveModel, fetch
     from creditflow.serving.segments import SegmentRouter, follow_deployment
-    from creditflow.serving.stream import StreamScorer, load_stream_config
+    from creditflow.serving.stream import StreamScorer
+    from creditflow.serving.stream_config import load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
                                 reload_seconds=args.reload_seconds)

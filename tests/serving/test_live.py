@@ -26,7 +26,8 @@ from creditflow.data.dataset import CreditData, split_data
 from creditflow.registry.evidence import shadow_evidence
 from creditflow.serving.features import FeatureStore
 from creditflow.serving.live import LiveModel, fetch
-from creditflow.serving.stream import StreamScorer, load_stream_config
+from creditflow.serving.stream import StreamScorer
+from creditflow.serving.stream_config import load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import train_and_log
 from tests.conftest import (

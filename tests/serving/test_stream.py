@@ -26,7 +26,8 @@ from creditflow.data.dataset import CreditData
 from creditflow.errors import SpecError
 from creditflow.serving.features import FeatureStore
 from creditflow.serving.live import LiveModel, fetch
-from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
+from creditflow.serving.stream import StreamScorer
+from creditflow.serving.stream_config import StreamConfig, load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
 from tests.conftest import ON_REDIS, REDIS, ROOT, VENV_BIN, subprocess_env

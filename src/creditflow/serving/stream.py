@@ -32,20 +32,18 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
-from creditflow.errors import SpecError
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
-from creditflow.serving.segments import SegmentRouter, SegmentsConfig, with_fallback
-from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
+from creditflow.serving.segments import SegmentRouter
+from creditflow.serving.stream_config import StreamConfig, check_event_columns
+from creditflow.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,42 +55,6 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return 0
 """  # KEYS: the event's applied-marker, the applicant's sums; ARGV: marker TTL, then column, amount pairs
-
-
-class StreamConfig(BaseModel):
-    """The streaming scorer (serving/stream.yaml): model, Redis, streams and what each event type adds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_uri: str = CHAMPION_URI
-    store: str = "redis://127.0.0.1:6379/0"
-    events_stream: str = "creditflow:events"
-    predictions_stream: str = "creditflow:predictions"
-    rejected_stream: str = "creditflow:events:rejected"
-    group: str = "creditflow-scorers"
-    batch_size: int = Field(100, gt=0)
-    block_ms: int = Field(1000, gt=0)
-    applied_ttl_days: int = Field(7, gt=0)  # how long an event is remembered as applied (redelivery window)
-    claim_idle_ms: int = Field(60_000, ge=0)  # another scorer's events unacknowledged this long are taken over
-    reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
-    max_deliveries: int = Field(5, gt=0)  # an entry read this many times and never handled is dead-lettered
-    events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
-    segments: SegmentsConfig | None = None  # a model per segment: events name their segment in the column's field
-
-    _fallback = model_validator(mode="after")(with_fallback)  # with segments: model_uri is their fallback
-
-
-def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
-    return load_config(StreamConfig, path, "stream config", **overrides)
-
-
-def check_event_columns(config: StreamConfig, spec: DatasetSpec) -> None:
-    """Every column an event adds to must be a numeric column of the model's dataset."""
-    for event, sums in config.events.items():
-        wrong = [c for c in sums if c not in spec.columns or spec.columns[c].group == "categorical"]
-        if wrong:
-            raise SpecError(f"stream config: event '{event}' adds to {', '.join(wrong)}, not numeric columns of "
-                            f"the model's dataset '{spec.name}'")
 
 
 Entry = tuple[str, dict[Any, Any]]  # (entry id, fields as Redis sent them)
@@ -233,8 +195,8 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        rows, segments = [states[e.id] for e in valid], [e.segment for e in valid]
-        predicted = loaded.answer(self.frame(rows, segments)) if valid else pd.DataFrame()
+        rows = self.routed(states.loc[[e.id for e in valid]].reset_index(drop=True), [e.segment for e in valid])
+        predicted = loaded.answer(rows) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
         uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -267,8 +229,9 @@ class StreamScorer:
         segment = (fields.get(self.config.segments.column, "").strip() or None) if self.config.segments else None
         return Event(entry_id, applicant, kind, segment), ""
 
-    def decide(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Each event's state (the applicant right after it) and the reason of each rejected event.
+    def decide(self, events: list[Event]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Each scored event's state (the applicant right after it) as the model's typed row, indexed by event id,
+        and the reason of each rejected event.
 
         Events apply in stream order, per applicant. A rejected event changes nothing: the next event of
         that applicant starts from the state before it, so the applicant stays scorable. An event already
@@ -287,27 +250,32 @@ class StreamScorer:
                 if not applied[e.id]:
                     state[e.applicant_id] = _added(state[e.applicant_id], self.config.events[e.kind])
                 states[e.id] = state[e.applicant_id]
-            broken = self.broken(states)
+            rows, broken = self.broken(states)
             first: dict[str, str] = {}
             for e in events:
                 if broken.get(e.id) and e.applicant_id not in first:
                     first[e.applicant_id] = e.id
             if not first:
-                return states, reasons
+                return rows, reasons
             reasons.update({i: f"the applicant's features would break a value rule: {broken[i]}"
                             for i in first.values()})
 
-    def broken(self, states: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """The value rule each state breaks ("" when none), checked for all states at once."""
+    def broken(self, states: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The states as typed rows (indexed by event id; typed once per batch, for the rules and the model) and the
+        value rule each breaks ("" when none), checked for all states at once."""
+        rows = self.frame(list(states.values())).set_axis(list(states))
         if not states:
-            return {}
-        return dict(zip(states, rule_violations(self.frame(list(states.values())), self.spec), strict=True))
+            return rows, {}
+        return rows, dict(zip(states, rule_violations(rows, self.spec), strict=True))
 
-    def frame(self, rows: list[dict[str, Any]], segments: list[str | None] | None = None) -> pd.DataFrame:
-        """Applicant rows as the model's typed raw columns (and a segmented scorer's routing column: `segments`)."""
-        frame = coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+    def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Applicant rows as the model's typed raw columns."""
+        return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+
+    def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame:
+        """Typed rows with a segmented scorer's routing column (each event's segment) added."""
         routing = self.config.segments
-        return frame.assign(**{routing.column: segments}) if routing and segments is not None else frame
+        return rows.assign(**{routing.column: segments}) if routing else rows
 
     def applied(self, events: list[Event]) -> dict[str, bool]:
         """Whether each event's sums are in the store already (a redelivery)."""
