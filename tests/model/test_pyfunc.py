@@ -224,7 +224,7 @@ def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_s
         for code, statement in zip(codes, statements, strict=True):
             if code == "Housing":
                 housing = X["Housing"].iat[row]
-                assert statement == f"Housing status: {'not given' if housing is None else housing}"
+                assert statement == f"Housing status: {'not given' if pd.isna(housing) else housing}"
                 housing_rows += 1
             else:
                 assert statement == statement_of[code]
