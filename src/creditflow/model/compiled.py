@@ -24,6 +24,7 @@ which keeps scikit-learn's preprocessing (on the codes turned back into texts) a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
+from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
 from creditflow.model.categories import Codes, NotCompilable, category_block, texts_series, vocabulary
@@ -236,9 +238,23 @@ def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callabl
     return probability, contributions
 
 
+def _one_thread(model: Any) -> Any:
+    """A copy of the estimator that predicts on one thread (docs/performance.md: a parallel region per tree costs
+    far more than the arithmetic of a small request, and Spark runs one worker per core)."""
+    if "n_jobs" not in model.get_params():
+        return model
+    model = copy.deepcopy(model)
+    model.set_params(n_jobs=1)
+    if isinstance(model, XGBClassifier):
+        model.get_booster().set_param({"nthread": 1})
+    return model
+
+
 def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
     """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one."""
     pos = positive_index(model)
+    model = _one_thread(model)
+    threads = ThreadpoolController()  # HistGradientBoosting has no n_jobs: OpenMP limited for each call, restored
     if reference is None and isinstance(model, XGBClassifier):
         def contributions(Z: np.ndarray) -> np.ndarray:
             return xgboost_contributions(model, Z)[:, :-1]
@@ -249,7 +265,8 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
             return tree_contributions(explainer, model, Z)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
+        with threads.limit(limits=1, user_api="openmp"):
+            return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
     return probability, contributions
 

@@ -68,19 +68,20 @@ def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
 
 def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str], codes: Codes) -> np.ndarray:
     """Data sets with categorical columns: numbers as floats, categories as codes (NaN missing, -1 unknown)."""
-    numeric = [c for c in spec.raw_columns if c not in categorical]
-    R = np.empty((len(frame), len(spec.raw_columns)))
-    try:
-        R[:, [spec.raw_columns.index(c) for c in numeric]] = frame.reindex(columns=numeric).to_numpy(
-            dtype="float64", na_value=np.nan)
-    except (TypeError, ValueError):
-        try:  # the data set's own message, naming the column
-            coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin="request")
-        except DataError as exc:
-            raise BadRequest(str(exc)) from None
-        raise
-    for c in categorical:
-        R[:, spec.raw_columns.index(c)] = codes.of(c, frame[c] if c in frame.columns else None, len(frame))
+    R = np.empty((len(frame), len(spec.raw_columns)), order="F")
+    for j, c in enumerate(spec.raw_columns):  # column by column: a mixed frame's reindex costs more (one row)
+        values = frame[c] if c in frame.columns else None
+        if c in categorical:
+            R[:, j] = codes.of(c, values, len(frame))
+            continue
+        try:
+            R[:, j] = np.nan if values is None else values.to_numpy(dtype="float64", na_value=np.nan)
+        except (TypeError, ValueError):
+            try:  # the data set's own message, naming the column
+                coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin="request")
+            except DataError as exc:
+                raise BadRequest(str(exc)) from None
+            raise
     return R
 
 

@@ -68,7 +68,8 @@ def xgboost_contributions(model: XGBClassifier, Z: np.ndarray) -> np.ndarray:
     booster = model.get_booster()
     types = booster.feature_types
     categorical = bool(types and "c" in types)
-    matrix = xgboost.DMatrix(np.ascontiguousarray(Z), feature_types=types, enable_categorical=categorical)
+    matrix = xgboost.DMatrix(np.ascontiguousarray(Z), feature_types=types, enable_categorical=categorical,
+                             nthread=model.n_jobs)  # None: all cores
     return booster.predict(matrix, pred_contribs=True, iteration_range=xgboost_iterations(model)).astype("float64")
 
 
