@@ -271,7 +271,8 @@ class ExperimentSpec(_Frozen):
     metric: Literal["roc_auc", "average_precision", "neg_log_loss", "neg_brier_score"] = "roc_auc"
     threshold: float = Field(0.2, gt=0, lt=1)
     reason_codes: int = Field(4, ge=1, le=5)  # principal reasons per decline: Reg. B expects at most four
-    reason_codes_for: Literal["all", "declined"] = "all"  # "declined": adverse-action reasons only (fast batches)
+    # "declined": adverse-action reasons only; None (default): every row online and in streams, declined in batch jobs
+    reason_codes_for: Literal["all", "declined"] | None = None
     calibration: Literal["none", "sigmoid", "isotonic"] = "none"  # fitted on out-of-fold predictions of the training
     explain: ExplainSpec = ExplainSpec()
     register_as: str | None = DEFAULT_MODEL_NAME

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from creditflow.data.dataset import split_data
+from creditflow.data.dataset import coerce_columns, split_data
+from creditflow.model.categories import UNSEEN_TEXT
 from creditflow.model.compiled import compile_scorer, reason_sets
+from creditflow.model.inputs import applicant_matrix
 from creditflow.model.pipeline import build_pipeline
 from creditflow.model.shap import raw_shap, reason_codes
+from creditflow.specs import DatasetSpec, GroupSpec
 from creditflow.train.log_model import shap_reference
 from tests.conftest import small_experiment
+from tests.model.shap_cases import SPEC
+
+SPEC_COLUMNS = SPEC.raw_columns
 
 
 def quirky_rows(X: pd.DataFrame) -> pd.DataFrame:
@@ -62,3 +70,95 @@ def test_compiled_preprocessing_equals_scikit_learn(fitted_logistic, small_spec)
     slow = compile_scorer(pipe, small_spec, np.zeros(1), fast=False)
     assert np.max(np.abs(fast.transform(R) - slow.transform(R))) <= 1e-12
     assert fast.transform(R).shape == slow.transform(R).shape
+
+
+# ---------------------------------------------------------------- categorical columns
+
+
+def housing_rows(X: pd.DataFrame, unseen: bool = True) -> pd.DataFrame:
+    """Held-out rows with every category, missing ones (None and NaN) and, when `unseen`, a text never trained on."""
+    texts = ["own", "rent", "other", None, np.nan] + (["castle"] if unseen else [])
+    return X.assign(Housing=np.resize(np.asarray(texts, dtype=object), len(X)))
+
+
+@pytest.fixture(scope="module")
+def housing_pipes(housing_spec: DatasetSpec, shap_data: tuple) -> dict:
+    """case -> (pipeline, spec, training rows): one-hot and ordinal logistic, XGBoost (native categorical), HGB."""
+    from tests.model.shap_cases import fit
+    from tests.model.test_shap import with_housing
+
+    X_train, y_train, _, _ = shap_data
+    X_train, y_train = with_housing(X_train, y_train, seed=2)
+    X_train = coerce_columns(X_train, housing_spec)  # as training reads a data set: missing categories are None
+    ordinal = housing_spec.model_copy(update={"groups": {"categorical": GroupSpec(
+        impute="most_frequent", scale=False, encode="ordinal")}})
+    cases = {"logistic": ("logistic", housing_spec), "logistic_ordinal": ("logistic", ordinal),
+             "xgboost": ("xgboost", housing_spec), "hist_gradient_boosting": ("hist_gradient_boosting", housing_spec)}
+    return {case: (fit(family, spec, X_train, y_train), spec, X_train) for case, (family, spec) in cases.items()}
+
+
+@pytest.mark.parametrize("case", ["logistic", "logistic_ordinal", "xgboost", "hist_gradient_boosting"])
+def test_categorical_columns_compile_exactly(case: str, housing_pipes: dict, shap_data: tuple) -> None:
+    pipe, spec, X_train = housing_pipes[case]
+    # an ordinal code the logistic model never saw is NaN, which it cannot score (the served model refuses it)
+    rows = housing_rows(quirky_rows(shap_data[2][SPEC_COLUMNS]), unseen=case != "logistic_ordinal")
+    reference = shap_reference(pipe, X_train, spec)
+    scorer = compile_scorer(pipe, spec, None if reference is None else np.asarray(reference))  # no NotCompilable
+    R = applicant_matrix(rows, spec, scorer.codes)
+    expected = pipe.predict_proba(coerce_columns(rows, spec))[:, 1]
+    assert np.max(np.abs(scorer.probability(R) - expected)) <= 1e-9
+    slow = compile_scorer(pipe, spec, None if reference is None else np.asarray(reference), fast=False)
+    np.testing.assert_allclose(scorer.transform(R), slow.transform(R), rtol=0, atol=1e-12)  # NaN where trees see it
+    direct = raw_shap(pipe, spec, coerce_columns(rows, spec), background=X_train)
+    assert np.max(np.abs(scorer.score(R).contributions - direct.values.to_numpy())) <= 1e-9
+    assert (direct.values["Housing"] != 0).any()
+
+
+def test_codes_follow_the_fitted_vocabulary(housing_pipes: dict) -> None:
+    pipe, spec, _ = housing_pipes["logistic"]
+    codes = compile_scorer(pipe, spec, np.zeros(1)).codes
+    assert codes.texts["Housing"] == ("other", "own", "rent")  # the encoder's categories, sorted as fitted
+    values = pd.Series(["rent", None, np.nan, "castle", "own"], dtype=object)
+    np.testing.assert_array_equal(codes.of("Housing", values, 5), [2, np.nan, np.nan, -1, 1])
+    np.testing.assert_array_equal(codes.of("Housing", values.astype("string"), 5), [2, np.nan, np.nan, -1, 1])
+    assert list(codes.decode("Housing", np.asarray([2.0, np.nan, -1.0]))) == ["rent", None, UNSEEN_TEXT]
+    assert np.isnan(codes.of("Housing", None, 3)).all()  # an absent nullable column: all missing
+
+
+# ---------------------------------------------------------------- tree reasons: baseline Shapley
+
+
+def exact_baseline_shapley(f, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Shapley values of v(S) = f(x on S, r elsewhere), every coalition enumerated (the definition, no algorithm)."""
+    n = len(x)
+    masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
+    values = f(np.where(masks, x, r))
+    sizes = masks.sum(axis=1)
+    weight = np.asarray([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)] + [0.0])
+    phi = np.empty(n)
+    for i in range(n):
+        with_i, without_i = masks[:, i], ~masks[:, i]
+        phi[i] = weight[sizes[with_i] - 1] @ values[with_i] - weight[sizes[without_i]] @ values[without_i]
+    return phi
+
+
+@pytest.mark.parametrize("family", ["xgboost", "hist_gradient_boosting"])
+def test_tree_reasons_are_exact_baseline_shapley_values(family, fitted_families, small_spec) -> None:
+    """The served tree contributions are the Shapley values of the log-odds between the reference applicant and the
+    applicant, enumerated over every coalition of the model's columns; their first reason is TreeSHAP's for most
+    declined applicants."""
+    pipe, split = fitted_families[family]
+    reference = np.asarray(shap_reference(pipe, split.X_train, small_spec))
+    scorer = compile_scorer(pipe, small_spec, reference)
+    X = split.X_test[small_spec.raw_columns]
+    Z = scorer.transform(X.to_numpy(dtype="float64"))
+    declined = np.flatnonzero(scorer.probability_of(Z) >= 0.2)
+    model = pipe[-1]
+    log_odds = (lambda M: model.predict(M, output_margin=True)) if family == "xgboost" else model.decision_function
+    ours = scorer.contributions_of(Z[declined[:3]])
+    for row, phi in zip(declined[:3], ours, strict=True):
+        np.testing.assert_allclose(phi, exact_baseline_shapley(log_odds, Z[row], reference), rtol=0, atol=2e-5)
+    served = scorer.raw_contributions(Z[declined])
+    tree_shap = raw_shap(pipe, small_spec, X.iloc[declined]).values.to_numpy()  # path-dependent TreeSHAP
+    agreement = np.mean(served.argmax(axis=1) == tree_shap.argmax(axis=1))
+    assert len(declined) > 30 and agreement >= 0.8, agreement

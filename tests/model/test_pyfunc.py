@@ -200,6 +200,7 @@ def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_s
                                                           shap_data: tuple) -> None:
     """Each reason code has its statement, in the same order; a categorical reason names the applicant's category;
     only columns that push towards decline are reasons, at most `reason_codes` of them."""
+    from creditflow.data.dataset import coerce_columns
     from creditflow.model.artifact import model_config
     from creditflow.train.log_model import shap_reference
     from tests.model.shap_cases import fit
@@ -212,7 +213,8 @@ def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_s
     spec = DatasetSpec.model_validate({**housing_spec.model_dump(), "columns": columns})
     X_train, y_train, X, y = shap_data
     X_train, y_train = with_housing(X_train, y_train, seed=2)
-    X = with_housing(X, y, seed=3)[0].head(400)
+    X_train = coerce_columns(X_train, spec)  # as training reads a data set (and the served model its input)
+    X = coerce_columns(with_housing(X, y, seed=3)[0].head(400), spec)
     pipe = fit(family, spec, X_train, y_train)
     exp = _experiment(family)
     scoring = Scoring.build(pipe, spec, model_config(exp, spec, shap_reference(pipe, X_train, spec)))
@@ -224,7 +226,7 @@ def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_s
         for code, statement in zip(codes, statements, strict=True):
             if code == "Housing":
                 housing = X["Housing"].iat[row]
-                assert statement == f"Housing status: {'not given' if housing is None else housing}"
+                assert statement == f"Housing status: {'not given' if pd.isna(housing) else housing}"
                 housing_rows += 1
             else:
                 assert statement == statement_of[code]
@@ -278,3 +280,48 @@ def test_a_calibrated_model_serves_the_calibrated_probability_with_the_same_reas
     assert served.decision.tolist() == np.where(expected >= exp.threshold, "decline", "approve").tolist()
     assert (served.decision != plain.decision).any()  # the decision follows the calibrated probability
     assert served.reason_codes.tolist() == plain.reason_codes.tolist()
+
+
+# ---------------------------------------------------------------- categorical columns
+
+
+@pytest.mark.parametrize("encode", ["onehot", "ordinal"])
+def test_a_categorical_model_scores_on_the_compiled_path(encode: str, housing_spec: DatasetSpec, shap_data: tuple,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """No fall-back to scikit-learn's preprocessing; the pipeline's probabilities for every category, a missing one
+    and one never trained on (where the spec lists no categories); where it lists them, an unseen text breaks a
+    value rule; a linear model cannot score an ordinal code it never saw, and says so in one line."""
+    from creditflow.data.dataset import coerce_columns
+    from creditflow.errors import BadRequest
+    from creditflow.model.artifact import model_config
+    from creditflow.specs import GroupSpec
+    from creditflow.train.log_model import shap_reference
+    from tests.model.shap_cases import fit
+    from tests.model.test_shap import with_housing
+
+    raw = housing_spec.model_dump()
+    raw["columns"]["Housing"]["categories"] = []
+    raw["groups"] = {"categorical": GroupSpec(impute="most_frequent", scale=False, encode=encode).model_dump()}
+    open_spec = DatasetSpec.model_validate(raw)
+    X_train, y_train, X, y = shap_data
+    X_train, y_train = with_housing(X_train, y_train, seed=2)
+    X_train = coerce_columns(X_train, open_spec)
+    pipe = fit("logistic", open_spec, X_train, y_train)
+    config = model_config(_experiment("logistic"), open_spec, shap_reference(pipe, X_train, open_spec))
+    with caplog.at_level("WARNING", logger="creditflow"):
+        scoring = Scoring.build(pipe, open_spec, config)
+    assert "slow path" not in caplog.text
+    seen = X.head(5).assign(Housing=pd.Series(["own", None, "rent", np.nan, "other"], dtype=object, index=X.index[:5]))
+    unseen = seen.assign(Housing="castle")
+    out = scoring(seen)
+    np.testing.assert_allclose(out.probability, pipe.predict_proba(coerce_columns(seen, open_spec))[:, 1], rtol=0,
+                               atol=1e-9)
+    if encode == "onehot":
+        np.testing.assert_allclose(scoring(unseen).probability,
+                                   pipe.predict_proba(coerce_columns(unseen, open_spec))[:, 1], rtol=0, atol=1e-9)
+    else:
+        with pytest.raises(BadRequest, match=r"^5 applicant\(s\) hold a value this model cannot score"):
+            scoring(unseen)
+    strict = Scoring.build(pipe, housing_spec, config)  # the same model under a spec that lists the categories
+    with pytest.raises(BadRequest, match=r"5 applicant\(s\) break the value rules; first: row 0: Housing is not a kn"):
+        strict(unseen)

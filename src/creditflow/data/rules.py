@@ -10,7 +10,8 @@ rule is reported. Tests check the three agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -53,10 +54,12 @@ def value_rules(spec: DatasetSpec) -> list[Rule]:
 
 
 def broken(rule: Rule, values: np.ndarray) -> np.ndarray:
-    """Where a numeric column (float64, NaN for missing) breaks the rule."""
+    """Where a column of the float matrix (NaN for missing; a categorical one holds codes) breaks the rule."""
     with np.errstate(invalid="ignore"):
         if rule.check == "missing":
             return np.isnan(values)
+        if rule.check == "category":  # allowed: the known categories' codes
+            return ~np.isnan(values) & ~np.isin(values, rule.allowed)
         if rule.check in ("below", "above"):
             outside = values < rule.bound if rule.check == "below" else values > rule.bound
             return outside & ~np.isin(values, rule.allowed) if rule.allowed else outside
@@ -94,17 +97,22 @@ def _fractional(column: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class RuleCheck:
-    """The value rules over the raw float matrix the model scores (signature column order; numeric data sets)."""
+    """The value rules over the raw float matrix the model scores (signature column order).
+
+    A categorical column holds codes: positions in its vocabulary (`model.categories`), which `from_spec` is given.
+    """
 
     rules: tuple[Rule, ...]
     positions: tuple[int, ...]  # each rule's column in the matrix
     messages: np.ndarray
 
     @classmethod
-    def from_spec(cls, spec: DatasetSpec) -> RuleCheck:
-        if any(c.group == "categorical" for c in spec.columns.values()):
-            raise ValueError("categorical columns: use rule_violations")
-        rules = tuple(value_rules(spec))
+    def from_spec(cls, spec: DatasetSpec, vocabulary: Mapping[str, Sequence[str]] | None = None) -> RuleCheck:
+        """`vocabulary`: per categorical column, the texts whose positions its codes are (all its categories)."""
+        if vocabulary is None and any(c.group == "categorical" for c in spec.columns.values()):
+            raise ValueError("categorical columns: give their vocabulary, or use rule_violations")
+        rules = tuple(replace(r, allowed=tuple(float(list(vocabulary[r.column]).index(c)) for c in r.allowed))
+                      if r.check == "category" else r for r in value_rules(spec))
         positions = tuple(spec.raw_columns.index(r.column) for r in rules)
         return cls(rules, positions, np.asarray([r.message for r in rules], dtype=object))
 
@@ -127,7 +135,8 @@ class RuleCheck:
         has_nan = np.isnan(R.sum(axis=0))
 
         def flagged(rule: Rule, j: int) -> bool:
-            return bool({"missing": has_nan[j], "below": smallest[j] < rule.bound, "above": largest[j] > rule.bound,
+            return bool({"missing": has_nan[j], "category": True,  # codes: checked exactly (one isin per column)
+                         "below": smallest[j] < rule.bound, "above": largest[j] > rule.bound,
                          "infinite": np.isinf(smallest[j]) or np.isinf(largest[j])}.get(rule.check, False)
                         or (rule.check == "whole" and _fractional(R[:, j])))
 

@@ -10,16 +10,21 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
 - linear models: exact interventional SHAP in closed form, coef * (z - reference), where the
   reference is the mean preprocessed training row stored with the model (as `model.shap.raw_shap`
   with the training rows as background);
-- XGBoost: the booster's own `pred_contribs` (TreeSHAP);
-- other trees: shap's path-dependent `TreeExplainer`, built once.
+- trees: baseline Shapley against the reference applicant stored with the model (shap's
+  interventional `TreeExplainer` with that one background row, built once), as `model.shap.raw_shap`
+  with the training rows as background; models logged without a reference (and XGBoost with
+  categorical splits) keep path-dependent TreeSHAP: XGBoost's own `pred_contribs`, shap's
+  `TreeExplainer` for other trees.
 
-Each is linear in the number of rows. A data set with categorical columns, or a pipeline holding a
-step this module does not know, raises `NotCompilable`; the caller then uses `fast=False`, which
-keeps scikit-learn's preprocessing (on an object matrix) and shares the rest.
+Each is linear in the number of rows. Categorical columns arrive as codes into their vocabulary
+(`model.categories`), and their fitted imputer and encoders are replayed on the codes. A pipeline
+holding a step this module does not know raises `NotCompilable`; the caller then uses `fast=False`,
+which keeps scikit-learn's preprocessing (on the codes turned back into texts) and shares the rest.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +37,13 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
+from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
+from creditflow.model.categories import Codes, NotCompilable, category_block, texts_series, vocabulary
 from creditflow.model.pipeline import OPS, CreditFeatures, is_linear, positive_index
 from creditflow.model.shap import (
+    has_categorical_splits,
     linear_terms,
     raw_projection,
     tree_contributions,
@@ -45,10 +53,6 @@ from creditflow.model.shap import (
 from creditflow.specs import DatasetSpec
 
 Block = Callable[[np.ndarray], np.ndarray]
-
-
-class NotCompilable(ValueError):
-    """The pipeline holds a step the fast path does not replay."""
 
 
 @dataclass(frozen=True)
@@ -185,14 +189,21 @@ def _step(step: Any) -> Block:
     raise NotCompilable(f"no fast path for {type(step).__name__}")
 
 
-def _preprocessor(pre: ColumnTransformer, names: list[str]) -> Block:
+def _preprocessor(pre: ColumnTransformer, names: list[str], spec: DatasetSpec, codes: Codes) -> Block:
+    categorical = set(spec.model_columns("categorical"))
     parts = []
     for group, transformer, cols in pre.transformers_:
         if transformer == "drop" or (group == "remainder" and len(cols) == 0):
             continue
         if group == "remainder":
             raise NotCompilable("the column transformer passes remainder columns through")
-        parts.append(([names.index(c) for c in cols], _step(transformer)))
+        if categorical.isdisjoint(cols):
+            block = _step(transformer)
+        elif categorical.issuperset(cols):  # codes into each column's vocabulary
+            block = category_block(transformer, list(cols), [codes.texts[spec.raw_name_of(c)] for c in cols])
+        else:
+            raise NotCompilable("a transformer mixes categorical and numeric columns")
+        parts.append(([names.index(c) for c in cols], block))
 
     def apply(F: np.ndarray) -> np.ndarray:
         blocks = [block(_columns(F, idx)) for idx, block in parts]
@@ -227,19 +238,35 @@ def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callabl
     return probability, contributions
 
 
-def _tree(model: Any) -> tuple[Callable, Callable]:
-    pos = positive_index(model)
+def _one_thread(model: Any) -> Any:
+    """A copy of the estimator that predicts on one thread (docs/performance.md: a parallel region per tree costs
+    far more than the arithmetic of a small request, and Spark runs one worker per core)."""
+    if "n_jobs" not in model.get_params():
+        return model
+    model = copy.deepcopy(model)
+    model.set_params(n_jobs=1)
     if isinstance(model, XGBClassifier):
+        model.get_booster().set_param({"nthread": 1})
+    return model
+
+
+def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
+    """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one."""
+    pos = positive_index(model)
+    model = _one_thread(model)
+    threads = ThreadpoolController()  # HistGradientBoosting has no n_jobs: OpenMP limited for each call, restored
+    if reference is None and isinstance(model, XGBClassifier):
         def contributions(Z: np.ndarray) -> np.ndarray:
             return xgboost_contributions(model, Z)[:, :-1]
     else:
-        explainer = tree_explainer(model)
+        explainer = tree_explainer(model, None if has_categorical_splits(model) else reference)
 
         def contributions(Z: np.ndarray) -> np.ndarray:
             return tree_contributions(explainer, model, Z)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
+        with threads.limit(limits=1, user_api="openmp"):
+            return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
     return probability, contributions
 
@@ -257,6 +284,7 @@ class FastScorer:
     probability_of: Callable[[np.ndarray], np.ndarray]
     contributions_of: Callable[[np.ndarray], np.ndarray]
     to_raw: np.ndarray  # preprocessed columns x raw columns, 1 where the column comes from the raw one
+    codes: Codes  # categorical columns enter the raw matrix as codes into their vocabulary
 
     def transform(self, R: np.ndarray) -> np.ndarray:
         return self.preprocess(self.features(R))
@@ -273,11 +301,13 @@ class FastScorer:
         return self.contributions_of(Z) @ self.to_raw
 
 
-def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str]) -> tuple[Block, Block]:
-    """The slow path: scikit-learn's own transform on a DataFrame of the raw matrix."""
+def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> tuple[Block, Block]:
+    """The slow path: scikit-learn's own transform on a DataFrame of the raw matrix (categories as texts)."""
 
     def transform(R: np.ndarray) -> np.ndarray:
-        Z = pipe[:-1].transform(pd.DataFrame(R, columns=raw_columns).infer_objects())
+        frame = pd.DataFrame({c: texts_series(codes.decode(c, R[:, j])) if c in codes.texts else R[:, j]
+                              for j, c in enumerate(raw_columns)})
+        Z = pipe[:-1].transform(frame)
         return Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
 
     return transform, lambda Z: Z
@@ -286,24 +316,24 @@ def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str]) -> tuple[Block, Blo
 def compile_scorer(
     pipe: Pipeline, spec: DatasetSpec, reference: np.ndarray | None = None, fast: bool = True
 ) -> FastScorer:
-    """Compile a fitted features → preprocess → model pipeline; `reference` is the linear SHAP baseline.
+    """Compile a fitted features → preprocess → model pipeline; `reference` is the SHAP reference applicant.
 
     `fast=False` keeps scikit-learn's preprocessing (for pipelines with steps this module does not know).
     """
     if [name for name, _ in pipe.steps][-1:] != ["model"]:
         raise NotCompilable("expected the last step to be named 'model'")
+    codes = Codes(vocabulary(pipe, spec))
     if fast:
-        if any(c.group == "categorical" for c in spec.columns.values()):
-            raise NotCompilable("categorical columns (the fast path takes a float matrix)")
         if [name for name, _ in pipe.steps] != ["features", "preprocess", "model"]:
             raise NotCompilable("expected the steps features, preprocess, model")
         names, features = _features(pipe.named_steps["features"], spec.raw_columns)
-        preprocess = _preprocessor(pipe.named_steps["preprocess"], names)
+        preprocess = _preprocessor(pipe.named_steps["preprocess"], names, spec, codes)
     else:
-        features, preprocess = _pipeline_blocks(pipe, spec.raw_columns)
+        features, preprocess = _pipeline_blocks(pipe, spec.raw_columns, codes)
     model = pipe.named_steps["model"]
-    probability, contributions = _linear(model, reference) if is_linear(model) else _tree(model)
-    return FastScorer(spec.raw_columns, features, preprocess, probability, contributions, raw_projection(pipe, spec))
+    probability, contributions = _linear(model, reference) if is_linear(model) else _tree(model, reference)
+    return FastScorer(spec.raw_columns, features, preprocess, probability, contributions, raw_projection(pipe, spec),
+                      codes)
 
 
 def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]], np.ndarray]:

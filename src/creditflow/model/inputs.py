@@ -15,8 +15,9 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_object_dtype
 
 from creditflow.data.dataset import coerce_columns
-from creditflow.data.rules import RuleCheck, rule_violations
+from creditflow.data.rules import RuleCheck
 from creditflow.errors import BadRequest, DataError
+from creditflow.model.categories import Codes
 from creditflow.specs import DatasetSpec
 
 MAX_NAME = 40  # column names are echoed (they are not applicant data), but cut short
@@ -29,8 +30,11 @@ def shown_names(names: Sequence[Any], limit: int = 5) -> str:
     return ", ".join(shown) + more
 
 
-def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """The raw columns as a float matrix (signature order); absent nullable columns are all missing."""
+def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec, codes: Codes | None = None) -> np.ndarray:
+    """The raw columns as a float matrix (signature order); absent nullable columns are all missing.
+
+    Categorical columns hold codes into their vocabulary (`codes`, the model's; by default the spec's categories).
+    """
     if not isinstance(frame, pd.DataFrame):
         raise BadRequest(f"expected a table of applicants, got {type(frame).__name__}")
     if len(frame) == 0:
@@ -47,8 +51,9 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
                                                                      or is_object_dtype(dtypes[c]))]
     if wrong:
         raise BadRequest(f"column(s) must hold numbers or null: {shown_names(wrong)}")
-    if any(c.group == "categorical" for c in spec.columns.values()):
-        return _mixed_matrix(frame, spec)
+    categorical = [c for c, col in spec.columns.items() if col.group == "categorical"]
+    if categorical:
+        return _coded_matrix(frame, spec, categorical, codes or Codes(spec_vocabulary(spec)))
     try:
         return frame.reindex(columns=spec.raw_columns).to_numpy(dtype="float64", na_value=np.nan)
     except (TypeError, ValueError):
@@ -56,27 +61,34 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
         raise BadRequest(f"column(s) must hold numbers or null: {shown_names(bad or numeric)}") from None
 
 
-def _mixed_matrix(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Data sets with categorical columns: an object matrix, numbers as floats, categories as text or None."""
-    full = frame.reindex(columns=spec.raw_columns)
-    try:
-        return coerce_columns(full, spec, origin="request").to_numpy(dtype=object)
-    except DataError as exc:
-        raise BadRequest(str(exc)) from None
+def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
+    """The spec's own categories per categorical column (a fitted model's vocabulary adds what it saw)."""
+    return {raw: col.categories for raw, col in spec.columns.items() if col.group == "categorical"}
 
 
-def check_rules(frame_or_matrix: pd.DataFrame | np.ndarray, spec: DatasetSpec, rules: RuleCheck | None) -> None:
-    """Raise BadRequest naming the first broken value rule and how many applicants break one.
+def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str], codes: Codes) -> np.ndarray:
+    """Data sets with categorical columns: numbers as floats, categories as codes (NaN missing, -1 unknown)."""
+    R = np.empty((len(frame), len(spec.raw_columns)), order="F")
+    for j, c in enumerate(spec.raw_columns):  # column by column: a mixed frame's reindex costs more (one row)
+        values = frame[c] if c in frame.columns else None
+        if c in categorical:
+            R[:, j] = codes.of(c, values, len(frame))
+            continue
+        try:
+            R[:, j] = np.nan if values is None else values.to_numpy(dtype="float64", na_value=np.nan)
+        except (TypeError, ValueError):
+            try:  # the data set's own message, naming the column
+                coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin="request")
+            except DataError as exc:
+                raise BadRequest(str(exc)) from None
+            raise
+    return R
 
-    On the float matrix when the spec is numeric (`rules`), else on a frame of it.
-    """
-    if rules is not None:
-        R = np.asarray(frame_or_matrix, dtype="float64")
-        if rules.any_broken(R):
-            _raise_for(rules.reasons(R))
-        return
-    frame = pd.DataFrame(frame_or_matrix, columns=spec.raw_columns).infer_objects()
-    _raise_for(rule_violations(frame, spec).to_numpy(dtype=object))
+
+def check_rules(R: np.ndarray, rules: RuleCheck) -> None:
+    """Raise BadRequest naming the first broken value rule and how many applicants break one."""
+    if rules.any_broken(R):
+        _raise_for(rules.reasons(R))
 
 
 def _raise_for(reasons: np.ndarray) -> None:

@@ -26,7 +26,8 @@ from creditflow.data.rules import RuleCheck
 from creditflow.errors import BadRequest
 from creditflow.model.artifact import DECISIONS, ERROR_SOURCE, PIPELINE_ARTIFACT, check_config_keys, load_pipeline
 from creditflow.model.calibration import Calibration, calibrated
-from creditflow.model.compiled import FastScorer, NotCompilable, compile_scorer, reason_sets
+from creditflow.model.categories import NotCompilable
+from creditflow.model.compiled import FastScorer, compile_scorer, reason_sets
 from creditflow.model.inputs import applicant_matrix, check_rules
 from creditflow.specs import DatasetSpec, spec_from_config
 
@@ -39,12 +40,12 @@ class Scoring:
 
     spec: DatasetSpec
     scorer: FastScorer
-    rules: RuleCheck | None
+    rules: RuleCheck
     threshold: float
     k: int
     labels: list[str]
     statements: list[str]  # adverse-action statements, in the order of labels
-    declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only)
+    declined_only: bool = False  # model config reason_codes_for: "declined" (adverse-action reasons only); unset: all
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
     calibration: Calibration | None = None  # the served probability is the calibrated one (model.calibration)
@@ -58,35 +59,32 @@ class Scoring:
         except NotCompilable as exc:
             logger.warning("scoring with the scikit-learn pipeline (slow path): %s", exc)
             scorer = compile_scorer(pipe, ds, ref, fast=False)
-        try:
-            rules = RuleCheck.from_spec(ds)
-        except ValueError:
-            rules = None
+        rules = RuleCheck.from_spec(ds, scorer.codes.texts)
         return cls(ds, scorer, rules, float(config["threshold"]), int(config["reason_codes"]), ds.reason_labels(),
-                   ds.reason_statements(), config.get("reason_codes_for", "all") == "declined",
+                   ds.reason_statements(), config.get("reason_codes_for") == "declined",
                    config.get("reason_codes_as") == "json",
                    np.asarray(config.get("decisions", DECISIONS), dtype=object),
                    Calibration.from_config(config.get("calibration_map")))
 
     def probability(self, frame: pd.DataFrame) -> np.ndarray:
         """The served P(default) alone, without the reasons' cost (gate (f) scores tens of thousands of rows)."""
-        R = applicant_matrix(frame, self.spec)
-        check_rules(R, self.spec, self.rules)
-        return calibrated(self.scorer.probability_of(self.scorer.transform(R)), self.calibration)
+        R = applicant_matrix(frame, self.spec, self.scorer.codes)
+        check_rules(R, self.rules)
+        return calibrated(scorable(self.scorer.probability_of(self.scorer.transform(R))), self.calibration)
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
-        R = applicant_matrix(frame, self.spec)
-        check_rules(R, self.spec, self.rules)
+        R = applicant_matrix(frame, self.spec, self.scorer.codes)
+        check_rules(R, self.rules)
         if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
             Z = self.scorer.transform(R)  # once: the declined rows' explanations reuse it
-            probability = calibrated(self.scorer.probability_of(Z), self.calibration)
+            probability = calibrated(scorable(self.scorer.probability_of(Z)), self.calibration)
             explained = np.flatnonzero(probability >= self.threshold)
             contributions = (self.scorer.raw_contributions(Z[explained]) if len(explained)
                              else np.empty((0, len(self.labels))))
         else:
             scored = self.scorer.score(R)
             probability, explained, contributions = scored.probability, np.arange(len(R)), scored.contributions
-            probability = calibrated(probability, self.calibration)
+            probability = calibrated(scorable(probability), self.calibration)
         sets, which = reason_sets(contributions, self.k)
         per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
         per_row[explained] = which + 1
@@ -121,6 +119,16 @@ class Scoring:
                     items[i] = f"{items[i]}: {category_text(frame, column, row)}"
                 shared.iat[row] = json.dumps(items) if self.codes_as_json else items
         return shared
+
+
+def scorable(probability: np.ndarray) -> np.ndarray:
+    """The probabilities, unless the model could not score a row (a linear model given an ordinal category it never
+    saw: scikit-learn refuses the NaN it encodes it as)."""
+    bad = np.flatnonzero(np.isnan(probability))
+    if len(bad):
+        raise BadRequest(f"{len(bad)} applicant(s) hold a value this model cannot score (a category it never saw); "
+                         f"first: row {int(bad[0])}")
+    return probability
 
 
 def category_text(frame: pd.DataFrame, column: str, row: int) -> str:

@@ -2,11 +2,16 @@
 
 The estimator is explained on its preprocessed columns, and those contributions are summed back
 into the raw input columns they come from (`raw_projection`), so the one-hot, missing-indicator and
-derived columns of a raw field count as that field:
-- linear models: exact interventional SHAP in closed form, coef * (z - reference);
-- XGBoost: the booster's own TreeSHAP (`pred_contribs`);
-- other trees: shap's path-dependent `TreeExplainer`.
-shap is imported only when a tree model other than XGBoost is explained.
+derived columns of a raw field count as that field. With a reference applicant (`reference_row`: the
+mean training applicant), every family gets baseline Shapley values against it, exact for the
+model: each says how much this column's value moves the log-odds of default away from the
+reference applicant's (docs/performance.md has why, and how often the reasons agree with TreeSHAP's):
+- linear models: coef * (z - reference), in closed form;
+- trees: shap's interventional `TreeExplainer` with the reference as its one background row
+  (linear in trees x depth per row; XGBoost's native categorical splits excepted).
+Without one (tree models logged before it, XGBoost with categorical columns): path-dependent
+TreeSHAP, the booster's own `pred_contribs` for XGBoost, shap's `TreeExplainer` for other trees.
+shap is imported only when a tree model other than XGBoost is explained against no reference.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from scipy import sparse
 from sklearn.pipeline import Pipeline
 from xgboost import XGBClassifier
 
-from creditflow.model.pipeline import feature_sources, is_linear, positive_index
+from creditflow.model.pipeline import feature_sources, is_linear, positive_index, tree_features
 from creditflow.specs import DatasetSpec
 
 Output = Literal["log_odds", "probability"]
@@ -63,14 +68,47 @@ def xgboost_contributions(model: XGBClassifier, Z: np.ndarray) -> np.ndarray:
     booster = model.get_booster()
     types = booster.feature_types
     categorical = bool(types and "c" in types)
-    matrix = xgboost.DMatrix(np.ascontiguousarray(Z), feature_types=types, enable_categorical=categorical)
+    matrix = xgboost.DMatrix(np.ascontiguousarray(Z), feature_types=types, enable_categorical=categorical,
+                             nthread=model.n_jobs)  # None: all cores
     return booster.predict(matrix, pred_contribs=True, iteration_range=xgboost_iterations(model)).astype("float64")
 
 
-def tree_explainer(model: Any) -> Any:
+def tree_explainer(model: Any, reference: np.ndarray | None = None) -> Any:
+    """Path-dependent TreeSHAP, or baseline Shapley against one reference row (a preprocessed applicant)."""
     import shap
 
-    return shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+    if reference is None:
+        return shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+    return shap.TreeExplainer(model, data=np.asarray(reference, dtype="float64")[None, :],
+                              feature_perturbation="interventional")
+
+
+def has_categorical_splits(model: Any) -> bool:
+    """XGBoost with native categorical features: shap explains those only path-dependently."""
+    if not isinstance(model, XGBClassifier):
+        return False
+    types = model.get_booster().feature_types
+    return bool(types and "c" in types)
+
+
+def reference_row(pipe: Pipeline, X: pd.DataFrame, spec: DatasetSpec) -> np.ndarray | None:
+    """The reference applicant of baseline Shapley, preprocessed: the mean training row (linear models), or for
+    trees the mean of each column seen (missing values left out; a categorical column: its most frequent code).
+    None where only path-dependent TreeSHAP applies."""
+    model = pipe[-1]
+    if has_categorical_splits(model):
+        return None
+    Z = _transform(pipe, X[spec.raw_columns])
+    if is_linear(model):
+        return Z.mean(axis=0)
+    seen = ~np.isnan(Z)
+    row = np.where(seen.any(axis=0), np.nansum(Z, axis=0) / np.maximum(seen.sum(axis=0), 1), 0.0)
+    categorical = set(spec.model_columns("categorical"))
+    for j, name in enumerate(tree_features(spec)):
+        if name in categorical and seen[:, j].any():
+            values, counts = np.unique(Z[seen[:, j], j], return_counts=True)
+            row[j] = values[np.argmax(counts)]
+    return row
 
 
 def tree_contributions(explainer: Any, model: Any, Z: np.ndarray) -> np.ndarray:
@@ -97,9 +135,10 @@ def raw_shap(pipe: Pipeline, spec: DatasetSpec, X: pd.DataFrame, background: pd.
 
     Linear models: exact interventional SHAP, coef * (x - mean(background)). Background defaults to X
     itself, a batch-relative reference: to explain one applicant, pass reference rows (e.g. training rows).
-    Tree models: path-dependent TreeSHAP (reference: the training data through the trees' covers), so
-    `background` is not used (shap 0.51's interventional TreeSHAP breaks additivity on
-    HistGradientBoosting). XGBoost computes in float32: additivity holds to its float32 rounding.
+    Tree models: with a background, baseline Shapley against its reference applicant (`reference_row`), as the
+    served model explains; without one (or with XGBoost's categorical splits), path-dependent TreeSHAP
+    (reference: the training data through the trees' covers). XGBoost computes in float32: additivity holds
+    to its float32 rounding.
     """
     data = X[spec.raw_columns]
     Z = _transform(pipe, data)
@@ -131,10 +170,11 @@ def _preprocessed_shap(
         mean = reference.mean(axis=0)
         coef, intercept = linear_terms(model)
         return (Z - mean) * coef, float(intercept + mean @ coef), "log_odds"
-    if isinstance(model, XGBClassifier):
+    row = None if background is None else reference_row(pipe, background, spec)
+    if isinstance(model, XGBClassifier) and row is None:
         contribs = xgboost_contributions(model, Z)
         return contribs[:, :-1], float(contribs[0, -1]) if len(contribs) else 0.0, "log_odds"
-    explainer = tree_explainer(model)
+    explainer = tree_explainer(model, row)
     expected = np.ravel(np.asarray(explainer.expected_value, dtype="float64"))
     if len(expected) > 1:  # one per class (forests): keep the default class
         expected = expected[positive_index(model):]

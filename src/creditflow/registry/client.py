@@ -66,6 +66,7 @@ class ModelRef:
     columns: tuple[str, ...]  # signature input names, in order
     required: tuple[str, ...]
     config_keys: frozenset[str] = frozenset()  # the model-config keys the model reads
+    unset_keys: frozenset[str] = frozenset()  # those it leaves to the consumer's default (null)
     outputs: tuple[str, ...] = ()  # signature output names (models before reason statements lack them)
 
     @property
@@ -131,7 +132,7 @@ def resolve_model(model_uri: str) -> ModelRef:
         uri=pinned, requested=model_uri, name=name, version=version, run_id=meta.run_id or "",
         dataset=spec_from_config(config),
         columns=tuple(inputs.input_names()), required=tuple(inputs.required_input_names()),
-        config_keys=frozenset(config),
+        config_keys=frozenset(config), unset_keys=frozenset(k for k, v in config.items() if v is None),
         outputs=tuple(meta.signature.outputs.input_names()) if meta.signature.outputs else (),
     )
 

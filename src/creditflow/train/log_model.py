@@ -6,11 +6,9 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from creditflow.model.artifact import (
@@ -24,18 +22,16 @@ from creditflow.model.artifact import (
     save_pipeline,
 )
 from creditflow.model.calibration import Calibration
-from creditflow.model.pipeline import is_linear, predict_default
+from creditflow.model.pipeline import predict_default
 from creditflow.model.profile import PROFILE_ARTIFACT, reference_profile
+from creditflow.model.shap import reference_row
 from creditflow.specs import DatasetSpec, ExperimentSpec
 
 
 def shap_reference(pipe: Pipeline, X_train: pd.DataFrame, ds: DatasetSpec) -> list[float] | None:
-    """Mean preprocessed training row: the baseline of linear SHAP values (trees need none)."""
-    if not is_linear(pipe[-1]):
-        return None
-    Z = pipe[:-1].transform(X_train[ds.raw_columns])
-    Z = Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
-    return [float(v) for v in Z.mean(axis=0)]
+    """The reference applicant the served reason codes are computed against (`model.shap.reference_row`)."""
+    row = reference_row(pipe, X_train, ds)
+    return None if row is None else [float(v) for v in row]
 
 
 

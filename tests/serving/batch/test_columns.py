@@ -68,6 +68,8 @@ def test_the_batch_copy_overrides_only_the_config_keys_the_model_reads(model: Tr
     """A model logged before a key would not know it: it gets no override for it, and answers as it always did."""
     applicants(small_data, 5).to_parquet(tmp_path / "in.parquet", index=False)
     ref = plan_batch(CHAMPION, tmp_path / "in.parquet", tmp_path / "out").model
-    assert batch_overrides(ref) == BATCH_CONFIG
+    assert batch_overrides(ref) == {**BATCH_CONFIG, "reason_codes_for": "declined"}  # the spec left it unset
     before = replace(ref, config_keys=ref.config_keys - {"reason_codes_as"})
-    assert batch_overrides(before) == {k: v for k, v in BATCH_CONFIG.items() if k != "reason_codes_as"}
+    assert batch_overrides(before) == {"reason_codes_for": "declined"}
+    every_row = replace(ref, unset_keys=ref.unset_keys - {"reason_codes_for"})  # a spec asking for all keeps it
+    assert batch_overrides(every_row) == BATCH_CONFIG

@@ -29,12 +29,17 @@ if TYPE_CHECKING:
 BATCH_CONFIG = {  # model-config overrides for the Spark workers (see batch_copy), for models that read the key
     "reason_codes_as": "json",  # spark_udf converts lists row by row, text not
 }
+BATCH_DEFAULTS = {  # the same, for models that leave the key unset (null)
+    "reason_codes_for": "declined",  # reasons are owed to declined applicants: the costly part (docs/performance.md)
+}
 NA_TOKENS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")  # missing markers in CSV files
 
 
 def batch_overrides(model: ModelRef) -> dict[str, Any]:
-    """The BATCH_CONFIG overrides this model understands (models logged before a key ignore it)."""
-    return {k: v for k, v in BATCH_CONFIG.items() if k in model.config_keys}
+    """The BATCH_CONFIG overrides this model understands (models logged before a key ignore it), and the
+    BATCH_DEFAULTS of the keys it leaves unset (a spec that asks for `reason_codes_for: all` keeps it)."""
+    defaults = {k: v for k, v in BATCH_DEFAULTS.items() if k in model.unset_keys}
+    return {**defaults, **{k: v for k, v in BATCH_CONFIG.items() if k in model.config_keys}}
 
 
 def _col(name: str) -> Column:
