@@ -406,3 +406,56 @@ def housing_spec() -> DatasetSpec:
     from tests.model.shap_cases import spec_with_housing
 
     return spec_with_housing()
+
+
+# ---------------------------------------------------------------- a segmented experiment (creditflow segments)
+
+REGIONS_YAML = EXPERIMENTS / "datasets" / "give_me_some_credit_regions.yaml"
+
+
+def small_regions(rows: int = 4_000, segments: int = 4, thin: str = "R04") -> tuple[DatasetSpec, CreditData]:
+    """The regions dataset spec on `rows` generated rows; all but a tenth of region `thin`'s rows dropped (a segment
+    too small for a model of its own)."""
+    import dataclasses
+
+    spec = load_dataset_spec(REGIONS_YAML)
+    spec = spec.model_copy(update={"generated": spec.generated.model_copy(update={"rows": rows, "segments": segments})})
+    data = load_dataset(spec)
+    keep = ((data.segments != thin) | (data.ids.astype(int) % 10 == 0)).to_numpy()
+    truth = data.true_probability[keep] if data.true_probability is not None else None
+    return spec, dataclasses.replace(data, X=data.X[keep].reset_index(drop=True), y=data.y[keep].reset_index(drop=True),
+                                     ids=data.ids[keep].reset_index(drop=True), true_probability=truth,
+                                     segments=data.segments[keep].reset_index(drop=True))
+
+
+def segmented_experiment(**overrides: object) -> ExperimentSpec:
+    """The flagship segmented spec made small: the logistic baseline, 2 folds, no explanations (their budget is
+    still the segments' own), one worker."""
+    exp, _ = load_experiment_spec(EXPERIMENTS / "segmented.yaml")
+    small = {"family": "logistic", "params": {"model__C": 1.0}, "cv_folds": 2, "explain.enabled": False,
+             "segments.min_rows": 500, "segments.workers": 1, "segments.explain.enabled": False,
+             "segments.explain.shap_rows": 50}
+    return exp.with_overrides(**{**small, **overrides})
+
+
+@dataclass(frozen=True)
+class SegmentedStore:
+    root: Path
+    uri: str
+    training: Any  # train.segments.SegmentedTraining
+    spec: DatasetSpec
+    data: CreditData
+
+
+@pytest.fixture(scope="session")
+def segmented_store(tmp_path_factory: pytest.TempPathFactory) -> SegmentedStore:
+    """ONE segmented experiment trained for the session (global model, R01-R03, R04 too small), registered, nothing
+    promoted. Read-only: a test that promotes takes a copy (`copy_store`)."""
+    from creditflow.train.segments import train_segments
+
+    root = tmp_path_factory.mktemp("segmented-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec, data = small_regions()
+    with tracking_at(uri, cwd=root):
+        training = train_segments(segmented_experiment(), spec, data)
+    return SegmentedStore(root, uri, training, spec, data)
