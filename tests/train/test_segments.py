@@ -10,7 +10,7 @@ from creditflow.data.dataset import split_data
 from creditflow.errors import SpecError
 from creditflow.specs import load_experiment_spec
 from creditflow.train.held_out import held_out
-from creditflow.train.segments import segment_column, train_segments
+from creditflow.train.segments import segment_column, segmented_dataset, train_segments
 from tests.conftest import EXPERIMENTS, SegmentedStore, segmented_experiment, small_regions, tracking_at
 
 
@@ -72,6 +72,8 @@ def test_a_spec_without_a_segment_column_or_data_without_one_is_one_line() -> No
     exp, ds = load_experiment_spec(EXPERIMENTS / "logistic_baseline.yaml")
     with pytest.raises(SpecError, match="trains no segments: it needs `segments:`"):
         segment_column(exp, ds)
+    with pytest.raises(SpecError, match="segments.column: invalid field '\(top level\)': segment column 'age' must not"):
+        segmented_dataset(segmented_experiment(**{"segments.column": "age"}), ds)
     spec, data = small_regions(rows=600, segments=2)
     with pytest.raises(SpecError, match="loaded without its segment column 'Region'"):
         train_segments(segmented_experiment(), spec, data.__class__(**{**data.__dict__, "segments": None}))

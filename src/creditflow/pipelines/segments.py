@@ -18,7 +18,7 @@ from creditflow.registry.policy import load_policy
 from creditflow.registry.segments import SegmentDecision, decide_segments, table
 from creditflow.serving.batch.spark import SparkConfig, start_spark
 from creditflow.specs import load_experiment_spec
-from creditflow.train.segments import SegmentedTraining, segment_column, train_segments
+from creditflow.train.segments import SegmentedTraining, segmented_dataset, train_segments
 from creditflow.train.segments_spark import spark_trainer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def run_segments(spec_path: str | Path, data_path: str | None, master: str | Non
                  ) -> tuple[SegmentedTraining, list[SegmentDecision]]:
     """Train, register, gate and promote every segment's model and the global model; log and return the table."""
     exp, ds = load_experiment_spec(spec_path)
-    segment_column(exp, ds)
+    ds = segmented_dataset(exp, ds)
     if not exp.register_as:
         raise SpecError(f"{spec_path}: a segmented experiment registers its models: set `register_as`")
     policy = load_policy(policy_path)

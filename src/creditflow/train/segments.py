@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from creditflow.data.dataset import CreditData, Split, segment_rows, split_data
 from creditflow.errors import CreditflowError, SpecError, TrackingError, first_line
 from creditflow.scoped import environ
-from creditflow.specs import DatasetSpec, ExperimentSpec, SegmentsSpec, segment_model_name
+from creditflow.specs import DatasetSpec, ExperimentSpec, SegmentsSpec, segment_model_name, validated
 from creditflow.train.held_out import SPEC_ARTIFACT, specs_artifact
 from creditflow.train.run import Nested, TrainingOutcome, ends_failed, flatten, git_commit, train_and_log
 
@@ -71,6 +71,13 @@ def segment_column(exp: ExperimentSpec, ds: DatasetSpec) -> str:
         raise SpecError(f"experiment '{exp.name}' trains no segments: it needs `segments:` and a segment column "
                         "(`segments: {column: NAME}`, or `segment: NAME` in its dataset spec)")
     return column
+
+
+def segmented_dataset(exp: ExperimentSpec, ds: DatasetSpec) -> DatasetSpec:
+    """The dataset spec whose `segment` is the experiment's segment column (validated: no feature, target or id)."""
+    column = segment_column(exp, ds)
+    return ds if ds.segment == column else validated(DatasetSpec, {**ds.model_dump(), "segment": column},
+                                                     f"experiment '{exp.name}' segments.column")
 
 
 def segment_data(data: CreditData, value: str) -> CreditData:
