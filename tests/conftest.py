@@ -438,24 +438,46 @@ def segmented_experiment(**overrides: object) -> ExperimentSpec:
     return exp.with_overrides(**{**small, **overrides})
 
 
+SEGMENTED_SPEC = """name: segmented
+dataset: {regions}
+family: logistic
+params: {{model__C: 1.0}}
+cv_folds: 2
+explain: {{enabled: false}}
+segments: {{min_rows: 500, explain: {{enabled: false, shap_rows: 50}}}}
+"""
+
+
 @dataclass(frozen=True)
 class SegmentedStore:
     root: Path
     uri: str
     training: Any  # train.segments.SegmentedTraining
+    decisions: list  # registry.segments.SegmentDecision, the global model first
+    output: str  # what the command showed
+    csv: Path  # the data, R04 too small for a model of its own
     spec: DatasetSpec
     data: CreditData
 
 
 @pytest.fixture(scope="session")
 def segmented_store(tmp_path_factory: pytest.TempPathFactory) -> SegmentedStore:
-    """ONE segmented experiment trained for the session (global model, R01-R03, R04 too small), registered, nothing
-    promoted. Read-only: a test that promotes takes a copy (`copy_store`)."""
-    from creditflow.train.segments import train_segments
+    """ONE segmented experiment run for the session as `creditflow segments` runs it (worker processes, the registry
+    decisions, the table): global model, R01-R03, R04 too small. Read-only: a test that changes it copies it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from creditflow.cli import console_logging
+    from creditflow.data.synthetic import generate_credit_data, write_kaggle_csv
+    from creditflow.pipelines.segments import run_segments
 
     root = tmp_path_factory.mktemp("segmented-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     spec, data = small_regions()
-    with tracking_at(uri, cwd=root):
-        training = train_segments(segmented_experiment(), spec, data)
-    return SegmentedStore(root, uri, training, spec, data)
+    csv = root / "regions.csv"
+    generated = generate_credit_data(4_000, 42, segments=4).frame
+    write_kaggle_csv(generated[generated["Id"].isin(data.ids.astype(int))], csv)
+    (root / "segmented.yaml").write_text(SEGMENTED_SPEC.format(regions=REGIONS_YAML))
+    uri, out = f"sqlite:///{root / 'mlflow.db'}", io.StringIO()
+    with tracking_at(uri, cwd=root), redirect_stdout(out), console_logging():
+        training, decisions = run_segments(root / "segmented.yaml", str(csv), None, EXPERIMENTS / "promotion.yaml")
+    return SegmentedStore(root, uri, training, decisions, out.getvalue(), csv, spec, load_dataset(spec, csv))
