@@ -182,9 +182,11 @@ def train_segments(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData,
             done = train_locally(tasks, workers_for(exp.segments, len(tasks)))
         else:  # the global model here, the segments as Spark tasks
             done = train_locally(tasks[:1], 1) + spark_train(tasks[1:])
-    except CreditflowError:
+    except Exception as exc:  # Spark's own failures too: one line, the parent run FAILED
         mlflow.MlflowClient().set_terminated(parent.parent_run_id, "FAILED")
-        raise
+        if isinstance(exc, CreditflowError):
+            raise
+        raise CreditflowError(f"training the segments of '{exp.name}' failed: {first_line(exc)[:300]}") from None
     results = [SegmentResult(None, len(data.X), *done[0])]
     by_segment = dict(zip(trained, done[1:], strict=True))
     for segment, rows in counts.items():
