@@ -21,8 +21,10 @@ setup: $(VENV)/.installed ## create .venv and install creditflow with its dev to
 demo: setup ## run the main pipeline (generated data, SQLite tracking in ./mlflow.db)
 	$(VENV)/bin/mlflow run . -e main --env-manager local
 
+TEST_WORKERS ?= 2  # pytest-xdist workers: most tests wait on servers and subprocesses, so two share 2 cores well
+
 test: setup ## run every test (unit, integration, spark)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest -q -m "not integration and not spark and not slow"

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
+from creditflow.monitor.policy import add_performance_arguments
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
@@ -106,11 +108,15 @@ def score_batch_command(args: argparse.Namespace, on_step: Callable[[str], None]
     from creditflow.serving.batch.job import log_batch, run_batch
     from creditflow.serving.batch.plan import plan_batch
     from creditflow.serving.batch.spark import load_batch_config, start_spark
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
     config = load_batch_config(args.config or None, master=args.master)
+    if bool(args.model_uri) == bool(args.deployment):
+        raise CreditflowError("give one of --model-uri (one model) and --deployment (a segmented deployment)")
+    deployment = load_deployment(args.deployment) if args.deployment else None
     launcher = detach_project_run()
-    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
+    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table, deployment)
     spark = start_spark(config)  # only after the model and the input's columns are checked
     try:
         result = run_batch(spark, plan, config.progress_seconds, on_step or no_step)
@@ -131,12 +137,41 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from creditflow.data.months import generate_months
+
+    months = generate_months(args.output, args.months, args.start, args.drift, args.onset or None,
+                             args.rows_per_month, args.outcome_lag, args.seed)
+    print(f"{len(months)} months {months[0]}..{months[-1]} of {args.rows_per_month} applicants "
+          f"(drift {args.drift}{' from ' + args.onset if args.onset else ''}) under {args.output}")
+    return 0
+
+
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     from creditflow.monitor.drift import alert_if_major, monitor_drift
+    from creditflow.monitor.segments import monitor_segments
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
+    deployment = load_deployment(args.deployment) if args.deployment else None
+    if deployment and args.model_uri not in ("", deployment.fallback):
+        raise CreditflowError(f"--model-uri {args.model_uri} is not the deployment's fallback {deployment.fallback}: "
+                              "give one of --model-uri and --deployment")
     launcher = detach_project_run()
-    alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
+    if deployment:
+        report = monitor_segments(deployment, args.input, args.report, args.log, launcher)
+    else:
+        report = monitor_drift(args.model_uri or CHAMPION_URI, args.input, args.report, args.log, launcher)
+    alert_if_major(report)
+    return 0
+
+
+def _cmd_monitor_performance(args: argparse.Namespace) -> int:
+    from creditflow.monitor.performance import alert_on, monitor_performance
+    from creditflow.monitor.policy import load_monitoring_policy
+
+    policy = load_monitoring_policy(args.policy)
+    alert_on(monitor_performance(args.predictions, args.outcomes, policy, args.as_of or None, args.log, args.report))
     return 0
 
 
@@ -148,11 +183,15 @@ def stream_command(args: argparse.Namespace, on_step: Callable[[str], None] | No
     """`creditflow stream score`; `on_step` is the scorer's step hook (kill tests stop the process at a step)."""
     from creditflow.registry.lease import no_step
     from creditflow.serving.live import LiveModel, fetch
-    from creditflow.serving.stream import StreamScorer, load_stream_config
+    from creditflow.serving.segments import SegmentRouter, follow_deployment
+    from creditflow.serving.stream import StreamScorer
+    from creditflow.serving.stream_config import load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
                                 reload_seconds=args.reload_seconds)
-    live = LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream")
+    live: LiveModel | SegmentRouter = (
+        follow_deployment(config.segments, config.reload_seconds, "stream") if config.segments
+        else LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream"))
     scorer = StreamScorer(config, live, on_step=on_step or no_step)
     following = f", following {config.model_uri} every {config.reload_seconds:g} s" if live.follows else ""
     print(f"[stream] scoring {config.events_stream} of {config.store} with {live.current.label} as "
@@ -230,6 +269,14 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_explain)
 
 
+def add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generated data")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("generate", help="applicants month by month, their outcomes later, with an optional drift "
+                                         "(docs/generated_data.md)")
+    add_generate_arguments(p).set_defaults(handler=_cmd_data_generate)
+
+
 def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="promote a model version through the gates (exit 0 promoted, 3 refused)")
     add_promote_arguments(p).set_defaults(handler=promote_command)
@@ -286,7 +333,9 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="batch scoring")
     score = p.add_subparsers(dest="score_command", required=True)
     p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--model-uri", default="", help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--deployment", default="", help="instead of --model-uri: a segmented deployment, e.g. "
+                                                    "serving/segments.yaml (each row scored by its segment's model)")
     p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
     p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
     p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
@@ -307,15 +356,21 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="data drift against the model's training data")
+    p = sub.add_parser("monitor", help="data drift against the model's training data; realized performance")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
+    p.add_argument("--model-uri", default="", help=f"the model (default {CHAMPION_URI})")
+    p.add_argument("--deployment", default="", help="instead: a segmented deployment (serving/segments.yaml): "
+                                                    "each segment's rows against its model, and overall")
     p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
     p.add_argument("--report", default="", help="also write the report as JSON to this file")
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                    help="log the report as an MLflow run (default: yes)")
     p.set_defaults(handler=_cmd_monitor_drift)
+
+    p = mon.add_parser("performance", help="realized performance of the scored batches by vintage, once outcomes "
+                                           "are known (exit 3: the latest vintage decayed)")
+    add_performance_arguments(p).set_defaults(handler=_cmd_monitor_performance)
 
 
 def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
@@ -337,7 +392,7 @@ def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_training_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
+    for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
                 add_registry_parsers, add_ops_parsers):
         add(sub)
     return parser

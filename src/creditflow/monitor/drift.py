@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
 from creditflow.errors import CreditflowError, DataError
 from creditflow.model.profile import ColumnProfile, load_profile, psi
-from creditflow.registry.client import check_tracking_server, model_files, resolve_model
+from creditflow.monitor.charts import distributions_figure
+from creditflow.registry.client import ModelRef, check_tracking_server, model_files, resolve_model
 from creditflow.specs import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ SCORE_LABEL = "Score (probability of default)"
 NOT_COMPUTABLE = "not computable: no row within the value rules was scored"
 MIN_ROWS = 20  # fewer rows give shares (and a PSI) that say nothing
 MONITOR_EXPERIMENT = f"{DEFAULT_MODEL_NAME}-monitoring"
+CHART_COLUMNS = 4  # input columns the distributions chart shows, most shifted first (and the score)
 
 Status = Literal["stable", "moderate shift", "major shift"]
 
@@ -55,6 +57,7 @@ class Drift:
     psi: float
     reference: list[float]
     batch: list[float]
+    bins: list[str] = field(default_factory=list)  # each share's bin, for the chart
 
     @property
     def status(self) -> Status:
@@ -64,7 +67,7 @@ class Drift:
 def column_drift(column: str, label: str, profile: ColumnProfile, values: pd.Series) -> Drift:
     counts = profile.counts(values)
     shares = counts / max(counts.sum(), 1.0)
-    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist())
+    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist(), profile.bin_labels())
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,22 @@ class DriftReport:
 def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
     ref = resolve_model(model_uri)
-    X = read_applicants(input_path, ref.dataset)
+    return drift_of(ref, read_applicants(input_path, ref.dataset), str(input_path))
+
+
+def drift_of(ref: ModelRef, X: pd.DataFrame, source: str) -> DriftReport:
+    """Compare applicant rows (the model's raw columns) with the training population of the model `ref`."""
     if len(X) < MIN_ROWS:
-        raise DataError(f"{input_path}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
+        raise DataError(f"{source}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
     with model_files(ref) as path:
-        profile = load_profile(path, model_uri)
+        profile = load_profile(path, ref.requested)
         valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
         probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []
     labels = ref.dataset.display_names()
     columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
                for raw in ref.dataset.raw_columns if raw in profile.columns]
     score = column_drift(SCORE, SCORE_LABEL, profile.score, pd.Series(probability, dtype=float)) if len(valid) else None
-    return DriftReport(ref.uri, ref.lineage, str(input_path), len(X), len(valid), profile.rows, columns, score)
+    return DriftReport(ref.uri, ref.lineage, source, len(X), len(valid), profile.rows, columns, score)
 
 
 def log_report(report: DriftReport, run_id: str | None = None, experiment: str = MONITOR_EXPERIMENT) -> str:
@@ -142,13 +149,23 @@ def log_report(report: DriftReport, run_id: str | None = None, experiment: str =
                            "drift.rows": report.rows, "drift.rows_scored": report.rows_scored})
         mlflow.log_metrics({f"psi.{d.column}": d.psi for d in report.drifts})
         mlflow.log_dict(report.to_dict(), "drift_report.json")
+        mlflow.log_figure(distributions_figure(most_shifted(report)), "drift_distributions.png")
     return run.info.run_id
+
+
+def most_shifted(report: DriftReport, columns: int = CHART_COLUMNS) -> list[Drift]:
+    """The `columns` input columns of largest PSI, largest first, then the score (when it was computable)."""
+    return [*sorted(report.columns, key=lambda d: -d.psi)[:columns], *([report.score] if report.score else [])]
 
 
 def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
                   run_id: str | None = None) -> DriftReport:
     """Report a batch's drift: shown, written to `report_path` if given, logged (into `run_id` if given)."""
-    report = drift_report(model_uri, input_path)
+    return published(drift_report(model_uri, input_path), report_path, log, run_id)
+
+
+def published(report: Any, report_path: str | Path = "", log: bool = True, run_id: str | None = None) -> Any:
+    """A drift report (a `DriftReport`, or one of a segmented deployment) shown, written and logged."""
     logger.info("%s", report.table())
     if report_path:
         write_report(report, report_path)
@@ -165,7 +182,8 @@ def alert_if_major(report: DriftReport) -> None:
         raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
 
 
-def write_report(report: DriftReport, path: str | Path) -> None:
+def write_report(report: Any, path: str | Path) -> None:
+    """A report (anything with `to_dict`: drift, performance) as JSON; one line if the file cannot be written."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report.to_dict(), indent=2))

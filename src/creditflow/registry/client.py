@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import requests
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME
@@ -151,14 +152,35 @@ def model_files(model: ModelRef) -> Iterator[Path]:
         yield download_model(model, Path(tmp))
 
 
-def require_model(client: MlflowClient, name: str) -> dict[str, str]:
-    """The registered model's aliases; a one-line error when the model does not exist."""
+def registered_model(client: MlflowClient, name: str) -> RegisteredModel | None:
+    """The registered model (aliases, tags); None when no model of that name is registered."""
     try:
-        return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+        return client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"no registered model named '{name}'") from None
+            return None
         raise
+
+
+def require_model(client: MlflowClient, name: str) -> dict[str, str]:
+    """The registered model's aliases; a one-line error when the model does not exist."""
+    model = registered_model(client, name)
+    if model is None:
+        raise TrackingError(f"no registered model named '{name}'")
+    return {k: str(v) for k, v in model.aliases.items()}
+
+
+def alias_parts(model_uri: str) -> tuple[str, str]:
+    """(name, alias) of models:/name@alias."""
+    name, alias = model_uri.removeprefix("models:/").split("@", 1)
+    return name, alias
+
+
+def alias_target(model_uri: str) -> tuple[str, str]:
+    """(name, version) that models:/name@alias names; version "" while the model or its alias does not exist."""
+    name, alias = alias_parts(model_uri)
+    model = registered_model(MlflowClient(), name)
+    return name, str(model.aliases.get(alias, "")) if model else ""
 
 
 def stages(client: MlflowClient, name: str) -> dict[str, str]:
@@ -178,3 +200,24 @@ def in_step(client: MlflowClient, name: str) -> bool:
 
 def when(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(float(epoch_seconds), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of an experiment, created on first use (racing creators agree); the active experiment is left alone."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def held_out_auc(client: MlflowClient, name: str, version: str) -> float | None:
+    """A registered version's held-out ROC AUC from training (its `test_roc_auc` tag, else its run's metric)."""
+    with mlflow_errors(f"cannot read model {name} version {version}"):
+        mv = client.get_model_version(name, version)
+        if "test_roc_auc" in mv.tags:
+            return float(mv.tags["test_roc_auc"])
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    return metrics.get("test_roc_auc")
