@@ -460,3 +460,78 @@ def housing_spec() -> DatasetSpec:
     from tests.model.shap_cases import spec_with_housing
 
     return spec_with_housing()
+
+
+# ---------------------------------------------------------------- a segmented experiment (creditflow segments)
+
+REGIONS_YAML = EXPERIMENTS / "datasets" / "give_me_some_credit_regions.yaml"
+
+
+def small_regions(rows: int = 4_000, segments: int = 4, thin: str = "R04") -> tuple[DatasetSpec, CreditData]:
+    """The regions dataset spec on `rows` generated rows; all but a tenth of region `thin`'s rows dropped (a segment
+    too small for a model of its own)."""
+    import dataclasses
+
+    spec = load_dataset_spec(REGIONS_YAML)
+    spec = spec.model_copy(update={"generated": spec.generated.model_copy(update={"rows": rows, "segments": segments})})
+    data = load_dataset(spec)
+    keep = ((data.segments != thin) | (data.ids.astype(int) % 10 == 0)).to_numpy()
+    truth = data.true_probability[keep] if data.true_probability is not None else None
+    return spec, dataclasses.replace(data, X=data.X[keep].reset_index(drop=True), y=data.y[keep].reset_index(drop=True),
+                                     ids=data.ids[keep].reset_index(drop=True), true_probability=truth,
+                                     segments=data.segments[keep].reset_index(drop=True))
+
+
+def segmented_experiment(**overrides: object) -> ExperimentSpec:
+    """The flagship segmented spec made small: the logistic baseline, 2 folds, no explanations (their budget is
+    still the segments' own), one worker."""
+    exp, _ = load_experiment_spec(EXPERIMENTS / "segmented.yaml")
+    small = {"family": "logistic", "params": {"model__C": 1.0}, "cv_folds": 2, "explain.enabled": False,
+             "segments.min_rows": 500, "segments.workers": 1, "segments.explain.enabled": False,
+             "segments.explain.shap_rows": 50}
+    return exp.with_overrides(**{**small, **overrides})
+
+
+SEGMENTED_SPEC = """name: segmented
+dataset: {regions}
+family: logistic
+params: {{model__C: 1.0}}
+cv_folds: 2
+explain: {{enabled: false}}
+segments: {{min_rows: 500, explain: {{enabled: false, shap_rows: 50}}}}
+"""
+
+
+@dataclass(frozen=True)
+class SegmentedStore:
+    root: Path
+    uri: str
+    training: Any  # train.segments.SegmentedTraining
+    decisions: list  # registry.segments.SegmentDecision, the global model first
+    output: str  # what the command showed
+    csv: Path  # the data, R04 too small for a model of its own
+    spec: DatasetSpec
+    data: CreditData
+
+
+@pytest.fixture(scope="session")
+def segmented_store(tmp_path_factory: pytest.TempPathFactory) -> SegmentedStore:
+    """ONE segmented experiment run for the session as `creditflow segments` runs it (worker processes, the registry
+    decisions, the table): global model, R01-R03, R04 too small. Read-only: a test that changes it copies it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from creditflow.cli import console_logging
+    from creditflow.data.synthetic import generate_credit_data, write_kaggle_csv
+    from creditflow.pipelines.segments import run_segments
+
+    root = tmp_path_factory.mktemp("segmented-store")
+    spec, data = small_regions()
+    csv = root / "regions.csv"
+    generated = generate_credit_data(4_000, 42, segments=4).frame
+    write_kaggle_csv(generated[generated["Id"].isin(data.ids.astype(int))], csv)
+    (root / "segmented.yaml").write_text(SEGMENTED_SPEC.format(regions=REGIONS_YAML))
+    uri, out = f"sqlite:///{root / 'mlflow.db'}", io.StringIO()
+    with tracking_at(uri, cwd=root), redirect_stdout(out), console_logging():
+        training, decisions = run_segments(root / "segmented.yaml", str(csv), None, EXPERIMENTS / "promotion.yaml")
+    return SegmentedStore(root, uri, training, decisions, out.getvalue(), csv, spec, load_dataset(spec, csv))

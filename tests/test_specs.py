@@ -126,3 +126,17 @@ def test_configs_load_from_yaml_with_command_line_overrides(tmp_path: Path) -> N
         load_config(ServingConfig, tmp_path / "none.yaml", "serving config")
     with pytest.raises(SpecError, match="online.yaml: invalid field 'workers'"):
         load_config(ServingConfig, tmp_path / "online.yaml", "serving config", workers=0)
+
+
+def test_a_dataset_spec_extends_another_and_names_its_segment_column() -> None:
+    base = load_dataset_spec(EXPERIMENTS / "datasets" / "give_me_some_credit.yaml")
+    regions = load_dataset_spec(EXPERIMENTS / "datasets" / "give_me_some_credit_regions.yaml")
+    assert (regions.segment, regions.generated.segments, regions.generated.rows) == ("Region", 20, base.generated.rows)
+    assert regions.columns == base.columns and regions.raw_columns == base.raw_columns  # a key, not a feature
+
+
+def test_a_segment_column_that_is_a_feature_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "ds.yaml"
+    path.write_text(f"extends: {EXPERIMENTS / 'datasets' / 'give_me_some_credit.yaml'}\nsegment: age\n")
+    with pytest.raises(SpecError, match="segment column 'age' must not be a feature, the target or the id column"):
+        load_dataset_spec(path)

@@ -56,6 +56,15 @@ def _cmd_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segments(args: argparse.Namespace) -> int:
+    from creditflow.pipelines.segments import run_segments
+    from creditflow.train.run import detach_project_run
+
+    detach_project_run()
+    run_segments(args.spec, args.data or None, args.master or None, args.policy)
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from creditflow.registry.client import check_tracking_server
     from creditflow.train.run import rebuild_explanations
@@ -245,6 +254,14 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sample", type=int, default=2000,
                    help="applicants batch-scored with the champion at the end, into predictions/ (0: skip)")
     p.set_defaults(handler=_cmd_main)
+
+    p = sub.add_parser("segments", help="a global model and a model per segment: trained, gated, promoted; one table")
+    p.add_argument("--spec", default="experiments/segmented.yaml", help="experiment spec YAML with `segments:`")
+    p.add_argument("--data", default="", help="CSV/Parquet file (with the segment column) instead of the spec's source")
+    p.add_argument("--master", default="", help="train the segments on Spark, e.g. spark://host:7077 or local[2] "
+                                                "(default: worker processes on this machine's cores)")
+    p.add_argument("--policy", default="experiments/promotion.yaml", help="promotion policy YAML (gate thresholds)")
+    p.set_defaults(handler=_cmd_segments)
 
     p = sub.add_parser("explain", help="rebuild the explanations and the model card of an existing run's model")
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")

@@ -83,6 +83,7 @@ class TargetSpec(_Frozen):
 class GeneratedSpec(_Frozen):
     rows: int = Field(150_000, gt=0)
     seed: int = 42
+    segments: int = Field(0, ge=0, le=99)  # N > 0 adds the column Region (R01..RNN): docs/generated_data.md
 
 
 class GroupSpec(_Frozen):
@@ -125,6 +126,13 @@ class DatasetSpec(_Frozen):
     derived: dict[str, DerivedSpec] = {}
     groups: dict[GroupKind, GroupSpec] = {}
     report_by: dict[str, ReportBySpec] = {}  # raw column -> its subgroups in the model card
+    segment: str | None = None  # a column of the data that routes rows to segment models (a key, not a feature)
+
+    @model_validator(mode="after")
+    def _check_segment(self) -> DatasetSpec:
+        if self.segment and self.segment in {*self.columns, self.target.column, self.id_column}:
+            raise ValueError(f"segment column '{self.segment}' must not be a feature, the target or the id column")
+        return self
 
     @model_validator(mode="after")
     def _check_report_by(self) -> DatasetSpec:
@@ -256,6 +264,16 @@ class ExplainSpec(_Frozen):
     seed: int = 0
 
 
+class SegmentsSpec(_Frozen):
+    """A model per segment of the dataset's segment column, beside the global model (`creditflow segments`)."""
+
+    column: str | None = None  # default: the dataset spec's `segment`
+    min_rows: int = Field(1_000, ge=10)  # a segment with fewer rows trains nothing: the global model serves it
+    explain: ExplainSpec = ExplainSpec(pdp_features=2, pdp_rows=300, permutation_repeats=2, permutation_rows=500,
+                                       shap_rows=100, waterfalls=1)  # each segment's budget (the global: `explain`)
+    workers: int = Field(0, ge=0)  # segments trained at once on this machine (0: one per core)
+
+
 class ExperimentSpec(_Frozen):
     """One experiment: which data, which model family, how to search, how to evaluate."""
 
@@ -276,6 +294,7 @@ class ExperimentSpec(_Frozen):
     calibration: Literal["none", "sigmoid", "isotonic"] = "none"  # fitted on out-of-fold predictions of the training
     explain: ExplainSpec = ExplainSpec()
     register_as: str | None = DEFAULT_MODEL_NAME
+    segments: SegmentsSpec | None = None  # a model per segment too (`creditflow segments`)
 
     def with_overrides(self, **changes: Any) -> ExperimentSpec:
         """A copy with nested fields replaced (e.g. budgets from the command line), re-validated."""
@@ -329,7 +348,33 @@ def load_config(model: type[C], path: str | Path | None, what: str, **overrides:
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:
     path = Path(path)
-    return validated(DatasetSpec, read_yaml(path), str(path))
+    return validated(DatasetSpec, _extended(path, read_yaml(path)), str(path))
+
+
+def _extended(path: Path, data: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """`extends: other.yaml` (beside this file): that spec's fields, with this file's merged over them."""
+    base = data.pop("extends", None)
+    if not base:
+        return data
+    if depth > 5:
+        raise SpecError(f"{path}: 'extends' goes more than 5 files deep (a spec extending itself?)")
+    parent = path.parent / str(base)
+    return _merged(_extended(parent, read_yaml(parent), depth + 1), data)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+GLOBAL_MODEL_TAG = "global_model"  # a segment's registered model: the global model it falls back to (and competes with)
+
+
+def segment_model_name(global_name: str, segment: str) -> str:
+    """The registered model of one segment: `credit-default-R07` for the global model `credit-default`."""
+    return f"{global_name}-{segment}"
 
 
 def load_experiment_spec(path: str | Path) -> tuple[ExperimentSpec, DatasetSpec]:

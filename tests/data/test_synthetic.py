@@ -12,8 +12,10 @@ from sklearn.metrics import roc_auc_score
 from creditflow.data.synthetic import (
     LATE_COLUMNS,
     RAW_COLUMNS,
+    SEGMENT_COLUMN,
     GeneratedCredit,
     generate_credit_data,
+    region_effects,
     true_log_odds,
     write_kaggle_csv,
 )
@@ -229,3 +231,45 @@ def test_csv_round_trip(data: GeneratedCredit, csv_path: Path) -> None:
     restored = read.rename(columns={"Unnamed: 0": "Id"})
     pd.testing.assert_frame_equal(restored, data.frame, check_exact=True)
     assert read["MonthlyIncome"].isna().sum() == data.frame["MonthlyIncome"].isna().sum()
+
+
+# ---------------------------------------------------------------- regions (generated: {segments: N})
+
+
+def test_no_segments_is_the_data_of_before(data: GeneratedCredit) -> None:
+    without = generate_credit_data(N_ROWS, seed=42, segments=0)
+    pd.testing.assert_frame_equal(without.frame, data.frame, check_exact=True)
+    np.testing.assert_array_equal(without.true_probability, data.true_probability)
+
+
+@pytest.fixture(scope="module")
+def regions() -> GeneratedCredit:
+    return generate_credit_data(48_000, seed=7, segments=12)
+
+
+def test_regions_are_a_last_column_and_change_nothing_but_the_target(regions: GeneratedCredit) -> None:
+    plain = generate_credit_data(48_000, seed=7)
+    assert list(regions.frame.columns) == [*plain.frame.columns, SEGMENT_COLUMN]
+    assert sorted(regions.frame[SEGMENT_COLUMN].unique()) == [f"R{k:02d}" for k in range(1, 13)]
+    features = [c for c in plain.frame.columns if c != "SeriousDlqin2yrs"]
+    pd.testing.assert_frame_equal(regions.frame[features], plain.frame[features], check_exact=True)
+    recomputed = 1 / (1 + np.exp(-true_log_odds(regions.frame)))  # the truth reads the Region column
+    np.testing.assert_allclose(recomputed, regions.true_probability, rtol=1e-12)
+
+
+def test_the_truth_says_which_regions_a_model_of_their_own_can_beat_the_global_one_on(
+        regions: GeneratedCredit) -> None:
+    """docs/generated_data.md: regions whose number is a multiple of 4 rank applicants differently (the pooled,
+    standard score loses AUC there); every other region differs from the standard only in its base rate."""
+    frame = regions.frame
+    standard = true_log_odds(frame.drop(columns=[SEGMENT_COLUMN]))
+    for k in range(1, 13):
+        rows = (frame[SEGMENT_COLUMN] == f"R{k:02d}").to_numpy()
+        y = frame.loc[rows, "SeriousDlqin2yrs"]
+        gap = roc_auc_score(y, regions.true_probability[rows]) - roc_auc_score(y, standard[rows])
+        offset = region_effects(k)[0]
+        if k % 4:
+            assert gap == pytest.approx(0.0, abs=1e-12)
+            np.testing.assert_allclose(true_log_odds(frame[rows]), standard[rows] + offset, rtol=0, atol=1e-12)
+        else:
+            assert gap > 0.02, f"R{k:02d}: the truth beats the standard score by only {gap:.4f}"

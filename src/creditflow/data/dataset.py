@@ -32,6 +32,7 @@ class CreditData:
     source: str
     n_rule_violations: int = 0
     true_probability: np.ndarray | None = None
+    segments: pd.Series | None = None  # the dataset spec's segment column, as text (None where missing)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False, segm
         raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
     X = coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin=str(path))
     if segment:
-        X[segment] = frame[segment].astype(object).where(frame[segment].notna(), None).map(
-            lambda v: v if v is None else str(v))
+        X[segment] = as_text(frame[segment])
     if not ids:
         return X
     empty = int(frame[id_column].isna().sum())
@@ -71,9 +71,10 @@ def load_dataset(spec: DatasetSpec, path: str | Path | None = None) -> CreditDat
     """Load the data set: `path` (or the spec's source file), or the generated default."""
     source = str(path) if path else spec.source
     if source == "generated":
-        gen = generate_credit_data(spec.generated.rows, spec.generated.seed)
+        gen = generate_credit_data(spec.generated.rows, spec.generated.seed, spec.generated.segments)
         frame, truth = gen.frame, gen.true_probability
-        source = f"generated(rows={spec.generated.rows},seed={spec.generated.seed})"
+        regions = f",segments={spec.generated.segments}" if spec.generated.segments else ""
+        source = f"generated(rows={spec.generated.rows},seed={spec.generated.seed}{regions})"
     else:
         frame, truth = read_table(source), None
     return _validated(_named_id_column(frame, spec), spec, source, truth)
@@ -97,6 +98,10 @@ def _validated(frame: pd.DataFrame, spec: DatasetSpec, source: str, truth: np.nd
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: missing column(s): {', '.join(missing)}")
+    if spec.segment and spec.segment not in frame.columns:
+        hint = " (generated data has it with `generated: {segments: N}`)" if is_generated_source(source) else ""
+        raise DataError(f"{source}: no segment column '{spec.segment}' (the dataset spec '{spec.name}' names it "
+                        f"as its segment){hint}")
     X = coerce_columns(frame[spec.raw_columns], spec, origin=source)
     y = binary_target(frame[spec.target.column], spec, source)
     keep = (rule_violations(X, spec) == "").to_numpy()
@@ -109,7 +114,13 @@ def _validated(frame: pd.DataFrame, spec: DatasetSpec, source: str, truth: np.nd
         source=source,
         n_rule_violations=int((~keep).sum()),
         true_probability=truth,
+        segments=as_text(frame[spec.segment])[keep].reset_index(drop=True) if spec.segment else None,
     )
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Values as text objects, None where missing: categorical columns, and segment keys (1 and "1" are one)."""
+    return values.astype("string").astype(object).where(values.notna(), None)
 
 
 def row_ids(frame: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
@@ -125,7 +136,7 @@ def coerce_columns(frame: pd.DataFrame, spec: DatasetSpec, origin: str = "input"
     for raw, col in spec.columns.items():
         values = frame[raw]
         if col.group == "categorical":
-            out[raw] = values.astype("string").astype(object).where(values.notna(), None)
+            out[raw] = as_text(values)
             continue
         numeric = pd.to_numeric(values, errors="coerce")
         wrong = numeric.isna() & values.notna()
@@ -155,6 +166,13 @@ def split_data(data: CreditData, test_size: float, seed: int) -> Split:
         data.X, data.y, test_size=test_size, random_state=seed, stratify=data.y
     )
     return Split(X_train, X_test, y_train, y_test)
+
+
+def segment_rows(split: Split, segments: pd.Series, value: str) -> Split:
+    """One segment's rows of each part of a split of the whole data set (the split's index is the data's rows)."""
+    train = (segments.loc[split.X_train.index] == value).to_numpy()
+    test = (segments.loc[split.X_test.index] == value).to_numpy()
+    return Split(split.X_train[train], split.X_test[test], split.y_train[train], split.y_test[test])
 
 
 def digest(frame: pd.DataFrame) -> str:

@@ -75,6 +75,16 @@ COEF_DEPENDENTS = 0.06  # per dependant, capped at 6
 SENTINEL_LOG_ODDS = 0.1  # rows with 96/98 in all three late counts
 LOG_INCOME_CENTRE = 8.6
 
+# --- optional segments (generated: {segments: N}): see docs/generated_data.md, "Regions" ---------
+SEGMENT_COLUMN = "Region"
+SEGMENT_STREAM = 17  # regions come from their own random stream: every other column is drawn as without them
+REGION_OFFSETS: tuple[float, ...] = (0.0, 0.3, -0.3, 0.6, -0.6)  # base-rate log-odds shift, region k: [k % 5]
+# effect multipliers (late counts, utilisation, age) of the regions whose number is a multiple of 4: the
+# "utilisation-led" ones (k % 8 == 4) and the "age-reversed" ones (k % 8 == 0); every other region is standard
+UTILISATION_LED: tuple[float, float, float] = (0.2, 2.5, 1.0)
+AGE_REVERSED: tuple[float, float, float] = (1.0, 0.6, -2.0)
+STANDARD: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
 
 @dataclass(frozen=True)
 class GeneratedCredit:
@@ -84,23 +94,55 @@ class GeneratedCredit:
     true_probability: np.ndarray
 
 
-def generate_credit_data(n_rows: int = 150_000, seed: int = 42) -> GeneratedCredit:
-    """Draw a deterministic synthetic cs-training data set of n_rows rows."""
+def generate_credit_data(n_rows: int = 150_000, seed: int = 42, segments: int = 0) -> GeneratedCredit:
+    """Draw a deterministic synthetic cs-training data set of n_rows rows.
+
+    With `segments` N > 0 a last column `Region` (R01..RNN) is added, whose base rate and some effects differ;
+    without, the frame is the same as before segments existed.
+    """
     if n_rows < 1:
         raise ValueError(f"n_rows must be positive, got {n_rows}")
     rng = np.random.default_rng(seed)
     features = draw_features(rng, n_rows)
+    if segments:
+        features[SEGMENT_COLUMN] = _draw_regions(np.random.default_rng([seed, SEGMENT_STREAM]), n_rows, segments)
     probability = sigmoid(true_log_odds(features))
     frame = pd.DataFrame({ID_COLUMN: np.arange(1, n_rows + 1, dtype=np.int64)})
     frame[TARGET] = (rng.random(n_rows) < probability).astype(np.int64)
-    for column in RAW_COLUMNS[1:]:
+    for column in RAW_COLUMNS[1:] + ((SEGMENT_COLUMN,) if segments else ()):
         frame[column] = features[column]
     return GeneratedCredit(frame=frame, true_probability=probability)
 
 
+def region_label(number: int) -> str:
+    """R01, R02, ..., R20 (at least two digits)."""
+    return f"R{number:02d}"
+
+
+def region_effects(number: int) -> tuple[float, float, float, float]:
+    """Region `number`'s base-rate offset and its multipliers of the late-count, utilisation and age terms."""
+    kind = STANDARD if number % 4 else (UTILISATION_LED if number % 8 == 4 else AGE_REVERSED)
+    return (REGION_OFFSETS[number % len(REGION_OFFSETS)], *kind)
+
+
+def _draw_regions(rng: np.random.Generator, n: int, segments: int) -> np.ndarray:
+    """Each row's region, uniformly among R01..RNN."""
+    labels = np.array([region_label(k) for k in range(1, segments + 1)], dtype=object)
+    return labels[rng.integers(0, segments, n)]
+
+
+def _region_terms(features: pd.DataFrame) -> np.ndarray:
+    """Per row: offset and the three multipliers of its region (standard, no offset, without a Region column)."""
+    if SEGMENT_COLUMN not in features:
+        return np.tile([0.0, *STANDARD], (len(features), 1))
+    numbers = pd.Series(features[SEGMENT_COLUMN]).astype(str).str.removeprefix("R").astype(int)
+    table = {k: region_effects(k) for k in numbers.unique()}
+    return np.array([table[k] for k in numbers], dtype=float).reshape(len(features), 4)
+
+
 def write_kaggle_csv(frame: pd.DataFrame, path: str | Path) -> None:
     """Write frame exactly like cs-training.csv (empty first header, Id first, NA)."""
-    out = frame.set_index(ID_COLUMN)[list(RAW_COLUMNS)]
+    out = frame.set_index(ID_COLUMN)[list(RAW_COLUMNS) + [c for c in (SEGMENT_COLUMN,) if c in frame]]
     out = out.astype({"MonthlyIncome": "Int64", "NumberOfDependents": "Int64"})
     out.index.name = ""
     out.to_csv(path, na_rep="NA", float_format="%.15g", lineterminator="\n")
@@ -110,10 +152,11 @@ def true_log_odds(features: pd.DataFrame) -> np.ndarray:
     """Return the true log-odds of default for frame-like observed features."""
     late = [features[c].to_numpy(dtype=float) for c in LATE_COLUMNS]
     sentinel = late[0] >= SENTINEL_VALUES[0]
-    eta = INTERCEPT + late_term(late) + utilisation_term(features)
-    eta = eta + age_term(features) + _income_debt_term(features)
+    offset, late_scale, util_scale, age_scale = _region_terms(features).T
+    eta = INTERCEPT + offset + late_scale * late_term(late) + util_scale * utilisation_term(features)
+    eta = eta + age_scale * age_term(features) + _income_debt_term(features)
     eta = eta + _household_term(features)
-    return np.where(sentinel, SENTINEL_LOG_ODDS + age_term(features), eta)
+    return np.where(sentinel, SENTINEL_LOG_ODDS + offset + age_term(features), eta)
 
 
 def late_term(late: list[np.ndarray]) -> np.ndarray:

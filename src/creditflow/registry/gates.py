@@ -199,22 +199,27 @@ def declared_spec(model: mlflow.pyfunc.PyFuncModel) -> DatasetSpec | None:
     return spec_from_config(config) if "dataset_spec" in config else None
 
 
-def _signature_gate_against(name: str, version: str, champion: str | None) -> Gate:
+def _signature_gate_against(name: str, version: str, champion: str | None, champion_name: str) -> Gate:
     new = signature_of(name, version)
     if not champion:
         return signature_gate(new, None)
     try:
-        old = signature_of(name, champion)
+        old = signature_of(champion_name, champion)
     except TrackingError as exc:
         return Gate("c", "signature compatible", None, f"champion cannot be compared ({exc})")
     return signature_gate(new, old)
 
 
 def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion: str | None,
-             policy: PromotionPolicy, data_path: str | None) -> Evaluation:
-    """Gates (a)-(d) and (f) for `version` against the current `champion` (None: the first champion)."""
+             policy: PromotionPolicy, data_path: str | None, champion_name: str | None = None) -> Evaluation:
+    """Gates (a)-(d) and (f) for `version` against the current `champion` (None: the first champion).
+
+    The champion is a version of `champion_name` (default: the same registered model; a segment model's is the
+    global model's champion, scored on the segment's held-out rows).
+    """
+    champion_name = champion_name or name
     loads, model = loads_gate(version_uri(name, version))
-    signature = _signature_gate_against(name, version, champion)
+    signature = _signature_gate_against(name, version, champion, champion_name)
     run_id = client.get_model_version(name, version).run_id
     X, y, source = evaluation_data(run_id, data_path, policy)
     if model is None:
@@ -226,9 +231,10 @@ def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion
     p_old, versus = None, Gate("b", "beats champion", None, "no champion to beat")
     if champion:
         try:
-            p_old = probabilities(mlflow.pyfunc.load_model(version_uri(name, champion)), X)
+            p_old = probabilities(mlflow.pyfunc.load_model(version_uri(champion_name, champion)), X)
         except Exception as exc:  # a champion that no longer scores cannot be compared against
-            versus = Gate("b", "beats champion", False, f"champion v{champion} does not score: {str(exc)[:200]}")
+            versus = Gate("b", "beats champion", False,
+                          f"champion {champion_name} v{champion} does not score: {str(exc)[:200]}")
     if alias == "challenger":
         versus = Gate("b", "beats champion", None, "checked when a challenger is promoted to champion")
     elif p_old is not None:

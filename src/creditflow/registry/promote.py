@@ -36,6 +36,7 @@ from creditflow.registry.evidence import ShadowEvidence, shadow_evidence, shadow
 from creditflow.registry.gates import Evaluation, Gate, evaluate, loads_gate, signature_of
 from creditflow.registry.lease import Lease, PromotionBusy, Step, lease_still_held, leased, no_step
 from creditflow.registry.policy import PromotionPolicy, PromotionRequest
+from creditflow.specs import GLOBAL_MODEL_TAG
 
 STAGE_OF = {"champion": "Production", "challenger": "Staging"}
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 class Decision:
     """What a promotion command decided; `exit_code` is what the CLI returns."""
 
-    outcome: str  # promoted | forced | rolled_back | repaired | unchanged | refused | would_promote | would_refuse
+    outcome: str  # promoted | forced | rolled_back | repaired | unchanged | refused | kept_global | would_...
     name: str
     version: str | None
     alias: str
@@ -57,7 +58,12 @@ class Decision:
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.outcome in ("refused", "would_refuse") else 0
+        return 3 if self.outcome in ("refused", "kept_global", "would_refuse") else 0
+
+    def figure(self, key: str) -> float | None:
+        """A gate figure by its audit name (`a.roc_auc`, `b.champion_roc_auc`, ...), None when not computed."""
+        gate, _, name = key.partition(".")
+        return next((g.figures.get(name) for g in self.gates if g.key == gate), None)
 
     def report(self) -> str:
         target = f"{self.name} v{self.version}" if self.version else self.name
@@ -152,13 +158,37 @@ def _dry_run(client: MlflowClient, req: PromotionRequest, version: str, policy: 
                     champion, evaluation.gates, shadow=shadow)
 
 
+def global_model_of(client: MlflowClient, name: str) -> str | None:
+    """The global model a segment's registered model falls back to (its `global_model` tag); None for others."""
+    return client.get_registered_model(name).tags.get(GLOBAL_MODEL_TAG) or None
+
+
 def _evaluate(client: MlflowClient, req: PromotionRequest, version: str, champion: str | None,
               policy: PromotionPolicy) -> tuple[Evaluation, ShadowEvidence | None]:
-    """Gates (a)-(d) and (f), then (e) on the candidate's shadow evidence; the evidence too, for the report."""
-    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
+    """Gates (a)-(d) and (f), then (e) on the candidate's shadow evidence; the evidence too, for the report.
+
+    A segment model's competitor for @champion is the global model's champion, on the segment's held-out rows:
+    it must beat what would serve the segment without it. No global champion: nothing to fall back on, refused.
+    """
+    rival, rival_name = champion, None
+    global_model = global_model_of(client, req.name) if req.alias == "champion" else None
+    if global_model:
+        rival_name = global_model
+        rival = require_model(client, global_model).get("champion")
+    evaluation = evaluate(client, req.name, version, req.alias, rival, policy, req.data, rival_name)
+    if global_model and not rival:
+        missing = Gate("b", "beats champion", False, f"'{global_model}' has no @champion: a segment model must beat "
+                                                     "the global champion, promote one first")
+        evaluation = replace(evaluation, gates=tuple(missing if g.key == "b" else g for g in evaluation.gates))
     shadow = _shadow_evidence(client, f"{req.name}/{version}")
     gate = shadow_gate(shadow, policy, req.alias, champion)
     return replace(evaluation, gates=tuple(sorted(evaluation.gates + (gate,), key=lambda g: g.key))), shadow
+
+
+def _refusal(client: MlflowClient, req: PromotionRequest, evaluation: Evaluation) -> str:
+    """`kept_global` when a segment model failed only gate (b) against the global champion, else `refused`."""
+    only_b = [g.key for g in evaluation.failed] == ["b"]
+    return "kept_global" if only_b and req.alias == "champion" and global_model_of(client, req.name) else "refused"
 
 
 def _shadow_evidence(client: MlflowClient, model_version: str) -> ShadowEvidence | None:
@@ -195,10 +225,11 @@ def _promote_leased(client: MlflowClient, req: PromotionRequest, version: str, p
     evaluation, shadow = _evaluate(client, req, version, champion, policy)
     if evaluation.failed and not (req.force and _loads(evaluation)):
         reason = _gate_summary(evaluation) + (" (--force cannot override gate (d))" if req.force else "")
-        audit = open_audit(client, req, version, "refused", reason, evaluation, policy, champion, lease.token)
-        tag_decision(client, req.name, version, "refused", reason, audit)
+        outcome = _refusal(client, req, evaluation)
+        audit = open_audit(client, req, version, outcome, reason, evaluation, policy, champion, lease.token)
+        tag_decision(client, req.name, version, outcome, reason, audit)
         client.set_terminated(audit)
-        return Decision("refused", req.name, version, req.alias, reason, champion, evaluation.gates, audit, shadow)
+        return Decision(outcome, req.name, version, req.alias, reason, champion, evaluation.gates, audit, shadow)
     outcome = "forced" if evaluation.failed else "promoted"
     reason = _gate_summary(evaluation) + (f"; forced: {req.reason}" if evaluation.failed else "")
     if req.reason and not evaluation.failed:

@@ -24,15 +24,15 @@ from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
-from creditflow.data.dataset import CreditData, digest, split_data
+from creditflow.data.dataset import CreditData, Split, digest, split_data
 from creditflow.errors import TrackingError, first_line
 from creditflow.model.calibration import Calibration
-from creditflow.specs import DatasetSpec, ExperimentSpec
+from creditflow.specs import GLOBAL_MODEL_TAG, DatasetSpec, ExperimentSpec
 from creditflow.train import search
 from creditflow.train.card import ModelCard, build_card, data_facts
 from creditflow.train.card_text import CARD_FILES, card_files
 from creditflow.train.explain import write_explanations
-from creditflow.train.held_out import SPEC_ARTIFACT, held_out
+from creditflow.train.held_out import SPEC_ARTIFACT, held_out, specs_artifact
 from creditflow.train.log_model import log_credit_model
 from creditflow.train.timing import timed
 
@@ -49,6 +49,27 @@ class TrainingOutcome:
     cv: dict[str, float]
     test: dict[str, float]
     registered_version: str | None
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A run of a segmented experiment: nested under its parent run, for one segment (None: the global model)."""
+
+    parent_run_id: str
+    experiment_id: str
+    segment: str | None = None
+    column: str | None = None  # the segment column
+    global_model: str | None = None  # the global model's registered name (segment runs)
+
+    @property
+    def run_name(self) -> str:
+        return f"segment-{self.segment}" if self.segment is not None else "global"
+
+    def model_tags(self) -> dict[str, str]:
+        """The registered-model tags that tie a segment's model to its deployment (none for the global model)."""
+        if self.segment is None:
+            return {}
+        return {"segment": self.segment, "segment_column": str(self.column), GLOBAL_MODEL_TAG: str(self.global_model)}
 
 
 def detach_project_run() -> str | None:
@@ -113,22 +134,35 @@ def log_dataset(data: CreditData, ds: DatasetSpec) -> str:
     return digest(frame)
 
 
-def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> TrainingOutcome:
-    """One experiment as one MLflow run (trials as nested runs); returns what it produced."""
-    mlflow.set_experiment(exp.name)
+def _start(exp: ExperimentSpec, nested: Nested | None) -> mlflow.ActiveRun:
+    if nested is None:
+        mlflow.set_experiment(exp.name)
+        return mlflow.start_run(run_name=f"{exp.family}-{exp.search.type}")
+    return mlflow.start_run(run_name=nested.run_name, experiment_id=nested.experiment_id,
+                            parent_run_id=nested.parent_run_id)
+
+
+def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData, nested: Nested | None = None,
+                  split: Split | None = None) -> TrainingOutcome:
+    """One experiment as one MLflow run (trials as nested runs); returns what it produced.
+
+    A segmented experiment's runs are `nested` under its parent run; a segment's run trains on `split`, its
+    segment's rows of the whole data set's split (`data` then holds the segment's rows).
+    """
     timings: dict[str, float] = {}
-    with mlflow.start_run(run_name=f"{exp.family}-{exp.search.type}") as run, ends_failed(run.info.run_id):
+    segment = nested.segment if nested else None
+    with _start(exp, nested) as run, ends_failed(run.info.run_id):
         data_digest = log_dataset(data, ds)
         mlflow.set_tags({
             "model_family": exp.family, "search_type": exp.search.type, "git_commit": git_commit(),
             "data_source": data.source, "data_digest": data_digest, "dataset": ds.name,
             "mlflow.note.content": exp.description or f"{exp.family} ({exp.search.type} search) on {ds.name}",
+            **({"segment": segment, "segment_column": str(nested.column)} if segment is not None else {}),
         })
-        mlflow.log_dict({"experiment": exp.model_dump(mode="json"), "dataset": ds.model_dump(mode="json")},
-                        SPEC_ARTIFACT)
+        mlflow.log_dict(specs_artifact(exp, ds, segment), SPEC_ARTIFACT)
         mlflow.log_params({**flatten("", exp.model_dump(mode="json")), "data.rows": len(data.X),
                            "data.rule_violations_dropped": data.n_rule_violations})
-        split = split_data(data, exp.test_size, exp.seed)
+        split = split or split_data(data, exp.test_size, exp.seed)
         with timed(timings, "seconds_search", "search"):
             result = search.search(exp, ds, split.X_train, split.y_train, on_trial=_log_trial(exp))
         with timed(timings, "seconds_fit", "fit"):
@@ -153,7 +187,8 @@ def train_and_log(exp: ExperimentSpec, ds: DatasetSpec, data: CreditData) -> Tra
             facts = data_facts(split, data.source, data_digest, data.n_rule_violations)
             card = log_card(build_card(exp, ds, pipe, split, facts, calibration, run.info.run_id, pictures))
         mlflow.log_metrics(timings)
-        version = register(info, exp, test, data_digest, card) if exp.register_as else None
+        model_tags = nested.model_tags() if nested else {}
+        version = register(info, exp, test, data_digest, card, model_tags) if exp.register_as else None
     return TrainingOutcome(run.info.run_id, exp.name, exp.family, info.model_uri, result.best_cv, test, version)
 
 
@@ -226,8 +261,12 @@ def rebuild_explanations(run_id: str, data_path: str | None = None) -> None:
     logger.info("explanations and model card of run %s rebuilt", run_id)
 
 
-def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_digest: str, card: str) -> str:
-    """Register the run's model as a new version, described and tagged with its lineage and key metrics."""
+def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_digest: str, card: str,
+             model_tags: dict[str, str] | None = None) -> str:
+    """Register the run's model as a new version, described and tagged with its lineage and key metrics.
+
+    `model_tags` go on the registered model itself (a segment model's link to its deployment).
+    """
     try:
         mv = mlflow.register_model(info.model_uri, exp.register_as, tags={
             "run_id": info.run_id, "model_family": exp.family, "data_digest": data_digest,
@@ -239,6 +278,8 @@ def register(info: ModelInfo, exp: ExperimentSpec, test: dict[str, float], data_
                         f"held-out ROC AUC {test['test_roc_auc']:.4f}. Model card: {card} "
                         f"(and {CARD_FILES[1]} beside it, which the run's Artifacts tab renders)",
         )
+        for key, value in (model_tags or {}).items():
+            mlflow.MlflowClient().set_registered_model_tag(exp.register_as, key, value)
     except MlflowException as exc:
         raise TrackingError(f"could not register model '{exp.register_as}': {first_line(exc)}") from None
     logger.info("  registered %s version %s", exp.register_as, mv.version)
