@@ -33,3 +33,16 @@ def sys_path() -> Iterator[None]:
         yield
     finally:
         sys.path[:] = before
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's tracking URI for the block only: the variable and MLflow's own setting, which wins over it.
+
+    A process that runs task after task (a Spark Python worker) keeps what an earlier task set: MLflow's
+    `spark_udf` sets the driver's URI inside the worker, and the variable alone would not override it.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with environ("MLFLOW_TRACKING_URI", uri), _use_tracking_uri(uri):
+        yield

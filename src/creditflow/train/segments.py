@@ -21,13 +21,12 @@ from threadpoolctl import threadpool_limits
 
 from creditflow.data.dataset import CreditData, Split, segment_rows, split_data
 from creditflow.errors import CreditflowError, SpecError, TrackingError, first_line
-from creditflow.scoped import environ
+from creditflow.scoped import tracking_uri
 from creditflow.specs import DatasetSpec, ExperimentSpec, SegmentsSpec, segment_model_name, validated
 from creditflow.train.held_out import SPEC_ARTIFACT, specs_artifact
 from creditflow.train.run import Nested, TrainingOutcome, ends_failed, flatten, git_commit, train_and_log
 
 logger = logging.getLogger(__name__)
-TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def segment_experiment(exp: ExperimentSpec, segment: str) -> ExperimentSpec:
 
 def run_task(task: Task) -> TrainingOutcome:
     """Train one task (in a worker process, a Spark task or this process), logging to the task's tracking server."""
-    with environ(TRACKING_URI, task.tracking_uri), threadpool_limits(task.threads):
+    with tracking_uri(task.tracking_uri), threadpool_limits(task.threads):
         return train_and_log(task.exp, task.ds, task.data, task.nested, task.split)
 
 
