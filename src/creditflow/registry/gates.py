@@ -90,6 +90,9 @@ def versus_champion_gate(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, po
     detail = (f"auc_gain={diff:+.4f} [{policy.bootstrap_level:.0%} CI {low:+.4f}, {high:+.4f}] "
               f"(needs gain >= {policy.min_auc_gain:+.4f} and CI low >= {policy.min_auc_gain_ci_low:+.4f}; "
               f"champion roc_auc={figures['champion_roc_auc']:.4f})")
+    if diff < policy.min_auc_gain:
+        same = " (it scores every row as the champion does)" if np.array_equal(p_new, p_old) else ""
+        detail = f"not better than the champion by the margin {policy.min_auc_gain:+.4f}{same}: {detail}"
     return Gate("b", "beats champion", ok, detail, figures)
 
 

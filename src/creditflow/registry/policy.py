@@ -28,7 +28,7 @@ class PromotionPolicy(BaseModel):
     min_roc_auc: float = Field(0.75, ge=0, le=1)
     max_calibration_error: float = Field(0.05, gt=0, le=1)
     max_ks_drop: float = Field(0.05, ge=0, le=1)
-    min_auc_gain: float = Field(0.0, ge=-1, le=1)
+    min_auc_gain: float = Field(0.005, ge=-1, le=1)  # (b) "beats" means better: an exact copy gains 0 and is refused
     min_auc_gain_ci_low: float = Field(-0.01, ge=-1, le=1)
     bootstrap_samples: int = Field(500, ge=50)
     bootstrap_level: float = Field(0.95, gt=0.5, lt=1)
