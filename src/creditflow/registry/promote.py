@@ -155,7 +155,7 @@ def _dry_run(client: MlflowClient, req: PromotionRequest, version: str, policy: 
 def _evaluate(client: MlflowClient, req: PromotionRequest, version: str, champion: str | None,
               policy: PromotionPolicy) -> tuple[Evaluation, ShadowEvidence | None]:
     """Gates (a)-(d) and (f), then (e) on the candidate's shadow evidence; the evidence too, for the report."""
-    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data)
+    evaluation = evaluate(client, req.name, version, req.alias, champion, policy, req.data, req.data_rows == "all")
     shadow = _shadow_evidence(client, f"{req.name}/{version}")
     gate = shadow_gate(shadow, policy, req.alias, champion)
     return replace(evaluation, gates=tuple(sorted(evaluation.gates + (gate,), key=lambda g: g.key))), shadow
