@@ -122,6 +122,16 @@ def _cmd_predictions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from creditflow.data.months import generate_months
+
+    months = generate_months(args.output, args.months, args.start, args.drift, args.onset or None,
+                             args.rows_per_month, args.outcome_lag, args.seed)
+    print(f"{len(months)} months {months[0]}..{months[-1]} of {args.rows_per_month} applicants "
+          f"(drift {args.drift}{' from ' + args.onset if args.onset else ''}) under {args.output}")
+    return 0
+
+
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     from creditflow.monitor.drift import alert_if_major, monitor_drift
     from creditflow.train.run import detach_project_run
@@ -211,6 +221,23 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
     p.add_argument("--data", default="", help="CSV/Parquet file instead of the run's dataset spec source")
     p.set_defaults(handler=_cmd_explain)
+
+
+def add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generated data")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("generate", help="applicants month by month, their outcomes later, with an optional drift "
+                                         "(docs/generated_data.md)")
+    p.add_argument("--months", type=int, required=True, help="how many months")
+    p.add_argument("--start", required=True, help="first month, YYYY-MM")
+    p.add_argument("--drift", default="none", choices=("none", "covariate", "concept", "both"),
+                   help="covariate: the population shifts; concept: the relation shifts; both")
+    p.add_argument("--onset", default="", help="the first drifted month, YYYY-MM (needed unless --drift none)")
+    p.add_argument("--output", required=True, help="folder for applicants/, outcomes/ and truth/")
+    p.add_argument("--rows-per-month", type=int, default=20_000, help="applicants a month (default 20000)")
+    p.add_argument("--outcome-lag", type=int, default=12, help="months until an outcome is known (default 12)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.set_defaults(handler=_cmd_data_generate)
 
 
 def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
@@ -320,7 +347,7 @@ def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_training_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
+    for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
                 add_registry_parsers, add_ops_parsers):
         add(sub)
     return parser

@@ -89,8 +89,8 @@ def generate_credit_data(n_rows: int = 150_000, seed: int = 42) -> GeneratedCred
     if n_rows < 1:
         raise ValueError(f"n_rows must be positive, got {n_rows}")
     rng = np.random.default_rng(seed)
-    features = _draw_features(rng, n_rows)
-    probability = _sigmoid(true_log_odds(features))
+    features = draw_features(rng, n_rows)
+    probability = sigmoid(true_log_odds(features))
     frame = pd.DataFrame({ID_COLUMN: np.arange(1, n_rows + 1, dtype=np.int64)})
     frame[TARGET] = (rng.random(n_rows) < probability).astype(np.int64)
     for column in RAW_COLUMNS[1:]:
@@ -110,26 +110,26 @@ def true_log_odds(features: pd.DataFrame) -> np.ndarray:
     """Return the true log-odds of default for frame-like observed features."""
     late = [features[c].to_numpy(dtype=float) for c in LATE_COLUMNS]
     sentinel = late[0] >= SENTINEL_VALUES[0]
-    eta = INTERCEPT + _late_term(late) + _utilisation_term(features)
-    eta = eta + _age_term(features) + _income_debt_term(features)
+    eta = INTERCEPT + late_term(late) + utilisation_term(features)
+    eta = eta + age_term(features) + _income_debt_term(features)
     eta = eta + _household_term(features)
-    return np.where(sentinel, SENTINEL_LOG_ODDS + _age_term(features), eta)
+    return np.where(sentinel, SENTINEL_LOG_ODDS + age_term(features), eta)
 
 
-def _late_term(late: list[np.ndarray]) -> np.ndarray:
+def late_term(late: list[np.ndarray]) -> np.ndarray:
     """Log-odds contribution of the three late-payment counts."""
     coefs = (COEF_LATE_30_59, COEF_LATE_60_89, COEF_LATE_90)
     return sum(c * np.log1p(np.minimum(x, 20)) for c, x in zip(coefs, late, strict=True))
 
 
-def _utilisation_term(features: pd.DataFrame) -> np.ndarray:
+def utilisation_term(features: pd.DataFrame) -> np.ndarray:
     """Log-odds contribution of revolving utilisation (junk values neutralised)."""
     util = features["RevolvingUtilizationOfUnsecuredLines"].to_numpy(dtype=float)
     effective = np.where(util > 10, UTIL_JUNK_EFFECTIVE, np.clip(util, 0, 1.5))
     return COEF_UTILISATION * effective
 
 
-def _age_term(features: pd.DataFrame) -> np.ndarray:
+def age_term(features: pd.DataFrame) -> np.ndarray:
     """Log-odds contribution of age (linear, flat beyond 80)."""
     age = features["age"].to_numpy(dtype=float)
     return COEF_AGE * (np.clip(age, 21, 80) - AGE_MEAN) / 10
@@ -164,7 +164,7 @@ def _household_term(features: pd.DataFrame) -> np.ndarray:
     )
 
 
-def _draw_features(rng: np.random.Generator, n: int) -> pd.DataFrame:
+def draw_features(rng: np.random.Generator, n: int) -> pd.DataFrame:
     """Draw all observed feature columns (everything but the target)."""
     age = np.clip(np.rint(rng.normal(AGE_MEAN, AGE_SD, n)), AGE_MIN, AGE_MAX)
     age_std = (age - AGE_MEAN) / AGE_SD
@@ -200,7 +200,7 @@ def _draw_late_counts(rng: np.random.Generator, stress: np.ndarray) -> list[np.n
 def _draw_utilisation(rng: np.random.Generator, stress: np.ndarray) -> np.ndarray:
     """Draw revolving utilisation: mostly [0, 1], a few % over 1, rare junk."""
     n = stress.size
-    util = _sigmoid(rng.normal(-1.3 + 1.1 * stress, 1.5))
+    util = sigmoid(rng.normal(-1.3 + 1.1 * stress, 1.5))
     over = rng.random(n) < 0.025 * np.exp(0.8 * stress - 0.32)
     util = np.where(over, 1 + rng.exponential(0.12, n), util)
     util = np.where(rng.random(n) < UTIL_ZERO_RATE, 0.0, util)
@@ -219,7 +219,7 @@ def _draw_income_and_debt(
     ratio = np.exp(np.log(0.3) + 0.3 * stress + 0.75 * rng.standard_normal(n))
     ratio = np.where(rng.random(n) < 0.03, 0.0, ratio)
     missing_logit = INCOME_MISSING_BASE_LOGIT + 0.25 * age_std
-    missing = rng.random(n) < _sigmoid(missing_logit)
+    missing = rng.random(n) < sigmoid(missing_logit)
     zero = ~missing & (rng.random(n) < INCOME_ZERO_RATE)
     amount = np.rint(ratio * income * 0.7)
     debt_ratio = np.where(missing | zero, amount, np.round(ratio, 9))
@@ -268,6 +268,6 @@ def _apply_sentinels(rng: np.random.Generator, frame: pd.DataFrame, sentinel: np
     return frame
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return np.exp(-np.logaddexp(0.0, -x))

@@ -1,0 +1,45 @@
+"""The monitoring policy: when realized performance, defaults or drift call for an alarm and a retrain.
+
+One typed object loaded once from YAML (`experiments/monitoring.yaml`) and validated at the edge; the
+performance report (`monitor.performance`) and the retraining loop read it. No MLflow here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from creditflow.specs import read_yaml, validated
+
+DEFAULT_MONITORING_POLICY = Path("experiments/monitoring.yaml")
+
+
+class MonitoringPolicy(BaseModel):
+    """Margins and intervals of the performance alarms, the PSI that triggers a retrain, the cooldown."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    auc_margin: float = Field(0.02, ge=0, le=1)
+    """Alarm when the latest vintage's realized AUC is credibly (its whole interval) this far below the
+    champion's validation AUC."""
+    default_rate_margin: float = Field(0.0, ge=0, le=1)
+    """Alarm when the observed default rate is credibly (its whole interval) this far above the expected one."""
+    interval_level: float = Field(0.95, gt=0.5, lt=1)
+    """Confidence level of every bootstrap interval."""
+    bootstrap_samples: int = Field(500, ge=50)
+    """Bootstrap resamples per vintage."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap, so a report is reproducible."""
+    min_outcomes: int = Field(500, ge=20)
+    """A vintage with fewer known outcomes (or no default, or no non-default) is not yet measurable."""
+    retrain_psi: float = Field(0.25, gt=0)
+    """A column (or the score) whose PSI reaches this calls for a retrain."""
+    cooldown_months: int = Field(3, ge=0)
+    """Months after a retrain during which no alarm triggers another one."""
+
+
+def load_monitoring_policy(path: str | Path = DEFAULT_MONITORING_POLICY) -> MonitoringPolicy:
+    """The policy from YAML; a missing file or a bad field is one SpecError line."""
+    path = Path(path)
+    return validated(MonitoringPolicy, read_yaml(path, "monitoring policy"), str(path))
