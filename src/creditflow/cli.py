@@ -81,6 +81,18 @@ def promote_command(args: argparse.Namespace, on_step: Callable[[str], None] | N
     return decision.exit_code
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from creditflow.pipelines.retrain import retrain
+    from creditflow.registry.policy import load_policy
+    from creditflow.train.run import detach_project_run
+
+    policy = load_policy(args.policy)
+    detach_project_run()
+    result = retrain(args.name, args.months, args.window, args.as_of or None, policy, args.output)
+    print(result.report(), flush=True)
+    return result.decision.exit_code
+
+
 def _cmd_registry_history(args: argparse.Namespace) -> int:
     from creditflow.registry.audit import format_history, history
     from creditflow.registry.client import check_tracking_server, mlflow_errors
@@ -252,6 +264,19 @@ def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_registry_history)
 
 
+def add_retraining_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="train the champion's spec on the most recent labelled months, then promote "
+                                       "it through the gates if it is better (exit 0 promoted, 3 refused)")
+    p.add_argument("--window", type=int, default=6, help="labelled months to train on (default 6)")
+    p.add_argument("--months", default="data/months/", help="folder of applicants/ and outcomes/ (data generate)")
+    p.add_argument("--as-of", default="", help="the month outcomes are known by, YYYY-MM (default: the latest "
+                                               "month of applicants)")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model whose champion is retrained")
+    p.add_argument("--policy", default="experiments/promotion.yaml", help="promotion policy YAML (gate thresholds)")
+    p.add_argument("--output", default="data/retrain/", help="where the window and the evaluation month are written")
+    p.set_defaults(handler=_cmd_retrain)
+
+
 def add_reload_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reload-seconds", type=float, default=None,
                    help="how often an alias is re-resolved and a new version swapped in (default 30; 0: pinned)")
@@ -348,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
-                add_registry_parsers, add_ops_parsers):
+                add_registry_parsers, add_retraining_parsers, add_ops_parsers):
         add(sub)
     return parser
 
