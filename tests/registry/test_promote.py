@@ -221,7 +221,8 @@ def test_refusal_through_the_script(client, models, policy) -> None:
          "--policy", str(policy[1]), "--dry-run"],
         capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "gate (b) beats champion         FAIL  auc_gain=-0." in proc.stdout
+    assert "gate (b) beats champion         FAIL  not better than the champion by the margin +0.0050: auc_gain=-0." \
+        in proc.stdout
     assert "decision: would refuse" in proc.stdout
     assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
 
