@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
+from creditflow.monitor.policy import add_performance_arguments
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
@@ -153,6 +155,15 @@ def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor_performance(args: argparse.Namespace) -> int:
+    from creditflow.monitor.performance import alert_on, monitor_performance
+    from creditflow.monitor.policy import load_monitoring_policy
+
+    policy = load_monitoring_policy(args.policy)
+    alert_on(monitor_performance(args.predictions, args.outcomes, policy, args.as_of or None, args.log, args.report))
+    return 0
+
+
 def _cmd_stream_score(args: argparse.Namespace) -> int:
     return stream_command(args)
 
@@ -240,16 +251,7 @@ def add_data_parsers(sub: argparse._SubParsersAction) -> None:
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("generate", help="applicants month by month, their outcomes later, with an optional drift "
                                          "(docs/generated_data.md)")
-    p.add_argument("--months", type=int, required=True, help="how many months")
-    p.add_argument("--start", required=True, help="first month, YYYY-MM")
-    p.add_argument("--drift", default="none", choices=("none", "covariate", "concept", "both"),
-                   help="covariate: the population shifts; concept: the relation shifts; both")
-    p.add_argument("--onset", default="", help="the first drifted month, YYYY-MM (needed unless --drift none)")
-    p.add_argument("--output", required=True, help="folder for applicants/, outcomes/ and truth/")
-    p.add_argument("--rows-per-month", type=int, default=20_000, help="applicants a month (default 20000)")
-    p.add_argument("--outcome-lag", type=int, default=12, help="months until an outcome is known (default 12)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.set_defaults(handler=_cmd_data_generate)
+    add_generate_arguments(p).set_defaults(handler=_cmd_data_generate)
 
 
 def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
@@ -342,7 +344,7 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="data drift against the model's training data")
+    p = sub.add_parser("monitor", help="data drift against the model's training data; realized performance")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
     p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
@@ -351,6 +353,10 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                    help="log the report as an MLflow run (default: yes)")
     p.set_defaults(handler=_cmd_monitor_drift)
+
+    p = mon.add_parser("performance", help="realized performance of the scored batches by vintage, once outcomes "
+                                           "are known (exit 3: the latest vintage decayed)")
+    add_performance_arguments(p).set_defaults(handler=_cmd_monitor_performance)
 
 
 def add_ops_parsers(sub: argparse._SubParsersAction) -> None:

@@ -9,26 +9,20 @@ import pandas as pd
 import pytest
 
 from creditflow.cli import main
+from creditflow.data.calendar import month_range
 from creditflow.data.months import (
     FEATURES,
     LATE_WEIGHT,
-    add_months,
     drifted_log_odds,
     generate_month,
     generate_months,
     labelled_window,
-    month_range,
 )
 from creditflow.data.synthetic import TARGET, sigmoid, true_log_odds
 from creditflow.errors import DataError
 from creditflow.train.metrics import rank_auc
 
 ROWS = 4000
-
-
-def test_months_count_across_years() -> None:
-    assert month_range("2025-11", 4) == ["2025-11", "2025-12", "2026-01", "2026-02"]
-    assert add_months("2025-01", 12) == "2026-01"
 
 
 def test_a_month_is_reproducible_per_seed_and_independent_of_the_others() -> None:
@@ -45,7 +39,7 @@ def test_covariate_drift_lowers_incomes_and_raises_utilisation_under_the_same_re
     before = generate_month(0, "2025-09", "covariate", "2025-10", rows=ROWS)
     after = generate_month(0, "2025-10", "covariate", "2025-10", rows=ROWS)  # same draws, shifted
     income_ratio = after.applicants["MonthlyIncome"].median() / before.applicants["MonthlyIncome"].median()
-    assert 0.65 < income_ratio < 0.75
+    assert 0.55 < income_ratio < 0.65
     util = "RevolvingUtilizationOfUnsecuredLines"
     assert after.applicants[util].median() > before.applicants[util].median() + 0.1
     np.testing.assert_allclose(after.truth["true_probability"], sigmoid(true_log_odds(after.applicants)))

@@ -41,6 +41,15 @@ def test_categorical_bins_put_unseen_categories_in_other() -> None:
     assert profile.counts(pd.Series(["mortgage", "rent", None, None], dtype=object)).tolist() == [0, 1, 1, 2]
 
 
+def test_every_bin_has_a_label_for_the_chart() -> None:
+    numeric = profile_column(pd.Series([0.5, 1.0, 1.0, 2.0, 3.0, None]), categorical=False)
+    assert len(numeric.bin_labels()) == len(numeric.shares)
+    assert numeric.bin_labels()[0].startswith("< ") and numeric.bin_labels()[-2:] == [f">= {numeric.edges[-1]:.3g}",
+                                                                                      "missing"]
+    categorical = profile_column(pd.Series(["rent", "own"], dtype=object), categorical=True)
+    assert categorical.bin_labels() == ["own", "rent", "other", "missing"]
+
+
 def test_a_profile_round_trips_through_json(small_spec: DatasetSpec, small_data: CreditData) -> None:
     profile = reference_profile(small_data.X, small_spec, np.linspace(0, 1, len(small_data.X)))
     again = ReferenceProfile.model_validate_json(profile.model_dump_json())

@@ -101,6 +101,8 @@ def test_drift_of_the_same_population_is_stable_and_logged(model: TrainingOutcom
     assert len(runs) == before + 1 and runs[0].data.tags["drift_status"] == "stable"
     assert runs[0].data.tags["model_version"] == model.registered_version
     assert runs[0].data.metrics["psi.MonthlyIncome"] == pytest.approx(report["columns"]["MonthlyIncome"]["psi"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}
+    assert {"drift_report.json", "drift_distributions.png"} <= artifacts
 
 
 def test_a_major_shift_exits_3_naming_the_columns_and_keeps_the_report(

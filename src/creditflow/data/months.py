@@ -9,14 +9,14 @@ true log-odds of each drift kind are in docs/generated_data.md.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from creditflow.data.calendar import DRIFT_KINDS, MONTH_PATTERN, Drift, add_months, check_month, month_range
 from creditflow.data.io import read_table
 from creditflow.data.synthetic import (
     ID_COLUMN,
@@ -33,17 +33,14 @@ from creditflow.data.synthetic import (
 )
 from creditflow.errors import DataError
 
-Drift = Literal["none", "covariate", "concept", "both"]
-DRIFT_KINDS: tuple[str, ...] = get_args(Drift)
 FEATURES: tuple[str, ...] = RAW_COLUMNS[1:]
 KNOWN_MONTH = "known_month"
 PROBABILITY = "true_probability"
 FOLDERS = ("applicants", "outcomes", "truth")
-MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 # --- covariate drift: the population from the onset on (see docs/generated_data.md) ------------------
-INCOME_FACTOR = 0.7  # reported incomes fall by 30 %
-UTILISATION_LOGIT_SHIFT = 0.9  # utilisation in (0, 1) moves up on the logit scale
+INCOME_FACTOR = 0.6  # reported incomes fall by 40 %
+UTILISATION_LOGIT_SHIFT = 1.3  # utilisation in (0, 1) moves up on the logit scale
 # --- concept drift: the true log-odds from the onset on, as weights on the terms of synthetic.true_log_odds ---
 LATE_WEIGHT = 2.5  # late payments weigh 2.5 times as much
 UTILISATION_WEIGHT = 0.2  # utilisation keeps a fifth of its weight (still increasing)
@@ -65,25 +62,6 @@ class LabelledWindow(NamedTuple):
 
     frame: pd.DataFrame
     months: list[str]
-
-
-def check_month(text: str, what: str = "month") -> str:
-    """A YYYY-MM month, or a one-line error naming what it was meant to be."""
-    if not MONTH_PATTERN.match(str(text)):
-        raise DataError(f"{what} must be a month as YYYY-MM, got '{text}'")
-    return str(text)
-
-
-def add_months(month: str, count: int) -> str:
-    """The month `count` months after `month` (YYYY-MM)."""
-    year, mon = map(int, check_month(month).split("-"))
-    index = year * 12 + mon - 1 + count
-    return f"{index // 12:04d}-{index % 12 + 1:02d}"
-
-
-def month_range(start: str, count: int) -> list[str]:
-    """`count` consecutive months from `start`."""
-    return [add_months(start, i) for i in range(count)]
 
 
 def shift_population(features: pd.DataFrame, strength: float) -> pd.DataFrame:

@@ -48,6 +48,16 @@ class ColumnProfile(BaseModel):
             binned, bins = np.searchsorted(edges, present.to_numpy("float64"), side="right"), len(edges) + 1
         return np.append(np.bincount(binned, minlength=bins), missing.sum()).astype("float64")
 
+    def bin_labels(self) -> list[str]:
+        """A label for each bin, in the order of `counts` (for charts): value ranges or categories, then missing."""
+        if self.kind == "categorical":
+            return [*self.categories, "other", "missing"]
+        cuts = [f"{e:.3g}" for e in self.edges]
+        if not cuts:
+            return ["all", "missing"]
+        inner = [f"[{low}, {high})" for low, high in zip(cuts, cuts[1:], strict=False)]
+        return [f"< {cuts[0]}", *inner, f">= {cuts[-1]}", "missing"]
+
 
 class ReferenceProfile(BaseModel):
     """The training population as the monitor compares batches with it."""

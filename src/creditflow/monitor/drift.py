@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
 from creditflow.errors import CreditflowError, DataError
 from creditflow.model.profile import ColumnProfile, load_profile, psi
+from creditflow.monitor.charts import distributions_figure
 from creditflow.registry.client import check_tracking_server, model_files, resolve_model
 from creditflow.specs import DEFAULT_MODEL_NAME
 
@@ -32,6 +33,7 @@ SCORE_LABEL = "Score (probability of default)"
 NOT_COMPUTABLE = "not computable: no row within the value rules was scored"
 MIN_ROWS = 20  # fewer rows give shares (and a PSI) that say nothing
 MONITOR_EXPERIMENT = f"{DEFAULT_MODEL_NAME}-monitoring"
+CHART_COLUMNS = 4  # input columns the distributions chart shows, most shifted first (and the score)
 
 Status = Literal["stable", "moderate shift", "major shift"]
 
@@ -55,6 +57,7 @@ class Drift:
     psi: float
     reference: list[float]
     batch: list[float]
+    bins: list[str] = field(default_factory=list)  # each share's bin, for the chart
 
     @property
     def status(self) -> Status:
@@ -64,7 +67,7 @@ class Drift:
 def column_drift(column: str, label: str, profile: ColumnProfile, values: pd.Series) -> Drift:
     counts = profile.counts(values)
     shares = counts / max(counts.sum(), 1.0)
-    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist())
+    return Drift(column, label, psi(profile.shares, shares), profile.shares, shares.tolist(), profile.bin_labels())
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,13 @@ def log_report(report: DriftReport, run_id: str | None = None, experiment: str =
                            "drift.rows": report.rows, "drift.rows_scored": report.rows_scored})
         mlflow.log_metrics({f"psi.{d.column}": d.psi for d in report.drifts})
         mlflow.log_dict(report.to_dict(), "drift_report.json")
+        mlflow.log_figure(distributions_figure(most_shifted(report)), "drift_distributions.png")
     return run.info.run_id
+
+
+def most_shifted(report: DriftReport, columns: int = CHART_COLUMNS) -> list[Drift]:
+    """The `columns` input columns of largest PSI, largest first, then the score (when it was computable)."""
+    return [*sorted(report.columns, key=lambda d: -d.psi)[:columns], *([report.score] if report.score else [])]
 
 
 def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
@@ -165,7 +174,8 @@ def alert_if_major(report: DriftReport) -> None:
         raise DriftAlert(f"major shift against the training data in {shifted}: investigate, then retrain")
 
 
-def write_report(report: DriftReport, path: str | Path) -> None:
+def write_report(report: Any, path: str | Path) -> None:
+    """A report (anything with `to_dict`: drift, performance) as JSON; one line if the file cannot be written."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report.to_dict(), indent=2))

@@ -6,6 +6,7 @@ performance report (`monitor.performance`) and the retraining loop read it. No M
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +28,7 @@ class MonitoringPolicy(BaseModel):
     """Alarm when the observed default rate is credibly (its whole interval) this far above the expected one."""
     interval_level: float = Field(0.95, gt=0.5, lt=1)
     """Confidence level of every bootstrap interval."""
-    bootstrap_samples: int = Field(500, ge=50)
+    bootstrap_samples: int = Field(200, ge=50)
     """Bootstrap resamples per vintage."""
     bootstrap_seed: int = 0
     """Seed of the bootstrap, so a report is reproducible."""
@@ -43,3 +44,15 @@ def load_monitoring_policy(path: str | Path = DEFAULT_MONITORING_POLICY) -> Moni
     """The policy from YAML; a missing file or a bad field is one SpecError line."""
     path = Path(path)
     return validated(MonitoringPolicy, read_yaml(path, "monitoring policy"), str(path))
+
+
+def add_performance_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `creditflow monitor performance`."""
+    p.add_argument("--outcomes", required=True, help="folder of outcome files named by vintage (YYYY-MM.csv)")
+    p.add_argument("--predictions", default="predictions", help="the batch job's output directory")
+    p.add_argument("--as-of", default="", help="judge on the outcomes known by this month, YYYY-MM (default: now)")
+    p.add_argument("--policy", default=str(DEFAULT_MONITORING_POLICY), help="monitoring policy YAML")
+    p.add_argument("--report", default="", help="also write the report as JSON to this file")
+    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log one MLflow run per vintage (default: yes)")
+    return p

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
-from mlflow.exceptions import MlflowException
 
-from creditflow.registry.client import in_step, quoted, require_model, stages, when
+from creditflow.registry.client import experiment_id, in_step, quoted, require_model, stages, when
 from creditflow.registry.gates import Evaluation
 from creditflow.registry.policy import PromotionPolicy, PromotionRequest
 
@@ -24,13 +23,7 @@ TAG = "creditflow."
 
 def audit_experiment(client: MlflowClient) -> str:
     """The id of the `model-promotions` experiment, created on first use (racing creators agree)."""
-    found = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(AUDIT_EXPERIMENT)
-    except MlflowException:
-        return client.get_experiment_by_name(AUDIT_EXPERIMENT).experiment_id
+    return experiment_id(client, AUDIT_EXPERIMENT)
 
 
 

@@ -178,3 +178,24 @@ def in_step(client: MlflowClient, name: str) -> bool:
 
 def when(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(float(epoch_seconds), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of an experiment, created on first use (racing creators agree); the active experiment is left alone."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def held_out_auc(client: MlflowClient, name: str, version: str) -> float | None:
+    """A registered version's held-out ROC AUC from training (its `test_roc_auc` tag, else its run's metric)."""
+    with mlflow_errors(f"cannot read model {name} version {version}"):
+        mv = client.get_model_version(name, version)
+        if "test_roc_auc" in mv.tags:
+            return float(mv.tags["test_roc_auc"])
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    return metrics.get("test_roc_auc")

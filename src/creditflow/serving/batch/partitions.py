@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,18 @@ RENAME_EXCHANGE = 2  # <linux/fs.h>
 
 def partition_dir(root: Path, batch_id: str) -> Path:
     return root / f"batch_id={batch_id}"
+
+
+def published_batches(root: Path) -> dict[str, Path]:
+    """The published partitions under `root` by batch id, in id order (staging and trash are not partitions)."""
+    return {p.name.removeprefix("batch_id="): p for p in sorted(root.glob("batch_id=*")) if p.is_dir()}
+
+
+def read_partition(path: Path, columns: list[str]) -> pa.Table:
+    """The given columns of a published partition's Parquet files (a partition of no rows reads as empty)."""
+    files = sorted(path.glob("*.parquet"))
+    tables = [pq.read_table(f, columns=columns) for f in files if pq.ParquetFile(f).metadata.num_rows]
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in columns})
 
 
 def parquet_rows(path: Path) -> int:
