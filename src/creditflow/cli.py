@@ -18,8 +18,11 @@ from pathlib import Path
 from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
 from creditflow.monitor.policy import add_performance_arguments
+from creditflow.ops.tracking_server import add_tracking_server_arguments
+from creditflow.pipelines.arguments import add_retraining_parsers
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
+from creditflow.serving.batch.spark import add_batch_arguments
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
 
 Handler = Callable[[argparse.Namespace], int]
@@ -84,15 +87,18 @@ def promote_command(args: argparse.Namespace, on_step: Callable[[str], None] | N
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from creditflow.pipelines.retrain import retrain
-    from creditflow.registry.policy import load_policy
-    from creditflow.train.run import detach_project_run
+    from creditflow.pipelines.retrain import retrain_from_args
 
-    policy = load_policy(args.policy)
-    detach_project_run()
-    result = retrain(args.name, args.months, args.window, args.as_of or None, policy, args.output)
+    result = retrain_from_args(args)
     print(result.report(), flush=True)
     return result.decision.exit_code
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from creditflow.pipelines.replay import replay_from_args
+
+    print(replay_from_args(args).summary())
+    return 0
 
 
 def _cmd_registry_history(args: argparse.Namespace) -> int:
@@ -266,19 +272,6 @@ def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_registry_history)
 
 
-def add_retraining_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("retrain", help="train the champion's spec on the most recent labelled months, then promote "
-                                       "it through the gates if it is better (exit 0 promoted, 3 refused)")
-    p.add_argument("--window", type=int, default=6, help="labelled months to train on (default 6)")
-    p.add_argument("--months", default="data/months/", help="folder of applicants/ and outcomes/ (data generate)")
-    p.add_argument("--as-of", default="", help="the month outcomes are known by, YYYY-MM (default: the latest "
-                                               "month of applicants)")
-    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model whose champion is retrained")
-    p.add_argument("--policy", default="experiments/promotion.yaml", help="promotion policy YAML (gate thresholds)")
-    p.add_argument("--output", default="data/retrain/", help="where the window and the evaluation month are written")
-    p.set_defaults(handler=_cmd_retrain)
-
-
 def add_reload_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reload-seconds", type=float, default=None,
                    help="how often an alias is re-resolved and a new version swapped in (default 30; 0: pinned)")
@@ -323,16 +316,7 @@ def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="batch scoring")
     score = p.add_subparsers(dest="score_command", required=True)
     p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI} (pinned to its version)")
-    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
-    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
-    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
-    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
-    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
-    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
-                                               "(default: sqlite under --output)")
-    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
-    p.set_defaults(handler=score_batch_command)
+    add_batch_arguments(p).set_defaults(handler=score_batch_command)
 
     p = sub.add_parser("predictions", help="read stored batch predictions")
     pred = p.add_subparsers(dest="predictions_command", required=True)
@@ -362,25 +346,16 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
 def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tracking-server", help="the MLflow tracking server, after start-up checks "
                                                "(scripts/start_tracking_server.sh)")
-    p.add_argument("--profile", required=True, choices=("local", "production"),
-                   help="local: SQLite ./mlflow.db + ./mlartifacts; production: PostgreSQL + S3 (.env.example)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
-    p.add_argument("--auth", action="store_true", help="MLflow basic auth: users and per-experiment permissions")
-    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
-    p.add_argument("--env-file", default=".env", help="file of MLflow variables (default .env; the environment wins)")
-    p.add_argument("--state-dir", default=".tracking-server", help="where the generated auth config is kept")
-    p.add_argument("--check-only", action="store_true", help="run the start-up checks, then exit")
-    p.set_defaults(handler=_cmd_tracking_server)
+    add_tracking_server_arguments(p).set_defaults(handler=_cmd_tracking_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
-                add_registry_parsers, add_retraining_parsers, add_ops_parsers):
+                add_registry_parsers, add_ops_parsers):
         add(sub)
+    add_retraining_parsers(sub, _cmd_retrain, _cmd_replay)
     return parser
 
 

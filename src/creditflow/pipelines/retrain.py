@@ -10,22 +10,24 @@ training run's data source, the audit's evaluation data), so both decisions can 
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from creditflow.data.calendar import check_month
 from creditflow.data.dataset import load_dataset
-from creditflow.data.months import check_month, labelled_window, month_files
+from creditflow.data.months import labelled_window, month_files
 from creditflow.data.synthetic import ID_COLUMN
 from creditflow.errors import DataError, SpecError, TrackingError
 from creditflow.registry.audit import TAG
 from creditflow.registry.client import check_tracking_server, mlflow_errors, require_model
-from creditflow.registry.policy import PromotionPolicy, PromotionRequest
+from creditflow.registry.policy import PromotionPolicy, PromotionRequest, load_policy
 from creditflow.registry.promote import Decision, promote
 from creditflow.train.held_out import run_specs
-from creditflow.train.run import train_and_log
+from creditflow.train.run import detach_project_run, train_and_log
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +138,11 @@ def retrain(name: str, folder: str | Path, window: int, as_of: str | None, polic
     request = PromotionRequest(name=name, version=outcome.registered_version, data=str(evaluate_path),
                                data_rows="all", reason=reason)
     return Retrained(plan, str(outcome.registered_version), outcome.run_id, promote(request, policy))
+
+
+def retrain_from_args(args: argparse.Namespace) -> Retrained:
+    """`creditflow retrain` (pipelines.arguments.add_retrain_arguments): the policy loaded, then `retrain` (under
+    `mlflow run`, its runs land in their own experiments, not the project run)."""
+    policy = load_policy(args.policy)
+    detach_project_run()
+    return retrain(args.name, args.months, args.window, args.as_of or None, policy, args.output)
