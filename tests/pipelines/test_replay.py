@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
 
+from creditflow.data.dataset import read_applicants
 from creditflow.data.months import generate_months
 from creditflow.errors import SpecError
-from creditflow.monitor.drift import Drift, DriftReport
-from creditflow.monitor.performance import MEASURED, PerformanceReport, VintagePerformance
+from creditflow.monitor.drift import Drift, DriftReport, drift_report
+from creditflow.monitor.performance import MEASURED, PerformanceReport, VintagePerformance, performance_report
 from creditflow.monitor.policy import MonitoringPolicy
 from creditflow.pipelines.replay import (
     ReplaySpec,
@@ -22,8 +24,12 @@ from creditflow.pipelines.replay import (
     psi_alarm,
     run_replay,
 )
+from creditflow.registry.client import resolve_model
+from creditflow.registry.gates import probabilities
 from creditflow.train.metrics import rank_auc
-from tests.conftest import EXPERIMENTS
+from creditflow.train.run import TrainingOutcome
+from tests.conftest import CHAMPION, EXPERIMENTS
+from tests.monitor.batches import write_batch
 
 POLICY = MonitoringPolicy()
 
@@ -82,6 +88,30 @@ def test_the_shipped_replay_spec_and_its_overrides(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("start: 2025-13\n")
     with pytest.raises(SpecError, match="'start'"):
         load_replay_spec(tmp_path / "bad.yaml")
+
+
+@pytest.mark.slow
+def test_twelve_undrifted_months_raise_no_alarm_and_a_shifted_population_does(model: TrainingOutcome,
+                                                                              tmp_path: Path) -> None:
+    """The loop's two alarms on real reports, month by month: twelve months without drift (2025), then incomes and
+    utilisation shifted from 2026-01. Scored with the session's champion (its pyfunc: the batch job is the concept
+    scenario's), judged by the shipped monitoring policy."""
+    months = tmp_path / "months"
+    generate_months(months, 14, "2025-01", "covariate", "2026-01", rows_per_month=3_000, outcome_lag=1, seed=11)
+    champion = resolve_model(CHAMPION)
+    scorer = mlflow.pyfunc.load_model(champion.uri)
+    alarms = {}
+    for path in sorted((months / "applicants").glob("*.csv")):
+        month, rows = path.stem, read_applicants(path, champion.dataset, ids=True)  # typed as the model reads them
+        write_batch(tmp_path / "predictions", month, rows["Id"].to_numpy(),
+                    probabilities(scorer, rows.drop(columns=["Id"])), champion.version, run_id=champion.run_id)
+        performance = performance_report(tmp_path / "predictions", months / "outcomes", POLICY, as_of=month)
+        alarms[month] = (psi_alarm(drift_report(CHAMPION, path), POLICY),
+                         performance_alarm(performance, "credit-default", champion.version))
+    assert performance.latest.vintage == "2026-01"  # every month but the last was judged once known
+    assert {m: a for m, a in alarms.items() if m < "2026-01" and any(a)} == {}  # no false alarm in 12 months
+    for month in ("2026-01", "2026-02"):
+        assert alarms[month][0] is not None and alarms[month][0].startswith("PSI "), alarms[month]
 
 
 # ---------------------------------------------------------------- scenarios end to end
