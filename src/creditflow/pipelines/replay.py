@@ -64,7 +64,7 @@ class ReplaySpec(BaseModel):
     drift: Drift = "concept"
     onset: str | None = Field("2025-10", pattern=MONTH)
     rows_per_month: int = Field(20_000, ge=500)
-    outcome_lag: int = Field(2, ge=0)
+    outcome_lag: int = Field(1, ge=0)
     seed: int = 42
     experiment: str = "replay_champion.yaml"  # the first champion's spec, which every retrain then reuses
     first_rows: int = Field(50_000, ge=1_000)  # rows of the embedded default the first champion learns from
