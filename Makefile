@@ -24,8 +24,10 @@ demo: setup ## run the main pipeline (generated data, SQLite tracking in ./mlflo
 demo-decay: setup ## replay 18 months of drifting applicants: score, monitor, retrain, promote (README: Model decay)
 	$(VENV)/bin/mlflow run . -e replay --env-manager local
 
+TEST_WORKERS ?= 2  # pytest-xdist workers: most tests wait on servers and subprocesses, so two share 2 cores well
+
 test: setup ## run every test (unit, integration, spark)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest -q -m "not integration and not spark and not slow"

@@ -38,6 +38,9 @@ FIXTURES = ROOT / "tests" / "fixtures"
 REGISTRY_DRIVER = ROOT / "tests" / "registry_driver.py"
 VENV_BIN = Path(sys.executable).parent
 SMALL_ROWS = 6_000
+REDIS = "redis://127.0.0.1:6379/15"  # the tests' database on the machine's Redis
+# modules sharing that database (applicant keys of the same dataset) run on one pytest-xdist worker, one at a time
+ON_REDIS = pytest.mark.xdist_group("redis")
 CHAMPION = "models:/credit-default@champion"
 
 # fixture -> the marker a test using it (directly or through another fixture) must carry
@@ -265,6 +268,57 @@ def own_champion_store(champion_store: ChampionStore, tmp_path: Path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri, champion_store.outcome
+
+
+# ---------------------------------------------------------------- segment models (many models)
+
+SEGMENT_COLUMN = "Region"
+SEGMENTS = ("R01", "R02", "R03")  # R01 promoted, R02 registered without a champion, R03 never registered
+
+
+def with_regions(frame: Any) -> Any:
+    """The frame with a Region column added by pandas: R01, R02, R03 in turn, row after row."""
+    import numpy as np
+
+    return frame.assign(**{SEGMENT_COLUMN: np.array(SEGMENTS)[np.arange(len(frame)) % len(SEGMENTS)]})
+
+
+@dataclass(frozen=True)
+class SegmentStore:
+    root: Path
+    uri: str
+    versions: dict[str, str]  # segment -> its registered version (R01, R02)
+    fallback: str  # the global champion's model_version label
+
+
+def register_segment_model(segment: str, spec: DatasetSpec, data: CreditData) -> str:
+    """Train the logistic baseline on one segment's rows, registered as credit-default-<segment> with the
+    contract's registered-model tags; its version."""
+    import dataclasses
+
+    rows = (with_regions(data.X)[SEGMENT_COLUMN] == segment).to_numpy()
+    part = dataclasses.replace(data, X=data.X[rows], y=data.y[rows], ids=data.ids[rows],
+                               true_probability=None if data.true_probability is None else data.true_probability[rows])
+    name = f"credit-default-{segment}"
+    outcome = train_and_log(champion_experiment().with_overrides(register_as=name), spec, part)
+    client = mlflow.MlflowClient()
+    for key, value in {"segment": segment, "segment_column": SEGMENT_COLUMN, "global_model": "credit-default"}.items():
+        client.set_registered_model_tag(name, key, value)
+    return str(outcome.registered_version)
+
+
+@pytest.fixture(scope="session")
+def segment_store(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory, small_spec: DatasetSpec,
+                  small_data: CreditData) -> SegmentStore:
+    """A copy of the session's champion store plus segment models trained on their rows of the small data:
+    credit-default-R01 (@champion), credit-default-R02 (registered, no champion); R03 has none. Read-only:
+    a test that moves aliases copies it (`copy_store`)."""
+    root = tmp_path_factory.mktemp("segment-store")
+    uri = copy_store(champion_store.root, root / "store")
+    with tracking_at(uri, cwd=root / "store"):
+        versions = {s: register_segment_model(s, small_spec, small_data) for s in SEGMENTS[:2]}
+        mlflow.MlflowClient().set_registered_model_alias("credit-default-R01", "champion", versions["R01"])
+    return SegmentStore(root / "store", uri, versions, f"credit-default/{champion_store.outcome.registered_version}")
 
 
 def spark_test_config(**changes: object) -> Any:

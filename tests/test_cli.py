@@ -10,7 +10,7 @@ import pytest
 
 from creditflow import cli
 from creditflow.cli import main
-from tests.conftest import EXPERIMENTS, free_port, subprocess_env
+from tests.conftest import EXPERIMENTS, ROOT, free_port, subprocess_env
 
 
 def test_unknown_spec(capsys) -> None:
@@ -70,3 +70,15 @@ def test_commands_run_without_artifact_progress_bars_and_restore_the_setting(mon
     monkeypatch.setenv(cli.PROGRESS_BARS, "true")
     assert cli.main(["predictions", "get", "--id", "1"]) == 0
     assert seen == ["false"] and os.environ[cli.PROGRESS_BARS] == "true"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    ([], "give one of --model-uri (one model) and --deployment"),
+    (["--model-uri", "models:/credit-default@champion", "--deployment", "serving/segments.yaml"], "give one of"),
+    (["--deployment", "serving/online.yaml"], "no `segments:` block"),
+])
+def test_batch_scoring_takes_a_model_or_a_deployment(capsys, argv: list[str], words: str) -> None:
+    argv = [str(ROOT / a) if a.startswith("serving/") else a for a in argv]
+    assert main(["score", "batch", "--input", "in.parquet", "--output", "out", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err

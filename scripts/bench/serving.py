@@ -14,9 +14,21 @@ memory (RSS of its process tree) every 5 s; it fails (exit 1) on any error or on
 `--swap` measures following the registry (scripts/bench/swap.py): 1-row requests at the first
 `--concurrency` in steady state, in the window around a hot swap, and with a shadow model on.
 
+`--segments N` measures a segmented deployment (scripts/bench/segmented.py): N segment models plus the
+global one in one server vs the global model alone: start-up time, RSS, 1-row p50/p99 at concurrency 8.
+
+`--families` serves the champions you deploy (logistic, XGBoost 300x6, HistGradientBoosting as the demo tunes
+it, a categorical spec) side by side with MLServer on the same models and a constant-answer app on the same
+server stack (the HTTP floor); `--by-id` compares scoring by id with full-payload requests on the same server
+(scripts/bench/deployed.py says what each row means).
+
     .venv/bin/python scripts/bench/serving.py                      # comparison, 3 runs x 10 s
     .venv/bin/python scripts/bench/serving.py --soak --seconds 60  # many requests, memory flat
     .venv/bin/python scripts/bench/serving.py --swap --concurrency 8 --experiment hist_gradient_boosting.yaml
+    .venv/bin/python scripts/bench/serving.py --segments 20 --train-rows 150000     # many models, one endpoint
+    .venv/bin/python scripts/bench/serving.py --families --rows 1 --concurrency 1 8 32 --runs 5
+    .venv/bin/python scripts/bench/serving.py --by-id --concurrency 1 8
+    .venv/bin/python scripts/bench/serving.py --families --quick     # a few hundred requests: does it work
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import deployed  # scripts/bench/deployed.py, beside this file
 import requests
+import segmented  # scripts/bench/segmented.py, beside this file
 import swap  # scripts/bench/swap.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +143,17 @@ def wait_ready(endpoints: list[Endpoint], timeout: float = 180) -> None:
             time.sleep(0.3)
 
 
+def stop(endpoints: list[Endpoint]) -> None:
+    """Terminate every server, then wait for each (killed after 30 s)."""
+    for ep in endpoints:
+        ep.proc.terminate()
+    for ep in endpoints:
+        try:
+            ep.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ep.proc.kill()
+
+
 def bodies(X, rows: int, count: int = 40) -> list[str]:
     """`count` request bodies of `rows` held-out applicants each (dataframe_split)."""
     out = []
@@ -138,10 +163,10 @@ def bodies(X, rows: int, count: int = 40) -> list[str]:
     return out
 
 
-def run_wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
+def run_wrk(url: str, script: Path, concurrency: int, seconds: int, path: str = "/invocations") -> dict:
     threads = min(concurrency, 2)
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
-           f"{url}/invocations"]
+           f"{url}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
@@ -249,15 +274,22 @@ def main() -> int:
                         choices=["stock", "plain", "ours"], help="which endpoints to compare")
     parser.add_argument("--soak", action="store_true", help="only `ours`, >= 60 s per combination, memory sampled")
     parser.add_argument("--swap", action="store_true", help="steady vs hot swap vs shadow on (scripts/bench/swap.py)")
+    parser.add_argument("--segments", type=int, default=0,
+                        help="N segment models + the global one vs the global alone (scripts/bench/segmented.py)")
+    add_family_options(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
         return 2
+    if args.families or args.by_id:
+        return family_modes(args)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.chdir(tmp)
         ours_uri, stock_uri, X = prepare_models(args.train_rows, args.experiment)
+        if args.segments:
+            return segmented.serving_bench(args.segments, ours_uri, X, args, tmp, run_wrk, sys.modules[__name__])
         names = ["ours"] if args.soak else ["follow", "shadow"] if args.swap else args.endpoints
         commands = {
             "stock": [str(BIN / "mlflow"), "models", "serve", "-m", stock_uri, "--env-manager", "local"],
@@ -287,13 +319,43 @@ def main() -> int:
             compare(endpoints, X, args, tmp)
             return 0
         finally:
-            for ep in endpoints:
-                ep.proc.terminate()
-            for ep in endpoints:
-                try:
-                    ep.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    ep.proc.kill()
+            stop(endpoints)
+
+
+def add_family_options(parser: argparse.ArgumentParser) -> None:
+    """Options of --families and --by-id (scripts/bench/deployed.py)."""
+    parser.add_argument("--families", nargs="?", const="logistic,xgboost,hist_gradient_boosting,categorical-xgboost",
+                        default="", help="the deployed champions side by side with MLServer and the HTTP floor; "
+                        "optionally which (comma-separated; categorical-FAMILY for the categorical spec)")
+    parser.add_argument("--by-id", nargs="?", const="logistic,xgboost,hist_gradient_boosting", default="",
+                        help="by-id against full-payload requests on the same server; optionally which champions")
+    parser.add_argument("--no-mlserver", action="store_true", help="--families without the MLServer rows")
+    parser.add_argument("--inproc-calls", type=int, default=200, help="--families: in-process 1-row calls per round")
+    parser.add_argument("--applicants", type=int, default=2000, help="--by-id: applicants in the feature store")
+    parser.add_argument("--redis-db", type=int, default=14, help="--by-id: Redis database (emptied first)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it work (no figures to publish)")
+
+
+def family_modes(args: argparse.Namespace) -> int:
+    """--families / --by-id, in a throwaway store; --quick shrinks everything to a few hundred requests."""
+    if args.quick:
+        args.train_rows, args.seconds, args.runs, args.inproc_calls, args.applicants = 3000, 1, 1, 20, 200
+        args.rows, args.concurrency = [1], [1, 8]
+    names = (args.families or args.by_id).split(",")
+    unknown = deployed.champions.unknown(names)
+    if unknown:
+        print(f"error: unknown champion(s) {', '.join(unknown)} (families: {', '.join(deployed.champions.FAMILIES)}, "
+              f"or categorical-FAMILY)", file=sys.stderr)
+        return 2
+    args.families = ",".join(names)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        os.chdir(tmp)
+        print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        code = (deployed.by_id_bench if args.by_id else deployed.families_bench)(args, tmp)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
+        return code
 
 
 if __name__ == "__main__":

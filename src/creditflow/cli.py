@@ -22,6 +22,7 @@ from creditflow.ops.tracking_server import add_tracking_server_arguments
 from creditflow.pipelines.arguments import add_retraining_parsers
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
+from creditflow.serving.arguments import add_features_arguments, add_serve_arguments, add_stream_arguments
 from creditflow.serving.batch.spark import add_batch_arguments
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
 
@@ -117,11 +118,15 @@ def score_batch_command(args: argparse.Namespace, on_step: Callable[[str], None]
     from creditflow.serving.batch.job import log_batch, run_batch
     from creditflow.serving.batch.plan import plan_batch
     from creditflow.serving.batch.spark import load_batch_config, start_spark
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
     config = load_batch_config(args.config or None, master=args.master)
+    if bool(args.model_uri) == bool(args.deployment):
+        raise CreditflowError("give one of --model-uri (one model) and --deployment (a segmented deployment)")
+    deployment = load_deployment(args.deployment) if args.deployment else None
     launcher = detach_project_run()
-    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table)
+    plan = plan_batch(args.model_uri, args.input, args.output, args.batch_id, args.id_column, args.table, deployment)
     spark = start_spark(config)  # only after the model and the input's columns are checked
     try:
         result = run_batch(spark, plan, config.progress_seconds, on_step or no_step)
@@ -154,10 +159,20 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
 
 def _cmd_monitor_drift(args: argparse.Namespace) -> int:
     from creditflow.monitor.drift import alert_if_major, monitor_drift
+    from creditflow.monitor.segments import monitor_segments
+    from creditflow.serving.segments import load_deployment
     from creditflow.train.run import detach_project_run
 
+    deployment = load_deployment(args.deployment) if args.deployment else None
+    if deployment and args.model_uri not in ("", deployment.fallback):
+        raise CreditflowError(f"--model-uri {args.model_uri} is not the deployment's fallback {deployment.fallback}: "
+                              "give one of --model-uri and --deployment")
     launcher = detach_project_run()
-    alert_if_major(monitor_drift(args.model_uri, args.input, args.report, args.log, launcher))
+    if deployment:
+        report = monitor_segments(deployment, args.input, args.report, args.log, launcher)
+    else:
+        report = monitor_drift(args.model_uri or CHAMPION_URI, args.input, args.report, args.log, launcher)
+    alert_if_major(report)
     return 0
 
 
@@ -178,11 +193,15 @@ def stream_command(args: argparse.Namespace, on_step: Callable[[str], None] | No
     """`creditflow stream score`; `on_step` is the scorer's step hook (kill tests stop the process at a step)."""
     from creditflow.registry.lease import no_step
     from creditflow.serving.live import LiveModel, fetch
-    from creditflow.serving.stream import StreamScorer, load_stream_config
+    from creditflow.serving.segments import SegmentRouter, follow_deployment
+    from creditflow.serving.stream import StreamScorer
+    from creditflow.serving.stream_config import load_stream_config
 
     config = load_stream_config(args.config, model_uri=args.model_uri, store=args.store,
                                 reload_seconds=args.reload_seconds)
-    live = LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream")
+    live: LiveModel | SegmentRouter = (
+        follow_deployment(config.segments, config.reload_seconds, "stream") if config.segments
+        else LiveModel(config.model_uri, fetch(config.model_uri), config.reload_seconds, "stream"))
     scorer = StreamScorer(config, live, on_step=on_step or no_step)
     following = f", following {config.model_uri} every {config.reload_seconds:g} s" if live.follows else ""
     print(f"[stream] scoring {config.events_stream} of {config.store} with {live.current.label} as "
@@ -272,44 +291,17 @@ def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_registry_history)
 
 
-def add_reload_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reload-seconds", type=float, default=None,
-                   help="how often an alias is re-resolved and a new version swapped in (default 30; 0: pinned)")
-
-
 def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the REST endpoint: MLflow's scoring app with request limits and safe errors")
-    p.add_argument("--config", default="", help="serving config YAML, e.g. serving/online.yaml")
-    p.add_argument("-m", "--model-uri", default=None, help=f"model to serve (default {CHAMPION_URI})")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("-p", "--port", type=int, default=None, help="port (default 5001)")
-    p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
-    p.add_argument("--feature-store", default=None,
-                   help="redis://host:port/db of precomputed features: enables POST /invocations/by-id")
-    add_reload_argument(p)
-    p.add_argument("--shadow", default=None,
-                   help="a model scored on the same requests off the response path, e.g. models:/NAME@challenger")
-    p.set_defaults(handler=_cmd_serve)
-
+    add_serve_arguments(p).set_defaults(handler=_cmd_serve)
     p = sub.add_parser("features", help="precomputed applicant features for online prediction by id")
     feat = p.add_subparsers(dest="features_command", required=True)
     p = feat.add_parser("load", help="write a file of applicants' features into the feature store (Redis)")
-    p.add_argument("--model-uri", default=CHAMPION_URI, help="whose dataset spec to read by")
-    p.add_argument("--input", required=True, help="applicants with their id column: .csv or .parquet, or a directory")
-    p.add_argument("--store", default="redis://127.0.0.1:6379/0", help="feature store URL (default: local Redis)")
-    p.add_argument("--ttl-hours", type=float, default=0, help="expire each applicant's features (0: never)")
-    p.set_defaults(handler=_cmd_features_load)
-
+    add_features_arguments(p).set_defaults(handler=_cmd_features_load)
     p = sub.add_parser("stream", help="streaming prediction: batch plus streaming features, per event")
     stream = p.add_subparsers(dest="stream_command", required=True)
     p = stream.add_parser("score", help="consume the events stream, score each event's applicant, publish")
-    p.add_argument("--config", default="serving/stream.yaml", help="stream config YAML")
-    p.add_argument("--model-uri", default=None, help="override the config's model")
-    p.add_argument("--store", default=None, help="override the config's Redis URL")
-    p.add_argument("--max-events", type=int, default=0, help="stop after this many events (0: never)")
-    p.add_argument("--idle-seconds", type=float, default=0, help="stop after this long without events (0: never)")
-    add_reload_argument(p)
-    p.set_defaults(handler=_cmd_stream_score)
+    add_stream_arguments(p).set_defaults(handler=_cmd_stream_score)
 
 
 def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
@@ -331,7 +323,9 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("monitor", help="data drift against the model's training data; realized performance")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI}")
+    p.add_argument("--model-uri", default="", help=f"the model (default {CHAMPION_URI})")
+    p.add_argument("--deployment", default="", help="instead: a segmented deployment (serving/segments.yaml): "
+                                                    "each segment's rows against its model, and overall")
     p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
     p.add_argument("--report", default="", help="also write the report as JSON to this file")
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,

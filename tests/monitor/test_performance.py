@@ -43,7 +43,7 @@ def test_a_calibrated_model_at_its_promised_auc_raises_no_alarm() -> None:
     assert result.measured and low < result.figures["realized_roc_auc"] == auc < high
     rate_low, rate_high = result.intervals["observed_default_rate"]
     assert rate_low < result.figures["expected_default_rate"] < rate_high
-    assert result.alarms == ()
+    assert result.alarms == () and not result.alarm and result.auc_interval == (low, high)
 
 
 def test_the_interval_not_the_point_estimate_decides_the_auc_alarm() -> None:
@@ -54,7 +54,8 @@ def test_the_interval_not_the_point_estimate_decides_the_auc_alarm() -> None:
     assert auc < just_inside.validation_roc_auc - POLICY.auc_margin  # the point estimate alone would alarm
     assert just_inside.alarms == ()
     beyond = measure(vintage(y, p), validation_auc=high + POLICY.auc_margin + 0.001, policy=POLICY)
-    assert len(beyond.alarms) == 1 and "credibly more than 0.02 below the model's held-out AUC" in beyond.alarms[0]
+    assert beyond.alarm and len(beyond.alarms) == 1
+    assert "credibly more than 0.02 below the model's held-out AUC" in beyond.alarms[0]
 
 
 def test_defaults_credibly_above_expected_alarm() -> None:

@@ -32,9 +32,10 @@ from creditflow.serving.features import (
 )
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
-from tests.conftest import VENV_BIN, free_port, subprocess_env, wait_for_http
+from tests.conftest import ON_REDIS, REDIS, VENV_BIN, free_port, subprocess_env, wait_for_http
 
-REDIS = "redis://127.0.0.1:6379/15"
+pytestmark = ON_REDIS
+
 CLOSED = "redis://127.0.0.1:1/0"  # nothing listens there
 CHAMPION = "models:/credit-default@champion"
 

@@ -26,10 +26,13 @@ from creditflow.data.dataset import CreditData, split_data
 from creditflow.registry.evidence import shadow_evidence
 from creditflow.serving.features import FeatureStore
 from creditflow.serving.live import LiveModel, fetch
-from creditflow.serving.stream import StreamScorer, load_stream_config
+from creditflow.serving.stream import StreamScorer
+from creditflow.serving.stream_config import load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import train_and_log
 from tests.conftest import (
+    ON_REDIS,
+    REDIS,
     ROOT,
     VENV_BIN,
     ChampionStore,
@@ -42,12 +45,11 @@ from tests.conftest import (
     wait_for_http,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, ON_REDIS]
 
 NAME = "credit-default"
 RELOAD = 1.0  # seconds between registry polls in these tests
 LOAD_BUDGET = 30.0  # seconds a worker may take to download, load and warm a new version on a busy CI machine
-REDIS = "redis://127.0.0.1:6379/15"
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ from creditflow.data.dataset import CreditData
 from creditflow.errors import SpecError
 from creditflow.serving.features import FeatureStore
 from creditflow.serving.live import LiveModel, fetch
-from creditflow.serving.stream import StreamConfig, StreamScorer, load_stream_config
+from creditflow.serving.stream import StreamScorer
+from creditflow.serving.stream_config import StreamConfig, load_stream_config
 from creditflow.specs import DatasetSpec
 from creditflow.train.run import TrainingOutcome
-from tests.conftest import ROOT, VENV_BIN, subprocess_env
+from tests.conftest import ON_REDIS, REDIS, ROOT, VENV_BIN, subprocess_env
 
-pytestmark = pytest.mark.integration  # every test runs against the real Redis
+pytestmark = [pytest.mark.integration, ON_REDIS]  # every test runs against the real Redis
 
-REDIS = "redis://127.0.0.1:6379/15"
 CHAMPION = "models:/credit-default@champion"
 LATE_90 = "NumberOfTimes90DaysLate"
 OPEN_LINES = "NumberOfOpenCreditLinesAndLoans"
@@ -275,3 +275,29 @@ def test_a_scorer_killed_at_any_step_loses_and_duplicates_nothing(
     markers = [client.ttl(f"creditflow:stream:applied:{config.events_stream}:{i}") for i in ids]
     assert all(ttl - 300 < t <= ttl for t in markers), markers  # each applied-marker keeps its expiry
     assert not client.xpending(config.events_stream, config.group)["pending"]
+
+
+def test_a_segmented_scorer_routes_each_event_to_its_segments_model(segment_store, config: StreamConfig,
+                                                                     applicants: pd.DataFrame, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    from tests.conftest import tracking_at
+
+    path = tmp_path / "stream.yaml"
+    segments = {"column": "Region", "model": "models:/credit-default-{segment}@champion", "values": ["R01", "R02"]}
+    path.write_text(yaml.safe_dump({**config.model_dump(exclude={"model_uri"}), "segments": segments}))
+    first = applicants.Id[0]
+    send(config, {"applicant_id": first, "event": "late_payment_90", "Region": "R01"},
+         {"applicant_id": first, "event": "late_payment_90", "Region": "R02"},  # no champion: the fallback
+         {"applicant_id": first, "event": "late_payment_90"})  # no segment named: the fallback
+    with tracking_at(segment_store.uri):
+        assert main(["stream", "score", "--config", str(path), "--idle-seconds", "1"]) == 0
+        answers = [mlflow.pyfunc.load_model(f"models:/credit-default{s}@champion").predict(
+            applicants.iloc[[0]].drop(columns="Id").assign(**{LATE_90: n}).astype(float)).probability[0]
+            for s, n in (("-R01", 1.0), ("", 2.0), ("", 3.0))]
+    assert "3 events: 3 scored, 0 rejected" in capsys.readouterr().out
+    out = entries(config.predictions_stream)
+    r01 = f"credit-default-R01/{segment_store.versions['R01']}"
+    assert [(e["model_version"], e["segment_model"]) for e in out] == [
+        (r01, "true"), (segment_store.fallback, "false"), (segment_store.fallback, "false")]
+    assert out[0]["model_uri"] == f"models:/{r01}"
+    assert [float(e["probability"]) for e in out] == answers

@@ -9,8 +9,8 @@ from typing import Literal, get_args
 
 from creditflow.errors import DataError
 
-Drift = Literal["none", "covariate", "concept", "both"]
-DRIFT_KINDS: tuple[str, ...] = get_args(Drift)
+DriftKind = Literal["none", "covariate", "concept", "both"]
+DRIFT_KINDS: tuple[str, ...] = get_args(DriftKind)
 MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 

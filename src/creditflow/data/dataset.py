@@ -42,20 +42,23 @@ class Split:
     y_test: pd.Series
 
 
-def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False) -> pd.DataFrame:
+def read_applicants(path: str | Path, spec: DatasetSpec, ids: bool = False, segment: str = "") -> pd.DataFrame:
     """A file of applicants as the model reads them: its raw columns typed; one line naming missing columns.
 
     A nullable column may be absent, as the model's signature allows: it is missing in every row.
     With `ids`, the spec's id column (Kaggle's unnamed first column counts) comes first, as text; a spec
-    without one is a one-line error.
+    without one is a one-line error. A `segment` column (a routing key, no model input) is kept last, as text.
     """
     id_column = spec.require_id_column("reading applicants by id") if ids else None
     frame = _named_id_column(read_table(path), spec)
     needed = ([id_column] if id_column else []) + [raw for raw, col in spec.columns.items() if not col.nullable]
-    missing = [c for c in needed if c not in frame.columns]
+    missing = [c for c in [*needed, *([segment] if segment else [])] if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s): {', '.join(missing)}")
     X = coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin=str(path))
+    if segment:
+        X[segment] = frame[segment].astype(object).where(frame[segment].notna(), None).map(
+            lambda v: v if v is None else str(v))
     if not ids:
         return X
     empty = int(frame[id_column].isna().sum())

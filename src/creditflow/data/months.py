@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from creditflow.data.calendar import DRIFT_KINDS, MONTH_PATTERN, Drift, add_months, check_month, month_range
+from creditflow.data.calendar import DRIFT_KINDS, MONTH_PATTERN, DriftKind, add_months, check_month, month_range
 from creditflow.data.io import read_table
 from creditflow.data.synthetic import (
     ID_COLUMN,
@@ -99,7 +99,7 @@ def drift_strength(month: str, onset: str | None) -> float:
     return 1.0 if onset is not None and month >= onset else 0.0
 
 
-def generate_month(index: int, month: str, drift: Drift = "none", onset: str | None = None,
+def generate_month(index: int, month: str, drift: DriftKind = "none", onset: str | None = None,
                    rows: int = 20_000, outcome_lag: int = 12, seed: int = 42) -> Month:
     """The `index`-th month's applicants: ids `index * rows + 1 ..`, drawn from their own stream of `seed`."""
     rng = np.random.default_rng([seed, index])
@@ -116,7 +116,7 @@ def generate_month(index: int, month: str, drift: Drift = "none", onset: str | N
     return Month(month, applicants, outcomes, pd.DataFrame({ID_COLUMN: ids, PROBABILITY: probability}))
 
 
-def generate_months(output: str | Path, months: int, start: str, drift: Drift = "none", onset: str | None = None,
+def generate_months(output: str | Path, months: int, start: str, drift: DriftKind = "none", onset: str | None = None,
                     rows_per_month: int = 20_000, outcome_lag: int = 12, seed: int = 42) -> list[str]:
     """Write `months` months of applicants, outcomes and true probabilities under `output`; return the months."""
     check_month(start, "--start")

@@ -22,7 +22,7 @@ from creditflow.data.rules import rule_violations
 from creditflow.errors import CreditflowError, DataError
 from creditflow.model.profile import ColumnProfile, load_profile, psi
 from creditflow.monitor.charts import distributions_figure
-from creditflow.registry.client import check_tracking_server, model_files, resolve_model
+from creditflow.registry.client import ModelRef, check_tracking_server, model_files, resolve_model
 from creditflow.specs import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -117,18 +117,22 @@ class DriftReport:
 def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     """Compare a batch of applicants (CSV or Parquet) with the model's training population."""
     ref = resolve_model(model_uri)
-    X = read_applicants(input_path, ref.dataset)
+    return drift_of(ref, read_applicants(input_path, ref.dataset), str(input_path))
+
+
+def drift_of(ref: ModelRef, X: pd.DataFrame, source: str) -> DriftReport:
+    """Compare applicant rows (the model's raw columns) with the training population of the model `ref`."""
     if len(X) < MIN_ROWS:
-        raise DataError(f"{input_path}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
+        raise DataError(f"{source}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
     with model_files(ref) as path:
-        profile = load_profile(path, model_uri)
+        profile = load_profile(path, ref.requested)
         valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
         probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []
     labels = ref.dataset.display_names()
     columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
                for raw in ref.dataset.raw_columns if raw in profile.columns]
     score = column_drift(SCORE, SCORE_LABEL, profile.score, pd.Series(probability, dtype=float)) if len(valid) else None
-    return DriftReport(ref.uri, ref.lineage, str(input_path), len(X), len(valid), profile.rows, columns, score)
+    return DriftReport(ref.uri, ref.lineage, source, len(X), len(valid), profile.rows, columns, score)
 
 
 def log_report(report: DriftReport, run_id: str | None = None, experiment: str = MONITOR_EXPERIMENT) -> str:
@@ -157,7 +161,11 @@ def most_shifted(report: DriftReport, columns: int = CHART_COLUMNS) -> list[Drif
 def monitor_drift(model_uri: str, input_path: str | Path, report_path: str | Path = "", log: bool = True,
                   run_id: str | None = None) -> DriftReport:
     """Report a batch's drift: shown, written to `report_path` if given, logged (into `run_id` if given)."""
-    report = drift_report(model_uri, input_path)
+    return published(drift_report(model_uri, input_path), report_path, log, run_id)
+
+
+def published(report: Any, report_path: str | Path = "", log: bool = True, run_id: str | None = None) -> Any:
+    """A drift report (a `DriftReport`, or one of a segmented deployment) shown, written and logged."""
     logger.info("%s", report.table())
     if report_path:
         write_report(report, report_path)

@@ -69,8 +69,16 @@ class VintagePerformance:
         return self.status == MEASURED
 
     @property
+    def alarm(self) -> bool:
+        return bool(self.alarms)
+
+    @property
     def realized_roc_auc(self) -> float | None:
         return self.figures.get("realized_roc_auc")
+
+    @property
+    def auc_interval(self) -> tuple[float, float] | None:
+        return self.intervals.get("realized_roc_auc")
 
     def line(self) -> str:
         head = (f"{self.vintage:<8} v{self.model_version or '-':<4} {self.scored:>8,} {self.outcomes:>8,} "
@@ -111,7 +119,15 @@ class PerformanceReport:
 
     @property
     def alarms(self) -> tuple[str, ...]:
+        """Why the latest measurable vintage alarms (empty: no alarm)."""
         return self.latest.alarms if self.latest else ()
+
+    @property
+    def alarm(self) -> bool:
+        return bool(self.alarms)
+
+    def vintage(self, name: str) -> VintagePerformance | None:
+        return next((v for v in self.vintages if v.vintage == name), None)
 
     @property
     def unknown(self) -> int:

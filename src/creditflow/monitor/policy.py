@@ -24,7 +24,7 @@ class MonitoringPolicy(BaseModel):
     auc_margin: float = Field(0.02, ge=0, le=1)
     """Alarm when the latest vintage's realized AUC is credibly (its whole interval) this far below the
     champion's validation AUC."""
-    default_rate_margin: float = Field(0.0, ge=0, le=1)
+    default_rate_margin: float = Field(0.005, ge=0, le=1)
     """Alarm when the observed default rate is credibly (its whole interval) this far above the expected one."""
     interval_level: float = Field(0.95, gt=0.5, lt=1)
     """Confidence level of every bootstrap interval."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import requests
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME
@@ -151,14 +152,35 @@ def model_files(model: ModelRef) -> Iterator[Path]:
         yield download_model(model, Path(tmp))
 
 
-def require_model(client: MlflowClient, name: str) -> dict[str, str]:
-    """The registered model's aliases; a one-line error when the model does not exist."""
+def registered_model(client: MlflowClient, name: str) -> RegisteredModel | None:
+    """The registered model (aliases, tags); None when no model of that name is registered."""
     try:
-        return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+        return client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"no registered model named '{name}'") from None
+            return None
         raise
+
+
+def require_model(client: MlflowClient, name: str) -> dict[str, str]:
+    """The registered model's aliases; a one-line error when the model does not exist."""
+    model = registered_model(client, name)
+    if model is None:
+        raise TrackingError(f"no registered model named '{name}'")
+    return {k: str(v) for k, v in model.aliases.items()}
+
+
+def alias_parts(model_uri: str) -> tuple[str, str]:
+    """(name, alias) of models:/name@alias."""
+    name, alias = model_uri.removeprefix("models:/").split("@", 1)
+    return name, alias
+
+
+def alias_target(model_uri: str) -> tuple[str, str]:
+    """(name, version) that models:/name@alias names; version "" while the model or its alias does not exist."""
+    name, alias = alias_parts(model_uri)
+    model = registered_model(MlflowClient(), name)
+    return name, str(model.aliases.get(alias, "")) if model else ""
 
 
 def stages(client: MlflowClient, name: str) -> dict[str, str]:

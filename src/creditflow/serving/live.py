@@ -8,7 +8,8 @@ codes on the model's own input example) off the serving path, then swapped in wi
 assignment: a request reads `live.current` once and finishes on that version. A version that
 fails to load or warm is never served (the old one stays; the failure is logged in one line, shown
 in /health and counted in /metrics) and is tried again at the next poll. An unreachable registry
-changes nothing. Pinned URIs (`models:/NAME/7`, `runs:/...`) are never polled.
+changes nothing. Pinned URIs (`models:/NAME/7`, `runs:/...`) are never polled. A segment's model may start
+with no version at all (`first=None`: its alias does not exist yet); it serves nothing until the alias appears.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from creditflow.errors import CreditflowError, first_line
 from creditflow.registry.client import (
+    alias_target,
     check_server_for,
     download_model,
     follows_registry,
@@ -54,6 +56,15 @@ class Loaded:
     @property
     def spec(self) -> DatasetSpec:
         return self.model.unwrap_python_model().dataset
+
+    @property
+    def members(self) -> tuple[Loaded, ...]:
+        """The loaded models that may answer (a segments' `Routing` has several)."""
+        return (self,)
+
+    def answer(self, frame: Any) -> Any:
+        """The model's answer frame, each prediction with the model_version that made it."""
+        return self.model.predict(frame).assign(model_version=self.label)
 
 
 class WarmUpFailed(CreditflowError):
@@ -99,7 +110,7 @@ class FollowStatus:
 class LiveModel:
     """The model a worker answers with now, and (for an alias) the thread that keeps it current."""
 
-    def __init__(self, requested: str, first: Loaded, reload_seconds: float = 0, role: str = "champion",
+    def __init__(self, requested: str, first: Loaded | None, reload_seconds: float = 0, role: str = "champion",
                  metrics: Metrics | None = None):
         self.requested, self.current, self.role = requested, first, role
         self.reload_seconds = reload_seconds
@@ -108,22 +119,23 @@ class LiveModel:
         self.status = FollowStatus()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.metrics.served(role, None, first.label)
+        if first is not None:
+            self.metrics.served(role, None, first.label)
 
     def poll(self) -> bool:
         """Ask the registry once; load, warm and swap in a new version. True when the version changed."""
         self.status.polls += 1
         try:
             check_server_for(self.requested)
-            with mlflow_errors(f"cannot resolve {self.requested}"):
-                name, version = registry_version(self.requested)
+            with mlflow_errors(f"cannot resolve {self.requested}"):  # no version yet: waiting for the alias
+                name, version = registry_version(self.requested) if self.current else alias_target(self.requested)
         except CreditflowError as exc:
             self.status.poll_errors += 1
             self.status.last_poll_error = str(exc)
             self.metrics.poll_errors.labels(self.role).inc()
-            logger.warning("%s: registry poll failed, still serving %s: %s", self.role, self.current.label, exc)
+            logger.warning("%s: registry poll failed, still serving %s: %s", self.role, self.label, exc)
             return False
-        if version == self.current.version:
+        if not version or (self.current is not None and version == self.current.version):
             return False
         return self.swap_to(name, version)
 
@@ -138,15 +150,15 @@ class LiveModel:
         except Exception as exc:  # whatever a broken artifact raises, the old version keeps serving
             self.status.failed_version, self.status.failed_reason = label, first_line(exc)
             self.metrics.loads.labels(self.role, "failed").inc()
-            logger.error("%s: %s cannot be served, still serving %s: %s", self.role, label, self.current.label,
+            logger.error("%s: %s cannot be served, still serving %s: %s", self.role, label, self.label,
                          first_line(exc))
             return False
         old, self.current = self.current, loaded  # the swap: one reference assignment
         self.status.failed_version = self.status.failed_reason = ""
         self.status.swapped_at = time.time()
         self.metrics.loads.labels(self.role, "loaded").inc()
-        self.metrics.served(self.role, old.label, loaded.label)
-        logger.info("%s: now serving %s (was %s)", self.role, loaded.label, old.label)
+        self.metrics.served(self.role, old and old.label, loaded.label)
+        logger.info("%s: now serving %s (was %s)", self.role, loaded.label, old.label if old else "none")
         return True
 
     def start(self) -> LiveModel:
@@ -165,9 +177,18 @@ class LiveModel:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    @property
+    def label(self) -> str:
+        return self.current.label if self.current else "none"
+
+    def models(self) -> list[dict[str, Any]]:
+        """GET /models: the one model served, as the fallback entry of a segmented deployment."""
+        return [{"segment": None, "model_version": self.label}]
+
     def health(self) -> dict[str, Any]:
         s = self.status
-        return {"model_version": self.current.label, "model_uri": self.current.uri, "requested": self.requested,
+        return {"model_version": self.current and self.current.label, "model_uri": self.current and self.current.uri,
+                "requested": self.requested,
                 "follows_registry": self.follows, "reload_seconds": self.reload_seconds if self.follows else 0,
                 "polls": s.polls, "poll_errors": s.poll_errors, "last_poll_error": s.last_poll_error or None,
                 "failed_version": s.failed_version or None, "failed_reason": s.failed_reason or None}

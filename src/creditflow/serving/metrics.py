@@ -9,6 +9,7 @@ prometheus_client, every worker writes its values there, and any worker's /metri
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -65,6 +66,14 @@ class Metrics:
         for decision, n in counts.items():
             self.decisions.labels(model_version, decision).inc(n)
         self.rows.labels(model_version).inc(sum(counts.values()))
+
+    def answered(self, answer: Any) -> None:
+        """An answer frame's rows and decisions, by each row's model_version (one model, or a segments' several)."""
+        if "segment_model" not in answer:  # one model answered every row
+            self.scored(str(answer["model_version"].iat[0]), answer["decision"])
+            return
+        for label, decisions in answer.groupby("model_version", sort=False)["decision"]:
+            self.scored(str(label), decisions)
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of /metrics: this worker's collectors, or every worker's in multiprocess mode."""

@@ -13,6 +13,8 @@ same way and build that same app (`scoring_server.init(model)`: /ping, /version)
 - error bodies keep the model's status (400 for the client, 500 for a model fault), never the input;
 - the model is a `serving.live.LiveModel`: an alias is followed, new versions swapped in without a
   restart; an optional shadow model (`serving.shadow`) is compared on the same requests;
+- or, with `segments:` (serving/segments.yaml), a `serving.segments.SegmentRouter`: a model per segment, each
+  following its alias, rows routed by the segment column; GET /models lists which version answers for which;
 - TCP_NODELAY on every connection, with any number of workers (uvicorn's multi-worker listener
   loses it: uvicorn issue 3149, which delays keep-alive requests).
 
@@ -37,7 +39,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from creditflow.errors import BadRequest, CreditflowError
 from creditflow.model.artifact import ERROR_SOURCE
@@ -47,6 +49,13 @@ from creditflow.serving.features import FeatureStore, FeatureStoreError, Unknown
 from creditflow.serving.live import LiveModel, Loaded, load_local
 from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
 from creditflow.serving.requests import parse_body
+from creditflow.serving.segments import (
+    SegmentRouter,
+    SegmentsConfig,
+    resolve_deployment,
+    segment_follower,
+    with_fallback,
+)
 from creditflow.serving.shadow import ShadowRunner
 from creditflow.specs import CHAMPION_URI, load_config
 
@@ -86,6 +95,15 @@ class ServingConfig(BaseModel):
     shadow: str = ""  # a model scored on the same requests off the response path, compared with the champion
     shadow_queue: int = Field(1_000, gt=0)  # answered requests waiting for the shadow; beyond it they are dropped
     shadow_window_seconds: float = Field(60, gt=0)  # how often the comparison is written to MLflow
+    segments: SegmentsConfig | None = None  # a model per segment, the fallback for the rest (serving/segments.yaml)
+
+    @model_validator(mode="after")
+    def _segmented(self) -> ServingConfig:
+        if self.segments is None:
+            return self
+        if self.shadow or self.feature_store:
+            raise ValueError("a segmented deployment serves POST /invocations only: no shadow, no feature_store")
+        return with_fallback(self)
 
 
 def load_serving_config(path: str | Path | None, **overrides: Any) -> ServingConfig:
@@ -142,16 +160,18 @@ class RequestGuard:
     served version and the registry polls, GET /metrics the Prometheus figures; every other route is MLflow's.
     """
 
-    def __init__(self, app: ASGIApp, live: LiveModel, config: ServingConfig, features: FeatureStore | None = None,
+    def __init__(self, app: ASGIApp, live: LiveModel | SegmentRouter, config: ServingConfig,
+                 features: FeatureStore | None = None,
                  metrics: Metrics | None = None, shadow: ShadowRunner | None = None):
         self.app, self.live, self.config, self.features = app, live, config, features
         self.metrics = metrics or live.metrics
-        self.shadow = shadow
+        self.shadow, self.segment = shadow, config.segments.column if config.segments else ""  # the routing column
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.app(scope, self.on_shutdown(receive), send)
-        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in ("/health", "/metrics"):
+        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in ("/health", "/metrics",
+                                                                                       "/models"):
             await self.report(scope["path"], send)
         elif scope["type"] != "http" or scope["path"] not in ("/invocations", BY_ID) or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -180,6 +200,9 @@ class RequestGuard:
             body, content_type = self.metrics.exposition()
             await respond(send, 200, body, content_type)
             return
+        if path == "/models":
+            await respond(send, 200, json.dumps({"models": self.live.models()}).encode())
+            return
         health = {"status": "ok", **self.live.health()}
         if self.shadow is not None:
             health["shadow"] = self.shadow.health
@@ -200,7 +223,7 @@ class RequestGuard:
         try:
             if scope["path"] == BY_ID:
                 body, content_type = self.looked_up(body), "application/json"
-            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows)
+            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.segment)
         except BadRequest as exc:
             return await respond(send, exc.status, error_body(exc.status, exc.message))
         except UnknownApplicants as exc:
@@ -214,7 +237,7 @@ class RequestGuard:
         status, payload, answer = await self.score(loaded, frame)
         await respond(send, status, payload)
         if answer is not None:
-            self.metrics.scored(loaded.label, answer["decision"])
+            self.metrics.answered(answer)
             if self.shadow is not None:
                 self.shadow.offer(frame, answer, loaded.label)
         return status
@@ -233,7 +256,7 @@ class RequestGuard:
             raise BadRequest(f"too many applicants in one request: {len(ids)} (at most {self.config.max_rows})", 413)
         return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
 
-    async def score(self, loaded: Loaded, frame: Any) -> tuple[int, bytes, Any]:
+    async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
         """(status, body, answer frame or None) for a parsed request; errors keep their status, never the input."""
         from mlflow.exceptions import MlflowException
 
@@ -251,13 +274,13 @@ class RequestGuard:
             return 500, error_body(500, WITHHELD[500]), None
 
 
-def predict(loaded: Loaded, frame: Any) -> tuple[bytes, Any]:
-    """The answer body (each prediction with its model_version) and the model's answer frame."""
+def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, Any]:
+    """The answer body and frame, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
     from mlflow.pyfunc import scoring_server
 
-    answer = loaded.model.predict(frame)
+    answer = loaded.answer(frame)
     out = io.StringIO()
-    scoring_server.predictions_to_json(answer.assign(model_version=loaded.label), out)
+    scoring_server.predictions_to_json(answer, out)
     return out.getvalue().encode(), answer
 
 
@@ -276,7 +299,12 @@ def create_app() -> ASGIApp:
     seconds = time.perf_counter() - start
     logger.info("creditflow serve: worker %d loaded %s (%s) in %.2f s", os.getpid(), config.model_uri, first.label,
                 seconds)
-    live = LiveModel(config.model_uri, first, config.reload_seconds, "champion", metrics).start()
+    live: LiveModel | SegmentRouter = LiveModel(config.model_uri, first, config.reload_seconds, "champion", metrics)
+    if config.segments:  # each segment's version, if it has one, downloaded by the parent
+        segments = {s: segment_follower(config.segments, s, at and load_local(Path(at["path"]), **at["ref"]),
+                                        config.reload_seconds, metrics) for s, at in settings["segments"].items()}
+        live = SegmentRouter(config.segments.column, live, segments)
+    live.start()
     shadow = None
     if config.shadow:  # its own process: loads and follows the shadow model, compares, writes MLflow runs
         shadow = ShadowRunner({**settings["shadow"], "uri": config.shadow, "reload_seconds": config.reload_seconds,
@@ -301,6 +329,14 @@ def shadow_settings(config: ServingConfig, champion: ModelRef, into: Path) -> di
         raise CreditflowError(f"shadow model {config.shadow} needs columns the champion's requests do not carry: "
                               f"{', '.join(missing)}")
     return downloaded(shadow, into)
+
+
+def segment_settings(config: ServingConfig, into: Path) -> dict[str, Any]:
+    """Each segment's model files (None for a segment without a champion yet): the deployment checked first."""
+    if not config.segments:
+        return {}
+    refs = resolve_deployment(config.segments)
+    return {s: ref and downloaded(ref, into / s) for s, ref in refs.segments.items()}
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -337,7 +373,8 @@ def serve(config: ServingConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp, ExitStack() as scoped:
         champion = resolve_model(config.model_uri)
         settings = {"config": config.model_dump(), "champion": downloaded(champion, Path(tmp) / "champion"),
-                    "shadow": shadow_settings(config, champion, Path(tmp) / "shadow"), "metrics_dir": ""}
+                    "shadow": shadow_settings(config, champion, Path(tmp) / "shadow"), "metrics_dir": "",
+                    "segments": segment_settings(config, Path(tmp) / "segments")}
         if config.feature_store:  # fail now, in one line, rather than on the first request
             FeatureStore(config.feature_store, "").ping()
         if config.workers > 1:  # prometheus_client's multiprocess mode, set before the workers import it

@@ -56,8 +56,12 @@ def media_type(content_type: str | None) -> str:
     return mime
 
 
-def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int) -> pd.DataFrame:
-    """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem."""
+def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int,
+               segment: str = "") -> pd.DataFrame:
+    """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem.
+
+    `segment`: a segmented deployment's routing column, required in addition (text or null).
+    """
     mime = media_type(content_type)
     try:
         text = body.decode("utf-8")
@@ -71,16 +75,22 @@ def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_row
         raise BadRequest("the request holds no applicants")
     if len(rows) > max_rows:
         raise BadRequest(f"too many applicants in one request: {len(rows)} (at most {max_rows})", 413)
-    _check_columns(columns, spec)
-    _check_values(columns, rows, spec, text_cells=csv_text)
-    return _frame(columns, rows, spec, csv_text)
+    _check_columns(columns, spec, segment)
+    _check_values(columns, rows, spec, text_cells=csv_text, segment=segment)
+    return _frame(columns, rows, spec, csv_text, segment)
 
 
-def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool) -> pd.DataFrame:
+def _is_text(spec: DatasetSpec, column: str, segment: str) -> bool:
+    """Whether a request column holds text: a categorical column, or the segment column."""
+    return column == segment or spec.columns[column].group == "categorical"
+
+
+def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool,
+           segment: str = "") -> pd.DataFrame:
     """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None."""
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
-    numeric = [spec.columns[c].group != "categorical" for c in columns]
+    numeric = [not _is_text(spec, c, segment) for c in columns]
     if all(numeric):
         return pd.DataFrame(np.array(rows, dtype="float64").reshape(len(rows), len(columns)), columns=columns)
     frame = pd.DataFrame(rows, columns=columns, dtype=object)
@@ -171,11 +181,14 @@ def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def _check_columns(columns: list[str], spec: DatasetSpec) -> None:
+def _check_columns(columns: list[str], spec: DatasetSpec, segment: str = "") -> None:
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise BadRequest(f"column(s) given twice: {shown_names(dupes)}")
-    unknown = [c for c in columns if c not in spec.columns]
+    if segment and segment not in columns:
+        raise BadRequest(f"missing the segment column {segment[:MAX_NAME]}: this deployment routes each applicant "
+                         "by it (null sends the applicant to the global model)")
+    unknown = [c for c in columns if c not in spec.columns and c != segment]
     if unknown:
         raise BadRequest(f"unknown column(s): {shown_names(unknown)} (the model takes the raw applicant columns)")
     missing = [c for c, col in spec.columns.items() if c not in columns and not col.nullable]
@@ -183,9 +196,10 @@ def _check_columns(columns: list[str], spec: DatasetSpec) -> None:
         raise BadRequest(f"missing column(s): {shown_names(missing)}")
 
 
-def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, text_cells: bool) -> None:
-    numeric = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group != "categorical"]
-    categorical = [(j, c) for j, c in enumerate(columns) if spec.columns[c].group == "categorical"]
+def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, text_cells: bool,
+                  segment: str = "") -> None:
+    numeric = [(j, c) for j, c in enumerate(columns) if not _is_text(spec, c, segment)]
+    categorical = [(j, c) for j, c in enumerate(columns) if _is_text(spec, c, segment)]
     for i, row in enumerate(rows):
         for j, name in numeric:
             value = row[j]

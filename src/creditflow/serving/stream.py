@@ -19,6 +19,7 @@ unknown type, no batch features, a state that would break a value rule, an error
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
 changes no sums, so the applicant stays scorable. An entry read more than max_deliveries times
 without being handled (a scorer crashed on it) is dead-lettered the same way.
+With `segments:` (serving/segments.yaml) an event is scored by its segment's model (`Region R07`) or the fallback.
 """
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from creditflow.data.dataset import coerce_columns
 from creditflow.data.rules import rule_violations
-from creditflow.errors import SpecError
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
-from creditflow.specs import CHAMPION_URI, DatasetSpec, load_config
+from creditflow.serving.segments import SegmentRouter
+from creditflow.serving.stream_config import StreamConfig, check_event_columns
+from creditflow.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,39 +57,6 @@ return 0
 """  # KEYS: the event's applied-marker, the applicant's sums; ARGV: marker TTL, then column, amount pairs
 
 
-class StreamConfig(BaseModel):
-    """The streaming scorer (serving/stream.yaml): model, Redis, streams and what each event type adds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_uri: str = CHAMPION_URI
-    store: str = "redis://127.0.0.1:6379/0"
-    events_stream: str = "creditflow:events"
-    predictions_stream: str = "creditflow:predictions"
-    rejected_stream: str = "creditflow:events:rejected"
-    group: str = "creditflow-scorers"
-    batch_size: int = Field(100, gt=0)
-    block_ms: int = Field(1000, gt=0)
-    applied_ttl_days: int = Field(7, gt=0)  # how long an event is remembered as applied (redelivery window)
-    claim_idle_ms: int = Field(60_000, ge=0)  # another scorer's events unacknowledged this long are taken over
-    reload_seconds: float = Field(30, ge=0)  # how often an alias is re-resolved (0: the start-up version, pinned)
-    max_deliveries: int = Field(5, gt=0)  # an entry read this many times and never handled is dead-lettered
-    events: dict[str, dict[str, float]] = Field(min_length=1)  # event type -> {raw column: amount added}
-
-
-def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
-    return load_config(StreamConfig, path, "stream config", **overrides)
-
-
-def check_event_columns(config: StreamConfig, spec: DatasetSpec) -> None:
-    """Every column an event adds to must be a numeric column of the model's dataset."""
-    for event, sums in config.events.items():
-        wrong = [c for c in sums if c not in spec.columns or spec.columns[c].group == "categorical"]
-        if wrong:
-            raise SpecError(f"stream config: event '{event}' adds to {', '.join(wrong)}, not numeric columns of "
-                            f"the model's dataset '{spec.name}'")
-
-
 Entry = tuple[str, dict[Any, Any]]  # (entry id, fields as Redis sent them)
 Rejected = tuple[str, dict[str, str], str]  # (entry id, printable fields, reason)
 
@@ -99,6 +66,7 @@ class Event:
     id: str  # the stream entry's id
     applicant_id: str
     kind: str
+    segment: str | None = None  # the segment the event names (a segmented scorer), None: the fallback's
 
 
 @dataclass
@@ -119,7 +87,8 @@ class Tally:
 class StreamScorer:
     """One consumer of the events stream: applies streaming sums, scores, publishes, acknowledges."""
 
-    def __init__(self, config: StreamConfig, live: LiveModel, consumer: str = "", on_step: Step = no_step):
+    def __init__(self, config: StreamConfig, live: LiveModel | SegmentRouter, consumer: str = "",
+                 on_step: Step = no_step):
         self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
@@ -226,8 +195,10 @@ class StreamScorer:
         valid = [e for e in events if not reasons.get(e.id)]
         self.apply_all(valid)
         self.on_step("applied")
-        predicted = loaded.model.predict(self.frame([states[e.id] for e in valid])) if valid else pd.DataFrame()
+        rows = self.routed(states.loc[[e.id for e in valid]].reset_index(drop=True), [e.segment for e in valid])
+        predicted = loaded.answer(rows) if valid else pd.DataFrame()
         answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
+        uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         scored = []
         for event in events:
@@ -240,8 +211,9 @@ class StreamScorer:
                            "decision": str(answer["decision"]),
                            "reason_codes": json.dumps(list(answer["reason_codes"])),
                            "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
-                           "model_uri": loaded.uri,
-                           "model_version": loaded.label, "scored_at": scored_at})
+                           "model_uri": uris[answer["model_version"]], "model_version": answer["model_version"],
+                           **{k: str(answer[k]).lower() for k in ("segment_model",) if k in answer},
+                           "scored_at": scored_at})
         return scored, sorted(rejected, key=lambda r: _order(r[0]))
 
     def parse(self, entry_id: str, raw: dict[Any, Any]) -> tuple[Event | None, str]:
@@ -254,10 +226,12 @@ class StreamScorer:
             return None, "no applicant_id field"
         if kind not in self.config.events:
             return None, f"unknown event type '{kind}' (known: {', '.join(sorted(self.config.events))})"
-        return Event(entry_id, applicant, kind), ""
+        segment = (fields.get(self.config.segments.column, "").strip() or None) if self.config.segments else None
+        return Event(entry_id, applicant, kind, segment), ""
 
-    def decide(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Each event's state (the applicant right after it) and the reason of each rejected event.
+    def decide(self, events: list[Event]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Each scored event's state (the applicant right after it) as the model's typed row, indexed by event id,
+        and the reason of each rejected event.
 
         Events apply in stream order, per applicant. A rejected event changes nothing: the next event of
         that applicant starts from the state before it, so the applicant stays scorable. An event already
@@ -276,25 +250,32 @@ class StreamScorer:
                 if not applied[e.id]:
                     state[e.applicant_id] = _added(state[e.applicant_id], self.config.events[e.kind])
                 states[e.id] = state[e.applicant_id]
-            broken = self.broken(states)
+            rows, broken = self.broken(states)
             first: dict[str, str] = {}
             for e in events:
                 if broken.get(e.id) and e.applicant_id not in first:
                     first[e.applicant_id] = e.id
             if not first:
-                return states, reasons
+                return rows, reasons
             reasons.update({i: f"the applicant's features would break a value rule: {broken[i]}"
                             for i in first.values()})
 
-    def broken(self, states: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """The value rule each state breaks ("" when none), checked for all states at once."""
+    def broken(self, states: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The states as typed rows (indexed by event id; typed once per batch, for the rules and the model) and the
+        value rule each breaks ("" when none), checked for all states at once."""
+        rows = self.frame(list(states.values())).set_axis(list(states))
         if not states:
-            return {}
-        return dict(zip(states, rule_violations(self.frame(list(states.values())), self.spec), strict=True))
+            return rows, {}
+        return rows, dict(zip(states, rule_violations(rows, self.spec), strict=True))
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Applicant rows as the model's typed raw columns."""
         return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+
+    def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame:
+        """Typed rows with a segmented scorer's routing column (each event's segment) added."""
+        routing = self.config.segments
+        return rows.assign(**{routing.column: segments}) if routing else rows
 
     def applied(self, events: list[Event]) -> dict[str, bool]:
         """Whether each event's sums are in the store already (a redelivery)."""

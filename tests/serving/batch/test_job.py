@@ -422,3 +422,42 @@ def test_a_job_killed_while_publishing_leaves_whole_batches_and_its_rerun_repair
         assert parquet_rows(out / "quarantine" / "batch_id=k") == result.rows_quarantined
         assert not list((out / "_staging").iterdir()), f"rerun after {step}"
         before, killed = killed, before
+
+
+# ---------------------------------------------------------------- a segmented deployment
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_a_segmented_batch_routes_every_row_to_its_model_in_one_spark_job(spark, segment_store, small_data: CreditData,
+                                                                        tmp_path: Path) -> None:
+    from creditflow.serving.segments import SegmentsConfig
+    from tests.conftest import SEGMENT_COLUMN, tracking_at, with_regions
+
+    frame = with_regions(applicants(small_data, 120))
+    frame.loc[5, SEGMENT_COLUMN], frame.loc[9, SEGMENT_COLUMN] = "R99", None  # never seen, missing: the fallback
+    frame.to_parquet(tmp_path / "in.parquet", index=False)
+    deployment = SegmentsConfig(column=SEGMENT_COLUMN, model="models:/credit-default-{segment}@champion",
+                                values=("R01", "R02", "R03"))
+    with tracking_at(segment_store.uri):
+        result = score_batch(spark, "", tmp_path / "in.parquet", tmp_path / "out", batch_id="seg",
+                             deployment=deployment)
+        jobs = spark.sparkContext.statusTracker().getJobIdsForGroup("score-seg")
+        models = {s: mlflow.pyfunc.load_model(f"models:/credit-default{s}@champion") for s in ("", "-R01")}
+    assert len(jobs) == 1  # every model's rows scored and written by ONE Spark job
+    assert (result.rows_in, result.rows_scored) == (120, 120) and "+ 1 segment models by Region" in result.model_uri
+    batch = partition(tmp_path / "out", "scored", "seg").set_index("applicant_id").loc[frame.Id.astype(str)]
+    own = (frame[SEGMENT_COLUMN] == "R01").to_numpy()  # R02 has no champion, R03 no model: both fall back
+    assert batch.segment_model.tolist() == own.tolist()
+    assert batch.segment.tolist() == frame[SEGMENT_COLUMN].tolist()
+    r01, fallback = f"credit-default-R01/{segment_store.versions['R01']}", segment_store.fallback
+    assert (batch.model_name + "/" + batch.model_version).tolist() == [r01 if o else fallback for o in own]
+    X = frame.drop(columns=["Id", SEGMENT_COLUMN])
+    expected = np.where(own, models["-R01"].predict(X).probability, models[""].predict(X).probability)
+    np.testing.assert_allclose(batch.probability.to_numpy(), expected, rtol=1e-12, atol=0)
+    table = PredictionTable(result.table_url)
+    first_r01, first_fallback = frame.Id[own].iloc[0], frame.Id[~own].iloc[0]
+    assert table.get_latest(str(first_r01))["model_version"] == segment_store.versions["R01"]
+    assert table.get_latest(str(first_r01))["model_name"] == "credit-default-R01"
+    assert table.get_latest(str(first_fallback))["model_name"] == "credit-default"
+    assert table.get_latest(str(frame.Id[5]))["segment"] == "R99"

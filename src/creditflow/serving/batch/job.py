@@ -2,6 +2,7 @@
 
 `score_batch(spark, model_uri, input, output)` is the one-call entry. Rows that break the dataset
 spec's value rules go to `<output>/quarantine/`; the others are scored with the model's `spark_udf`
+(a segmented batch: each model's over the rows routed to it, unioned, so one Spark job scores them all)
 and published as Parquet under `<output>/scored/batch_id=...` and as rows of the SQL prediction
 table (`serving.batch.table`), only once the whole batch is complete: the SQL rows commit first,
 then the scored partition is published, then the quarantine partition. `on_step` is called at each
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from creditflow.data.io import BLANK_ID_HEADERS
 from creditflow.errors import without_password
+from creditflow.registry.client import ModelRef
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.batch.columns import (
     applicant_id,
@@ -95,7 +97,7 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
     stage = staging_dir(plan.output, plan.batch_id)
     try:
         logger.info("[batch %s] %s rows from %s; model %s", plan.batch_id, f"{rows_in:,}", plan.source.path,
-                    plan.model.uri)
+                    plan.models_label)
         quarantine = partial(_write_quarantine, checked, reason, stage / QUARANTINE_DIR, plan.batch_id)
         scored, quarantined = _score_and_load(spark, checked.withColumnRenamed(id_column, APPLICANT_ID), plan, stage,
                                               rows_in, quarantine, progress_seconds)
@@ -106,7 +108,7 @@ def run_batch(spark: SparkSession, plan: BatchPlan, progress_seconds: float = 5.
             on_step(f"published-{name}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return BatchResult(plan.batch_id, plan.model.uri, rows_in, scored, quarantined, time.perf_counter() - start,
+    return BatchResult(plan.batch_id, plan.models_label, rows_in, scored, quarantined, time.perf_counter() - start,
                        partition_dir(plan.output / SCORED_DIR, plan.batch_id),
                        partition_dir(plan.output / QUARANTINE_DIR, plan.batch_id), plan.table_url)
 
@@ -138,9 +140,9 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     from pyspark.sql import functions as F
 
     valid = checked.filter(~F.col(BROKEN))
-    scored = score_rows(spark, valid, plan.model, [applicant_id(valid, APPLICANT_ID).alias("applicant_id")])
-    scored = scored.select(*scored.columns, *[F.lit(v).alias(k) for k, v in plan.model.lineage.items()],
-                           F.lit(plan.scored_at).alias("scored_at"))
+    keep = [applicant_id(valid, APPLICANT_ID).alias("applicant_id")]
+    scored = _routed(spark, valid, plan, keep) if plan.segment_column else _scored_by(spark, valid, plan.model, keep)
+    scored = scored.select(*scored.columns, F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
     group = f"score-{plan.batch_id}"
     with (spark_errors("scoring"), job_group(spark, group, f"creditflow batch scoring ({expected} rows)"),
@@ -150,6 +152,29 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
     logger.info("[score] %s rows scored in %.1f s (%s rows/s)", f"{rows:,}", seconds,
                 f"{rows / max(seconds, 1e-9):,.0f}")
     return rows
+
+
+def _scored_by(spark: SparkSession, rows: DataFrame, model: ModelRef, keep: list[Column]) -> DataFrame:
+    """`keep`, the model's answers and its lineage (model name, version, run) on each row."""
+    from pyspark.sql import functions as F
+
+    scored = score_rows(spark, rows, model, keep)
+    return scored.select(*scored.columns, *[F.lit(v).alias(k) for k, v in model.lineage.items()])
+
+
+def _routed(spark: SparkSession, valid: DataFrame, plan: BatchPlan, keep: list[Column]) -> DataFrame:
+    """A segmented batch: each model's spark_udf over the rows routed to it, unioned (one Spark job writes them),
+    each row with its segment and whether its own segment's model scored it (`segment_model`)."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    segment = F.col(f"`{plan.segment_column}`").cast("string")
+    served = list(plan.segment_models)
+    routes = [(segment.isNull() | ~segment.isin(*served), plan.model, False),
+              *((segment == s, ref, True) for s, ref in plan.segment_models.items())]
+    parts = [_scored_by(spark, valid.filter(where), ref, [*keep, segment.alias("segment")])
+             .withColumn("segment_model", F.lit(own)) for where, ref, own in routes]
+    return reduce(DataFrame.unionByName, parts)
 
 
 def scored_parquet_options() -> dict[str, str]:
@@ -248,7 +273,7 @@ def score_batch(spark: SparkSession, model_uri: str, input_path: str | Path, out
                 **options: Any) -> BatchResult:
     """Score a file or directory of applicants with the model into `output` (the one-call library entry).
 
-    Options: batch_id, id_column, table (plan_batch), progress_seconds and on_step (run_batch).
+    Options: batch_id, id_column, table, deployment (plan_batch), progress_seconds and on_step (run_batch).
     """
     every, on_step = options.pop("progress_seconds", 5.0), options.pop("on_step", no_step)
     return run_batch(spark, plan_batch(model_uri, input_path, output, **options), every, on_step)

@@ -75,7 +75,9 @@ class SparkConfig(BaseModel):
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `creditflow score batch` (the MLproject entry point `batch_score`)."""
-    p.add_argument("--model-uri", required=True, help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--model-uri", default="", help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--deployment", default="", help="instead of --model-uri: a segmented deployment, e.g. "
+                                                    "serving/segments.yaml (each row scored by its segment's model)")
     p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
     p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
     p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")

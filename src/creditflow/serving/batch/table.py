@@ -7,7 +7,8 @@ Layout under a job's output directory:
 
 In SQL, readers use the view `predictions` (COLUMNS: every row with its batch and lineage); it joins
 `prediction_rows` (what differs per row, indexed by applicant) to `prediction_batches` (one row per
-batch: batch id, model, version, run, scored-at time, row count and, in SQLite, its rowid range).
+batch: batch id, model, version, run, scored-at time, row count and, in SQLite, its rowid range). A
+segmented batch (a model per segment) also keeps each row's model, version, run and segment in its row.
 
 A batch is written aside first and becomes visible in one step: the SQL rows of a batch are replaced
 in one transaction (delete + insert, committed together), the Parquet partition by an atomic
@@ -47,7 +48,8 @@ SCORED_DIR = "scored"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = "_staging"  # Spark and pyarrow readers skip names starting with "_"
 COLUMNS = ("applicant_id", "batch_id", "probability", "decision", "reason_codes",
-           "model_name", "model_version", "run_id", "scored_at", "reason_statements")
+           "model_name", "model_version", "run_id", "scored_at", "reason_statements", "segment")
+ROW_LINEAGE = ("model_name", "model_version", "run_id", "segment")  # per row in segmented batches, else null
 PER_BATCH = ("model_name", "model_version", "run_id", "scored_at")  # one value for a whole batch
 LOAD_ROWS = 100_000  # rows per insert chunk: bounds the loader's memory
 BUSY_MS = 60_000  # how long a loader waits for another writer's lock
@@ -98,15 +100,17 @@ def _ddl(d: Dialect) -> list[str]:
     index is the only secondary index. PostgreSQL (no rowids) deletes by an index on batch_key.
     """
     view = (f"{TABLE} AS SELECT r.applicant_id, b.batch_id, r.probability, r.decision, r.reason_codes, "
-            f"b.model_name, b.model_version, b.run_id, b.scored_at, "  # new columns go last: PostgreSQL replaces
-            f"COALESCE(r.reason_statements, '[]') AS reason_statements "  # a view only by adding columns at its end
+            f"COALESCE(r.model_name, b.model_name) AS model_name, COALESCE(r.model_version, b.model_version) AS "
+            f"model_version, COALESCE(r.run_id, b.run_id) AS run_id, b.scored_at, "  # new columns go last: PostgreSQL
+            f"COALESCE(r.reason_statements, '[]') AS reason_statements, r.segment "  # adds columns only at its end
             f"FROM {ROWS} r JOIN {BATCHES} b USING (batch_key)")
     statements = [
         f"CREATE TABLE IF NOT EXISTS {BATCHES} (batch_key {d.key}, batch_id TEXT NOT NULL UNIQUE, "
         f"model_name TEXT NOT NULL, model_version TEXT NOT NULL, run_id TEXT NOT NULL, "
         f"scored_at {d.timestamp} NOT NULL, rows BIGINT NOT NULL, first_row BIGINT, last_row BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {ROWS} (applicant_id TEXT NOT NULL, batch_key BIGINT NOT NULL, "
-        f"probability {d.real} NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, reason_statements TEXT)",
+        f"probability {d.real} NOT NULL, decision TEXT NOT NULL, reason_codes TEXT NOT NULL, reason_statements TEXT, "
+        f"{', '.join(f'{c} TEXT' for c in ROW_LINEAGE)})",
         f"CREATE INDEX IF NOT EXISTS {ROWS}_applicant_idx ON {ROWS} (applicant_id)",
     ]
     if d is SQLITE:
@@ -177,7 +181,7 @@ class PredictionTable:
             with closing(conn.cursor()) as cur:  # ADBC wants its cursors closed before the connection
                 cur.execute("BEGIN IMMEDIATE" if d is SQLITE else "BEGIN")  # SQLite: the only writer from here on
                 self._check_layout(cur)
-                _add_statements_column(cur, d)
+                _add_row_columns(cur, d)
                 for statement in _ddl(d):
                     cur.execute(statement)
                 if d is POSTGRES:  # one loader at a time, as in SQLite; readers are not blocked
@@ -285,8 +289,9 @@ class PredictionTable:
             conn.close()
 
 
-def _add_statements_column(cur: Any, d: Dialect) -> None:
-    """A table written before reason statements gains their column (its earlier rows read as no statements).
+def _add_row_columns(cur: Any, d: Dialect) -> None:
+    """A table written before reason statements or per-row lineage gains their columns (its earlier rows read as no
+    statements, and the batch's model).
 
     Checked first: PostgreSQL's ALTER TABLE locks readers out until the load commits, even with IF NOT EXISTS.
     """
@@ -296,8 +301,9 @@ def _add_statements_column(cur: Any, d: Dialect) -> None:
         cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
                     "AND table_schema = current_schema()", (ROWS,))
     names = {row[0] for row in cur.fetchall()}
-    if names and "reason_statements" not in names:
-        cur.execute(f"ALTER TABLE {ROWS} ADD COLUMN reason_statements TEXT")
+    for column in ("reason_statements", *ROW_LINEAGE) if names else ():
+        if column not in names:
+            cur.execute(f"ALTER TABLE {ROWS} ADD COLUMN {column} TEXT")
 
 
 def _pg_error() -> type[Exception]:
@@ -334,19 +340,24 @@ def _iso(value: Any) -> str:
 
 
 def _table_rows(chunk: pa.Table, batch_key: int) -> pa.Table:
-    """Scored rows as prediction_rows holds them: the batch's key on each (reason codes are JSON text in both)."""
+    """Scored rows as prediction_rows holds them: the batch's key on each (reason codes are JSON text in both), and
+    each row's model and segment when a segmented batch wrote them."""
     return pa.table({
         "applicant_id": chunk["applicant_id"], "batch_key": pa.repeat(pa.scalar(batch_key, pa.int64()), chunk.num_rows),
         "probability": chunk["probability"], "decision": chunk["decision"], "reason_codes": chunk["reason_codes"],
         "reason_statements": chunk["reason_statements"],
+        **({c: chunk[c].cast(pa.string()) for c in ROW_LINEAGE} if "segment" in chunk.column_names else {}),
     })
 
 
 def _chunks(files: Iterable[Path]) -> Iterator[pa.Table]:
     """The scored rows, LOAD_ROWS at a time, one file and row group after another (no read-ahead)."""
-    columns = ["applicant_id", "probability", "decision", "reason_codes", "reason_statements"]
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=LOAD_ROWS, columns=columns):
+        parquet = pq.ParquetFile(path)
+        segmented = "segment" in parquet.schema_arrow.names
+        columns = ["applicant_id", "probability", "decision", "reason_codes", "reason_statements",
+                   *(ROW_LINEAGE if segmented else ())]
+        for batch in parquet.iter_batches(batch_size=LOAD_ROWS, columns=columns):
             yield pa.Table.from_batches([batch])
 
 

@@ -1,0 +1,248 @@
+"""`scripts/bench/serving.py --families` and `--by-id`: the champion you deploy, per family, against the limits.
+
+--families  Each named champion (scripts/bench/champions.py: logistic, XGBoost 300 trees of depth 6,
+            HistGradientBoosting tuned as the demo tunes it, categorical-FAMILY on the categorical spec; each logged
+            with reason codes for every applicant, as the experiments ship) is served at once, side by side, by:
+              ours      `creditflow serve -m models:/NAME/VERSION -w W`
+              mlserver  MLServer 1.7.1 with mlserver-mlflow, the same registered model's files, V2 REST API,
+                        `parallel_workers` W (scripts/bench/mlserver_env.py; left out, said so, when it cannot be
+                        installed)
+            and one endpoint for all of them:
+              floor     a constant answer under the same server stack (scripts/bench/floor_app.py): the HTTP floor
+            Each run visits every endpoint in turn with `wrk` (held-out applicants of the champion's own spec, the same
+            rows in MLflow's and V2's request format) for every rows x concurrency; medians over runs. Printed per
+            family: req/s, p50, p99, errors; ours as a share of the floor's req/s; ours / mlserver (req/s, p50); and the
+            in-process 1-row `predict` of each champion (medians of calls alternating champion by champion) with each
+            categorical champion against its numeric family, in process and over HTTP (p50 at concurrency 1).
+--by-id     One `creditflow serve --feature-store` per champion; the held-out applicants' features loaded into Redis
+            database `--redis-db` (emptied first). Each run loads the same server with full-payload 1-row requests
+            (`POST /invocations`) and with the same applicants by id (`POST /invocations/by-id`), in turn; medians of
+            p50/p99 and by-id / full-payload p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import champions
+import mlserver_env
+import requests
+
+
+def _script(tmp: Path, name: str, bodies: list[str]) -> Path:
+    from serving import LUA
+
+    path = tmp / f"{name}.lua"
+    path.write_text(LUA.replace("{BODIES}", "{" + ",".join(json.dumps(b) for b in bodies) + "}"))
+    return path
+
+
+def _v2_bodies(X, rows: int, count: int = 40) -> list[str]:
+    return [mlserver_env.body(X.iloc[(i * rows) % max(len(X) - rows, 1):][:rows]) for i in range(count)]
+
+
+def _in_process(champs: dict, calls: int, rounds: int) -> dict[str, float]:
+    """Median ms of the loaded pyfunc's `predict` on 1-row frames, calls alternating champion by champion."""
+    import mlflow
+
+    models = {name: mlflow.pyfunc.load_model(c.uri) for name, c in champs.items()}
+    times: dict[str, list[float]] = {name: [] for name in champs}
+    for r in range(rounds):
+        for name in (list(champs) if r % 2 == 0 else list(champs)[::-1]):
+            X = champs[name].held_out
+            for i in range(calls):
+                row = X.iloc[[i % len(X)]]
+                t0 = time.perf_counter()
+                models[name].predict(row)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def _agree(url: str, mlserver_url: str | None, X) -> str:
+    """Probabilities of ours and MLServer for the same 100 applicants: the largest difference."""
+    from serving import bodies
+
+    ours = requests.post(f"{url}/invocations", data=bodies(X, 100, 1)[0], timeout=60,
+                         headers={"Content-Type": "application/json"})
+    ours.raise_for_status()
+    p = [row["probability"] for row in ours.json()["predictions"]]
+    if not mlserver_url:
+        return f"{len(p)} applicants scored"
+    theirs = requests.post(f"{mlserver_url}{mlserver_env.PATH}", data=_v2_bodies(X, 100, 1)[0], timeout=60,
+                           headers={"Content-Type": "application/json"})
+    theirs.raise_for_status()
+    q = mlserver_env.probabilities(theirs.json())
+    return f"ours and mlserver agree to {max(abs(a - b) for a, b in zip(p, q, strict=True)):.2e} on {len(p)} applicants"
+
+
+def families_bench(args: argparse.Namespace, tmp: Path) -> int:
+    import mlflow
+
+    from serving import BIN, Endpoint, bodies, free_port, run_wrk, start, stop, wait_ready
+
+    names = [n for n in args.families.split(",") if n]
+    champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
+    print("\nchampions: " + ", ".join(f"{n} {c.uri}" for n, c in champs.items()), flush=True)
+    procs: list[Endpoint] = []
+    targets: dict[str, dict[str, tuple[str, str]]] = {}  # champion -> endpoint -> (url, path)
+    try:
+        port = free_port()
+        procs.append(start("floor", [sys.executable, str(Path(__file__).with_name("floor_app.py")), "-p", str(port),
+                                     "-w", str(args.workers)], port, tmp / "floor.log"))
+        floor = procs[-1].url
+        env = None
+        for name, champ in champs.items():
+            port = free_port()
+            serve = [str(BIN / "creditflow"), "serve", "-m", champ.uri, "-p", str(port), "-w", str(args.workers)]
+            procs.append(start(f"ours-{name}", serve, port, tmp / f"ours-{name}.log"))
+            targets[name] = {"ours": (procs[-1].url, "/invocations")}
+            if args.no_mlserver:
+                continue
+            model_dir = Path(mlflow.artifacts.download_artifacts(champ.uri, dst_path=str(tmp / f"model-{name}")))
+            env = env or mlserver_env.environment(model_dir / "requirements.txt", print)
+            if env is None:
+                args.no_mlserver = True
+                continue
+            ports = (free_port(), free_port(), free_port())
+            procs.append(start(f"mlserver-{name}", mlserver_env.command(env, model_dir, tmp / f"mlserver-{name}",
+                                                                       ports, args.workers),
+                               ports[0], tmp / f"mlserver-{name}.log"))
+            targets[name]["mlserver"] = (procs[-1].url, mlserver_env.PATH)
+        wait_ready(procs)
+        for name, champ in champs.items():
+            ms = targets[name].get("mlserver")
+            print(f"{name}: {_agree(targets[name]['ours'][0], ms[0] if ms else None, champ.held_out)}")
+        scripts = {}
+        for name, champ in champs.items():
+            for rows in args.rows:
+                scripts[name, rows, "ours"] = _script(
+                    tmp, f"{name}-{rows}", bodies(champ.held_out, rows))
+                scripts[name, rows, "mlserver"] = _script(tmp, f"{name}-{rows}-v2", _v2_bodies(champ.held_out, rows))
+        for name, per in targets.items():  # a fresh server's first seconds are slower: not measured
+            for endpoint, (url, path) in per.items():
+                run_wrk(url, scripts[name, args.rows[0], endpoint], 2, min(args.seconds, 3), path)
+        results: dict[tuple, list[dict]] = {}
+        first = next(iter(champs))
+        for run in range(args.runs):
+            for rows in args.rows:
+                for conc in args.concurrency:  # every endpoint in turn, the order reversed every other run
+                    visits = [("floor", "floor", floor, "/invocations"),
+                              *[(name, e, url, path) for name in champs for e, (url, path) in targets[name].items()]]
+                    for name, endpoint, url, path in (visits if run % 2 == 0 else visits[::-1]):
+                        script = (scripts[first, rows, "ours"] if name == "floor" else scripts[name, rows, endpoint])
+                        results.setdefault((name, rows, conc, endpoint), []).append(
+                            run_wrk(url, script, conc, args.seconds, path))
+            print(f"run {run + 1}/{args.runs} done", flush=True)
+        in_process = _in_process(champs, calls=args.inproc_calls, rounds=4)
+    finally:
+        stop(procs)
+    report(champs, results, in_process, args)
+    return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
+
+
+def _median(rs: list[dict]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
+
+
+def report(champs: dict, results: dict, in_process: dict[str, float], args: argparse.Namespace) -> None:
+    floor = {k[1:3]: _median(v) for k, v in results.items() if k[3] == "floor"}
+    print(f"\n{args.runs} run(s) x {args.seconds} s per endpoint and combination, endpoints in turn within each run; "
+          f"medians; {args.workers} worker(s) each; load from wrk")
+    print(f"{'family':<36} {'rows':>4} {'conc':>4} {'endpoint':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6}  ratios")
+    for (rows, conc), m in sorted(floor.items()):
+        errors = sum(r["errors"] for k, rs in results.items() if k[1:] == (rows, conc, "floor") for r in rs)
+        print(f"{'(HTTP floor: constant answer)':<36} {rows:>4} {conc:>4} {'floor':<8} {m['rps']:>8.1f} "
+              f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {errors:>6}")
+    for name in champs:
+        for rows in args.rows:
+            for conc in args.concurrency:
+                med = {e: _median(results[name, rows, conc, e]) for e in ("ours", "mlserver")
+                       if (name, rows, conc, e) in results}
+                for endpoint, m in med.items():
+                    errors = sum(r["errors"] for r in results[name, rows, conc, endpoint])
+                    ratios = ""
+                    if endpoint == "ours":
+                        ratios = f"{100 * m['rps'] / floor[rows, conc]['rps']:.1f}% of the floor's req/s"
+                        if "mlserver" in med:
+                            ratios += (f"; ours/mlserver req/s x{m['rps'] / med['mlserver']['rps']:.2f}, "
+                                       f"p50 x{m['p50_ms'] / med['mlserver']['p50_ms']:.2f}")
+                    print(f"{name:<36} {rows:>4} {conc:>4} {endpoint:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} "
+                          f"{m['p99_ms']:>8.2f} {errors:>6}  {ratios}")
+    print(f"\nin process: the loaded pyfunc's predict on one applicant (reason codes included), median ms of "
+          f"{args.inproc_calls} calls x 4 rounds, champions alternating")
+    for name, ms in in_process.items():
+        line = f"{name:<36} {ms:8.3f} ms"
+        base = name.removeprefix(champions.CATEGORICAL)
+        if base != name and base in in_process:
+            line += f"  categorical / numeric {base}: x{ms / in_process[base]:.2f} in process"
+            key, numeric = (name, 1, 1, "ours"), (base, 1, 1, "ours")
+            if key in results and numeric in results:
+                http = _median(results[key])["p50_ms"] / _median(results[numeric])["p50_ms"]
+                line += f", x{http:.2f} over HTTP (p50, 1 row, c=1)"
+        print(line)
+
+
+def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
+    import redis
+
+    from creditflow.serving.features import FeatureStore
+    from serving import BIN, bodies, free_port, run_wrk, start, stop, wait_ready
+
+    names = [n for n in args.families.split(",") if n]
+    champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
+    store = f"redis://127.0.0.1:6379/{args.redis_db}"
+    redis.Redis.from_url(store).flushdb()
+    procs, scripts, champ_rows = [], {}, {}
+    try:
+        for name, champ in champs.items():
+            frame = champ_rows[name] = champions.applicants(champ.spec, args.applicants, seed=23, ids=True)
+            FeatureStore(store, champ.spec.name).put(frame, "Id")
+            X = frame.drop(columns=["Id"])
+            ids = frame["Id"].tolist()
+            scripts[name, "full"] = _script(tmp, f"{name}-full", bodies(X, 1, count=len(X)))
+            scripts[name, "by-id"] = _script(tmp, f"{name}-by-id",
+                                             [json.dumps({"applicant_ids": [i]}) for i in ids])
+            port = free_port()
+            procs.append(start(name, [str(BIN / "creditflow"), "serve", "-m", champ.uri, "-p", str(port), "-w",
+                                      str(args.workers), "--feature-store", store], port, tmp / f"by-id-{name}.log"))
+        wait_ready(procs)
+        for ep, name in zip(procs, champs, strict=True):  # the same answer both ways
+            full, by_id = (requests.post(f"{ep.url}{path}", data=body, headers={"Content-Type": "application/json"},
+                                         timeout=60) for path, body in (
+                ("/invocations", bodies(champ_rows[name].drop(columns=["Id"]), 1, 1)[0]),
+                ("/invocations/by-id", json.dumps({"applicant_ids": [champ_rows[name]["Id"].iat[0]]}))))
+            assert full.json() == by_id.json(), (full.text, by_id.text)
+            print(f"{name}: by id and full payload give the same answer", flush=True)
+            for kind in ("full", "by-id"):  # a fresh server's first seconds are slower: not measured
+                run_wrk(ep.url, scripts[name, kind], 2, min(args.seconds, 3),
+                        "/invocations" if kind == "full" else "/invocations/by-id")
+        results: dict[tuple, list[dict]] = {}
+        for run in range(args.runs):
+            for conc in args.concurrency:
+                for ep, name in zip(procs, champs, strict=True):
+                    for kind in (("full", "by-id") if run % 2 == 0 else ("by-id", "full")):
+                        path = "/invocations" if kind == "full" else "/invocations/by-id"
+                        results.setdefault((name, conc, kind), []).append(
+                            run_wrk(ep.url, scripts[name, kind], conc, args.seconds, path))
+    finally:
+        stop(procs)
+        redis.Redis.from_url(store).flushdb()  # the applicants' features were the bench's own
+    print(f"\nby id against full payload, same server: {args.runs} run(s) x {args.seconds} s each, in turn; medians; "
+          f"1 applicant per request; {args.workers} worker(s)")
+    print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name in champs:
+        for conc in args.concurrency:
+            med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
+            for kind, m in med.items():
+                errors = sum(r["errors"] for r in results[name, conc, kind])
+                ratio = (f"  by-id/full p99 x{m['p99_ms'] / med['full']['p99_ms']:.2f}, "
+                         f"p50 x{m['p50_ms'] / med['full']['p50_ms']:.2f}") if kind == "by-id" else ""
+                print(f"{name:<36} {conc:>4} {kind:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
+                      f"{errors:>6}{ratio}")
+    return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
