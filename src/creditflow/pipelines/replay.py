@@ -21,7 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from creditflow.data.calendar import MONTH_PATTERN, Drift, add_months
+from creditflow.data.calendar import MONTH_PATTERN, DriftKind, add_months
 from creditflow.data.dataset import load_dataset
 from creditflow.data.io import read_table
 from creditflow.data.months import KNOWN_MONTH, PROBABILITY, generate_months
@@ -61,7 +61,7 @@ class ReplaySpec(BaseModel):
 
     months: int = Field(18, ge=2)
     start: str = Field("2025-01", pattern=MONTH)
-    drift: Drift = "concept"
+    drift: DriftKind = "concept"
     onset: str | None = Field("2025-10", pattern=MONTH)
     rows_per_month: int = Field(20_000, ge=500)
     outcome_lag: int = Field(1, ge=0)
