@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit lint ui serve clean
+.PHONY: help setup demo demo-decay test test-unit lint ui serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ setup: $(VENV)/.installed ## create .venv and install creditflow with its dev to
 
 demo: setup ## run the main pipeline (generated data, SQLite tracking in ./mlflow.db)
 	$(VENV)/bin/mlflow run . -e main --env-manager local
+
+demo-decay: setup ## replay 18 months of drifting applicants: score, monitor, retrain, promote (README: Model decay)
+	$(VENV)/bin/mlflow run . -e replay --env-manager local
 
 TEST_WORKERS ?= 2  # pytest-xdist workers: most tests wait on servers and subprocesses, so two share 2 cores well
 
@@ -43,4 +46,4 @@ serve: setup ## REST endpoint for models:/credit-default@champion on port 5001 (
 	$(VENV)/bin/creditflow serve --config serving/online.yaml
 
 clean: ## remove local tracking state and outputs (keeps .venv)
-	rm -rf mlruns mlartifacts mlflow.db spark-warehouse outputs
+	rm -rf mlruns mlartifacts mlflow.db spark-warehouse outputs replay data/retrain

@@ -18,8 +18,12 @@ from pathlib import Path
 from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
 from creditflow.monitor.policy import add_performance_arguments
+from creditflow.ops.tracking_server import add_tracking_server_arguments
+from creditflow.pipelines.arguments import add_retraining_parsers, add_segments_arguments
 from creditflow.registry.policy import add_promote_arguments
 from creditflow.scoped import environ
+from creditflow.serving.arguments import add_features_arguments, add_serve_arguments, add_stream_arguments
+from creditflow.serving.batch.spark import add_batch_arguments
 from creditflow.specs import CHAMPION_URI, DEFAULT_MODEL_NAME
 
 Handler = Callable[[argparse.Namespace], int]
@@ -90,6 +94,21 @@ def promote_command(args: argparse.Namespace, on_step: Callable[[str], None] | N
     decision = promote(req, policy, on_step or no_step)
     print(decision.report(), flush=True)
     return decision.exit_code
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from creditflow.pipelines.retrain import retrain_from_args
+
+    result = retrain_from_args(args)
+    print(result.report(), flush=True)
+    return result.decision.exit_code
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from creditflow.pipelines.replay import replay_from_args
+
+    print(replay_from_args(args).summary())
+    return 0
 
 
 def _cmd_registry_history(args: argparse.Namespace) -> int:
@@ -256,12 +275,7 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_main)
 
     p = sub.add_parser("segments", help="a global model and a model per segment: trained, gated, promoted; one table")
-    p.add_argument("--spec", default="experiments/segmented.yaml", help="experiment spec YAML with `segments:`")
-    p.add_argument("--data", default="", help="CSV/Parquet file (with the segment column) instead of the spec's source")
-    p.add_argument("--master", default="", help="train the segments on Spark, e.g. spark://host:7077 or local[2] "
-                                                "(default: worker processes on this machine's cores)")
-    p.add_argument("--policy", default="experiments/promotion.yaml", help="promotion policy YAML (gate thresholds)")
-    p.set_defaults(handler=_cmd_segments)
+    add_segments_arguments(p).set_defaults(handler=_cmd_segments)
 
     p = sub.add_parser("explain", help="rebuild the explanations and the model card of an existing run's model")
     p.add_argument("--run-id", required=True, help="the MLflow run that logged the model")
@@ -289,62 +303,24 @@ def add_registry_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_registry_history)
 
 
-def add_reload_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reload-seconds", type=float, default=None,
-                   help="how often an alias is re-resolved and a new version swapped in (default 30; 0: pinned)")
-
-
 def add_online_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the REST endpoint: MLflow's scoring app with request limits and safe errors")
-    p.add_argument("--config", default="", help="serving config YAML, e.g. serving/online.yaml")
-    p.add_argument("-m", "--model-uri", default=None, help=f"model to serve (default {CHAMPION_URI})")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("-p", "--port", type=int, default=None, help="port (default 5001)")
-    p.add_argument("-w", "--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
-    p.add_argument("--feature-store", default=None,
-                   help="redis://host:port/db of precomputed features: enables POST /invocations/by-id")
-    add_reload_argument(p)
-    p.add_argument("--shadow", default=None,
-                   help="a model scored on the same requests off the response path, e.g. models:/NAME@challenger")
-    p.set_defaults(handler=_cmd_serve)
-
+    add_serve_arguments(p).set_defaults(handler=_cmd_serve)
     p = sub.add_parser("features", help="precomputed applicant features for online prediction by id")
     feat = p.add_subparsers(dest="features_command", required=True)
     p = feat.add_parser("load", help="write a file of applicants' features into the feature store (Redis)")
-    p.add_argument("--model-uri", default=CHAMPION_URI, help="whose dataset spec to read by")
-    p.add_argument("--input", required=True, help="applicants with their id column: .csv or .parquet, or a directory")
-    p.add_argument("--store", default="redis://127.0.0.1:6379/0", help="feature store URL (default: local Redis)")
-    p.add_argument("--ttl-hours", type=float, default=0, help="expire each applicant's features (0: never)")
-    p.set_defaults(handler=_cmd_features_load)
-
+    add_features_arguments(p).set_defaults(handler=_cmd_features_load)
     p = sub.add_parser("stream", help="streaming prediction: batch plus streaming features, per event")
     stream = p.add_subparsers(dest="stream_command", required=True)
     p = stream.add_parser("score", help="consume the events stream, score each event's applicant, publish")
-    p.add_argument("--config", default="serving/stream.yaml", help="stream config YAML")
-    p.add_argument("--model-uri", default=None, help="override the config's model")
-    p.add_argument("--store", default=None, help="override the config's Redis URL")
-    p.add_argument("--max-events", type=int, default=0, help="stop after this many events (0: never)")
-    p.add_argument("--idle-seconds", type=float, default=0, help="stop after this long without events (0: never)")
-    add_reload_argument(p)
-    p.set_defaults(handler=_cmd_stream_score)
+    add_stream_arguments(p).set_defaults(handler=_cmd_stream_score)
 
 
 def add_batch_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="batch scoring")
     score = p.add_subparsers(dest="score_command", required=True)
     p = score.add_parser("batch", help="score a CSV/Parquet file or directory on Spark with the model's spark_udf")
-    p.add_argument("--model-uri", default="", help=f"e.g. {CHAMPION_URI} (pinned to its version)")
-    p.add_argument("--deployment", default="", help="instead of --model-uri: a segmented deployment, e.g. "
-                                                    "serving/segments.yaml (each row scored by its segment's model)")
-    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
-    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
-    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
-    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
-    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
-    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
-                                               "(default: sqlite under --output)")
-    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
-    p.set_defaults(handler=score_batch_command)
+    add_batch_arguments(p).set_defaults(handler=score_batch_command)
 
     p = sub.add_parser("predictions", help="read stored batch predictions")
     pred = p.add_subparsers(dest="predictions_command", required=True)
@@ -376,17 +352,7 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
 def add_ops_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tracking-server", help="the MLflow tracking server, after start-up checks "
                                                "(scripts/start_tracking_server.sh)")
-    p.add_argument("--profile", required=True, choices=("local", "production"),
-                   help="local: SQLite ./mlflow.db + ./mlartifacts; production: PostgreSQL + S3 (.env.example)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
-    p.add_argument("--auth", action="store_true", help="MLflow basic auth: users and per-experiment permissions")
-    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
-    p.add_argument("--env-file", default=".env", help="file of MLflow variables (default .env; the environment wins)")
-    p.add_argument("--state-dir", default=".tracking-server", help="where the generated auth config is kept")
-    p.add_argument("--check-only", action="store_true", help="run the start-up checks, then exit")
-    p.set_defaults(handler=_cmd_tracking_server)
+    add_tracking_server_arguments(p).set_defaults(handler=_cmd_tracking_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_training_parsers, add_data_parsers, add_online_parsers, add_batch_parsers, add_monitor_parsers,
                 add_registry_parsers, add_ops_parsers):
         add(sub)
+    add_retraining_parsers(sub, _cmd_retrain, _cmd_replay)
     return parser
 
 

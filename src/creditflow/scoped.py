@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -46,3 +47,15 @@ def tracking_uri(uri: str) -> Iterator[None]:
 
     with environ("MLFLOW_TRACKING_URI", uri), _use_tracking_uri(uri):
         yield
+
+
+@contextmanager
+def log_level(name: str, level: int) -> Iterator[None]:
+    """A logger's level (and so its children's, unless they set their own) for the block only, then as it was."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

@@ -131,10 +131,11 @@ def test_the_report_shows_the_evidence_line_only_when_there_is_some() -> None:
 
 
 def policy_file(path: Path, **shadow: object) -> str:
-    """The shipped policy with floors out of the way (same model as the champion) and a small bootstrap."""
+    """The shipped policy with floors and gate (b)'s margin out of the way (the candidate is a copy of the champion,
+    which gains nothing: this module is about gate (e)) and a small bootstrap."""
     shipped = load_policy(EXPERIMENTS / "promotion.yaml").model_dump()
     policy = PromotionPolicy(**{**shipped, "min_roc_auc": 0.5, "max_calibration_error": 1.0, "bootstrap_samples": 50,
-                                **shadow})
+                                "min_auc_gain": 0.0, **shadow})
     path.write_text(yaml.safe_dump(policy.model_dump()))
     return str(path)
 

@@ -42,9 +42,13 @@ def test_versus_champion_gate_uses_the_paired_interval(scores) -> None:
     assert better.passed is True and better.figures["auc_gain_ci_low"] > 0
     assert better.figures["auc_gain_ci_low"] < better.figures["auc_gain"] < better.figures["auc_gain_ci_high"]
     assert versus_champion_gate(y, weak, good, policy).passed is False
-    same = versus_champion_gate(y, good, good, policy)
-    assert same.figures["auc_gain"] == 0 and same.passed is True  # no gain demanded by default
-    assert versus_champion_gate(y, good, good, policy.model_copy(update={"min_auc_gain": 0.001})).passed is False
+    same = versus_champion_gate(y, good, good, policy)  # an exact copy of the champion: gain 0, interval [0, 0]
+    assert same.figures["auc_gain"] == 0 and same.figures["auc_gain_ci_low"] == 0 and same.passed is False
+    assert same.detail.startswith("not better than the champion by the margin +0.0050 (it scores every row as")
+    assert versus_champion_gate(y, good, good, policy.model_copy(update={"min_auc_gain": 0.0})).passed is True
+    nearly = versus_champion_gate(y, np.clip(good + 1e-3 * weak, 0, 1), good, policy)  # other scores, same quality
+    assert abs(nearly.figures["auc_gain"]) < 0.005 and nearly.passed is False
+    assert nearly.detail.startswith("not better than the champion by the margin +0.0050: auc_gain=")
 
 
 def _signature(inputs: list[ColSpec], outputs: list[ColSpec] | None = None) -> ModelSignature:

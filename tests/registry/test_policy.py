@@ -30,6 +30,7 @@ def test_flags_take_an_optional_value_for_mlproject() -> None:
     (["--version", "2", "--force"], '--force needs --reason'),
     (["--version", "2", "--force", "--reason", "  "], '--force needs --reason'),
     (["--rollback", "--alias", "challenger"], "takes no --alias challenger"),
+    (["--version", "2", "--data-rows", "all"], "--data-rows all scores every row of --data: give --data FILE"),
 ])
 def test_contradictory_requests_are_named(argv: list[str], message: str) -> None:
     with pytest.raises(SpecError, match="bad promotion request") as err:
@@ -49,6 +50,7 @@ def test_cli_usage_errors_are_one_line(capsys) -> None:
 def test_shipped_policy_loads_and_bad_fields_are_named(tmp_path) -> None:
     policy = load_policy(EXPERIMENTS / "promotion.yaml")
     assert 0.5 < policy.min_roc_auc < 1 and policy.max_calibration_error > 0 and policy.bootstrap_samples >= 50
+    assert policy.min_auc_gain > 0  # "beats the champion" means better: an exact copy gains 0
     (tmp_path / "p.yaml").write_text("min_roc_auc: 1.5\n")
     with pytest.raises(SpecError, match="'min_roc_auc'"):
         load_policy(tmp_path / "p.yaml")

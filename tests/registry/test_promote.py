@@ -173,6 +173,7 @@ def test_promotion_story(client, models, policy, capsys) -> None:
     assert audit.data.tags[f"{TAG}decision"] == "promoted" and audit.data.tags[f"{TAG}gate.b"] == "pass"
     figures = audit.data.metrics
     assert 0 < figures["b.auc_gain_ci_low"] < figures["b.auc_gain"] < figures["b.auc_gain_ci_high"]
+    assert figures["b.auc_gain"] >= policy[0].min_auc_gain > 0  # better by the shipped margin, which is above zero
     assert figures["a.roc_auc"] == pytest.approx(figures["b.champion_roc_auc"] + figures["b.auc_gain"])
     assert_in_step(client, name, models.better)
     tags = client.get_model_version(name, models.better).tags
@@ -220,9 +221,29 @@ def test_refusal_through_the_script(client, models, policy) -> None:
          "--policy", str(policy[1]), "--dry-run"],
         capture_output=True, text=True, timeout=120, env=subprocess_env(MLFLOW_TRACKING_URI=models.url))
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "gate (b) beats champion         FAIL  auc_gain=-0." in proc.stdout
+    assert "gate (b) beats champion         FAIL  not better than the champion by the margin +0.0050: auc_gain=-0." \
+        in proc.stdout
     assert "decision: would refuse" in proc.stdout
     assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
+
+
+@pytest.mark.parametrize("models", ["sqlite"], indirect=True)  # gate (b)'s margin; the backend is not the point
+def test_an_exact_copy_of_the_champion_is_refused(client, models, policy, capsys) -> None:
+    """The champion's own model registered again gains nothing: refused (exit 3), audited, @champion unchanged."""
+    reset(client, models, champion=models.better)
+    source = client.get_model_version(models.name, models.better).source
+    copy = str(mlflow.register_model(source, models.name).version)
+    before = snapshot(client, models.name)
+    assert promote_cli(models, policy, "--version", copy) == 3
+    out = capsys.readouterr().out
+    assert "gate (b) beats champion         FAIL  not better than the champion by the margin +0.0050 " \
+           "(it scores every row as the champion does): auc_gain=+0.0000 [95% CI +0.0000, +0.0000]" in out
+    assert "decision: refused" in out
+    audit = audits(client, models.name)[-1]
+    assert audit.data.tags[f"{TAG}decision"] == "refused" and audit.data.tags[f"{TAG}gate.b"] == "fail"
+    assert audit.data.metrics["b.auc_gain"] == 0
+    assert snapshot(client, models.name) == before
+    client.delete_model_version(models.name, copy)
 
 
 def driver(models: Models, policy_path: Path, *args: str, own: tuple[str, ...] = ()) -> list[str]:

@@ -109,6 +109,21 @@ def read_settings(environ: Mapping[str, str], env_file: Path | None) -> dict[str
     return {**from_file, **environ}
 
 
+def add_tracking_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `creditflow tracking-server` (scripts/start_tracking_server.sh), read by `build_config`."""
+    p.add_argument("--profile", required=True, choices=("local", "production"),
+                   help="local: SQLite ./mlflow.db + ./mlartifacts; production: PostgreSQL + S3 (.env.example)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    p.add_argument("--auth", action="store_true", help="MLflow basic auth: users and per-experiment permissions")
+    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
+    p.add_argument("--env-file", default=".env", help="file of MLflow variables (default .env; the environment wins)")
+    p.add_argument("--state-dir", default=".tracking-server", help="where the generated auth config is kept")
+    p.add_argument("--check-only", action="store_true", help="run the start-up checks, then exit")
+    return p
+
+
 def build_config(args: argparse.Namespace, settings: Mapping[str, str]) -> ServerConfig:
     """The one validated config object for this start (profile decides where metadata and artifacts go)."""
     settings = {k: v for k, v in settings.items() if v}  # an empty variable counts as unset

@@ -45,7 +45,8 @@ def open_audit(client: MlflowClient, req: PromotionRequest, version: str | None,
               "rollback": req.rollback, "reason": req.reason, "previous_champion": previous or "",
               **{f"policy.{k}": v for k, v in policy.model_dump().items()}}
     if evaluation is not None:
-        params.update({"eval.source": evaluation.data_source, "eval.rows": evaluation.rows})
+        params.update({"eval.source": evaluation.data_source, "eval.rows": evaluation.rows,
+                       "eval.data_rows": req.data_rows})
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                      metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
                               for k, v in (evaluation.figures() if evaluation else {}).items()])

@@ -22,12 +22,13 @@ from mlflow.models import ModelSignature
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from creditflow.data.dataset import load_dataset
 from creditflow.errors import TrackingError, first_line
 from creditflow.model.monotone import ColumnCheck, monotone_violations
 from creditflow.registry.client import mlflow_errors, version_uri
 from creditflow.registry.policy import PromotionPolicy
 from creditflow.specs import DatasetSpec, spec_from_config
-from creditflow.train.held_out import held_out
+from creditflow.train.held_out import held_out, run_specs
 from creditflow.train.metrics import calibration_error, ks_statistic, paired_bootstrap_auc
 
 
@@ -90,6 +91,9 @@ def versus_champion_gate(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, po
     detail = (f"auc_gain={diff:+.4f} [{policy.bootstrap_level:.0%} CI {low:+.4f}, {high:+.4f}] "
               f"(needs gain >= {policy.min_auc_gain:+.4f} and CI low >= {policy.min_auc_gain_ci_low:+.4f}; "
               f"champion roc_auc={figures['champion_roc_auc']:.4f})")
+    if diff < policy.min_auc_gain:
+        same = " (it scores every row as the champion does)" if np.array_equal(p_new, p_old) else ""
+        detail = f"not better than the champion by the margin {policy.min_auc_gain:+.4f}{same}: {detail}"
     return Gate("b", "beats champion", ok, detail, figures)
 
 
@@ -170,14 +174,19 @@ def signature_of(name: str, version: str) -> ModelSignature:
     return signature
 
 
-def evaluation_data(run_id: str, data_path: str | None,
-                    policy: PromotionPolicy) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """The challenger's held-out split, rebuilt from its run's specs (at most `eval_rows`, stratified)."""
-    rows = held_out(run_id, data_path)
-    X, y = rows.split.X_test, rows.split.y_test
+def evaluation_data(run_id: str, data_path: str | None, policy: PromotionPolicy,
+                    all_rows: bool = False) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The challenger's held-out split, rebuilt from its run's specs, or with `all_rows` every row of `data_path`
+    (data neither model trained on); at most `eval_rows`, stratified."""
+    if all_rows:
+        data = load_dataset(run_specs(run_id)[1], data_path)
+        X, y, source = data.X, data.y, data.source
+    else:
+        rows = held_out(run_id, data_path)
+        X, y, source = rows.split.X_test, rows.split.y_test, rows.source
     if len(X) > policy.eval_rows:
         X, _, y, _ = train_test_split(X, y, train_size=policy.eval_rows, stratify=y, random_state=policy.eval_seed)
-    return X, y.to_numpy(), rows.source
+    return X, y.to_numpy(), source
 
 
 def probabilities(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
@@ -211,17 +220,18 @@ def _signature_gate_against(name: str, version: str, champion: str | None, champ
 
 
 def evaluate(client: MlflowClient, name: str, version: str, alias: str, champion: str | None,
-             policy: PromotionPolicy, data_path: str | None, champion_name: str | None = None) -> Evaluation:
+             policy: PromotionPolicy, data_path: str | None, champion_name: str | None = None,
+             all_rows: bool = False) -> Evaluation:
     """Gates (a)-(d) and (f) for `version` against the current `champion` (None: the first champion).
 
     The champion is a version of `champion_name` (default: the same registered model; a segment model's is the
-    global model's champion, scored on the segment's held-out rows).
+    global model's champion, scored on the segment's held-out rows). `all_rows`: every row of `data_path`.
     """
     champion_name = champion_name or name
     loads, model = loads_gate(version_uri(name, version))
     signature = _signature_gate_against(name, version, champion, champion_name)
     run_id = client.get_model_version(name, version).run_id
-    X, y, source = evaluation_data(run_id, data_path, policy)
+    X, y, source = evaluation_data(run_id, data_path, policy, all_rows)
     if model is None:
         skipped = "not evaluated: the model does not load"
         gates = (Gate("a", "floors", False, skipped), Gate("b", "beats champion", False, skipped), signature, loads,

@@ -28,7 +28,7 @@ class PromotionPolicy(BaseModel):
     min_roc_auc: float = Field(0.75, ge=0, le=1)
     max_calibration_error: float = Field(0.05, gt=0, le=1)
     max_ks_drop: float = Field(0.05, ge=0, le=1)
-    min_auc_gain: float = Field(0.0, ge=-1, le=1)
+    min_auc_gain: float = Field(0.005, ge=-1, le=1)  # (b) "beats" means better: an exact copy gains 0 and is refused
     min_auc_gain_ci_low: float = Field(-0.01, ge=-1, le=1)
     bootstrap_samples: int = Field(500, ge=50)
     bootstrap_level: float = Field(0.95, gt=0.5, lt=1)
@@ -57,6 +57,7 @@ class PromotionRequest(BaseModel):
     force: bool = False
     reason: str = ""
     data: str | None = None
+    data_rows: Literal["held_out", "all"] = "held_out"  # the gates score --data's held-out split, or all its rows
 
     @model_validator(mode="after")
     def _consistent(self) -> PromotionRequest:
@@ -71,6 +72,8 @@ class PromotionRequest(BaseModel):
             raise ValueError('--force needs --reason "why the gates are overridden"')
         if self.rollback and self.force:
             raise ValueError("--rollback and --force do not go together")
+        if self.data_rows == "all" and not self.data:
+            raise ValueError("--data-rows all scores every row of --data: give --data FILE")
         return self
 
 
@@ -104,6 +107,9 @@ def add_promote_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="promote although gates (a)-(c), (e) or (f) fail; needs --reason (gate (d) still applies)")
     parser.add_argument("--reason", default="", help="why: recorded in the audit run and on the version")
     parser.add_argument("--data", default="", help="CSV/Parquet evaluation data instead of the challenger's data set")
+    parser.add_argument("--data-rows", default="held_out", choices=["held_out", "all"],
+                        help="the gates score the held-out split of --data (a copy of the challenger's data set), "
+                             "or all its rows (data neither model trained on, e.g. a later labelled month)")
     parser.add_argument("--policy", default=str(DEFAULT_POLICY), help="promotion policy YAML (gate thresholds)")
     return parser
 
@@ -112,7 +118,7 @@ def request_from_args(args: argparse.Namespace) -> PromotionRequest:
     """The validated request; a contradictory command line is a one-line SpecError (exit 2)."""
     fields = {"name": args.name, "version": args.version or None, "run_id": args.run_id or None,
               "alias": args.alias, "rollback": args.rollback, "dry_run": args.dry_run, "force": args.force,
-              "reason": args.reason, "data": args.data or None}
+              "reason": args.reason, "data": args.data or None, "data_rows": args.data_rows}
     try:
         return PromotionRequest.model_validate(fields)
     except ValidationError as exc:

@@ -175,7 +175,8 @@ def _evaluate(client: MlflowClient, req: PromotionRequest, version: str, champio
     if global_model:
         rival_name = global_model
         rival = require_model(client, global_model).get("champion")
-    evaluation = evaluate(client, req.name, version, req.alias, rival, policy, req.data, rival_name)
+    evaluation = evaluate(client, req.name, version, req.alias, rival, policy, req.data, rival_name,
+                          req.data_rows == "all")
     if global_model and not rival:
         missing = Gate("b", "beats champion", False, f"'{global_model}' has no @champion: a segment model must beat "
                                                      "the global champion, promote one first")

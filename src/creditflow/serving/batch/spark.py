@@ -5,6 +5,7 @@ pyspark and py4j are imported inside the functions that use them (start-up time 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import threading
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from creditflow.errors import CreditflowError, first_line
 from creditflow.scoped import environ
-from creditflow.specs import load_config
+from creditflow.specs import CHAMPION_URI, load_config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -70,6 +71,22 @@ class SparkConfig(BaseModel):
             "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
             **self.conf,
         }
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `creditflow score batch` (the MLproject entry point `batch_score`)."""
+    p.add_argument("--model-uri", default="", help=f"e.g. {CHAMPION_URI} (pinned to its version)")
+    p.add_argument("--deployment", default="", help="instead of --model-uri: a segmented deployment, e.g. "
+                                                    "serving/segments.yaml (each row scored by its segment's model)")
+    p.add_argument("--input", required=True, help="a .csv or .parquet file, or a directory of them")
+    p.add_argument("--output", required=True, help="directory for scored/, quarantine/ and predictions.db")
+    p.add_argument("--batch-id", default="", help="replaces an earlier batch of that id (default: input name + date)")
+    p.add_argument("--id-column", default="", help="applicant id column (default: the model's dataset spec's)")
+    p.add_argument("--master", default="", help="Spark master, e.g. local[*] or spark://host:7077 (default: config)")
+    p.add_argument("--table", default="", help="SQL table URL: sqlite:///file.db or postgresql://user@host/db "
+                                               "(default: sqlite under --output)")
+    p.add_argument("--config", default="", help="job config YAML, e.g. serving/batch/job.yaml")
+    return p
 
 
 def load_batch_config(path: str | Path | None, **overrides: Any) -> SparkConfig:
