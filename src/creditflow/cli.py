@@ -17,7 +17,7 @@ from pathlib import Path
 
 from creditflow.data.calendar import add_generate_arguments
 from creditflow.errors import CreditflowError
-from creditflow.monitor.policy import add_performance_arguments
+from creditflow.monitor.policy import add_drift_arguments, add_performance_arguments
 from creditflow.ops.tracking_server import add_tracking_server_arguments
 from creditflow.pipelines.arguments import add_retraining_parsers, add_segments_arguments
 from creditflow.registry.policy import add_promote_arguments
@@ -335,14 +335,7 @@ def add_monitor_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("monitor", help="data drift against the model's training data; realized performance")
     mon = p.add_subparsers(dest="monitor_command", required=True)
     p = mon.add_parser("drift", help="PSI of every input column and the score (exit 3: a major shift)")
-    p.add_argument("--model-uri", default="", help=f"the model (default {CHAMPION_URI})")
-    p.add_argument("--deployment", default="", help="instead: a segmented deployment (serving/segments.yaml): "
-                                                    "each segment's rows against its model, and overall")
-    p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
-    p.add_argument("--report", default="", help="also write the report as JSON to this file")
-    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
-                   help="log the report as an MLflow run (default: yes)")
-    p.set_defaults(handler=_cmd_monitor_drift)
+    add_drift_arguments(p).set_defaults(handler=_cmd_monitor_drift)
 
     p = mon.add_parser("performance", help="realized performance of the scored batches by vintage, once outcomes "
                                            "are known (exit 3: the latest vintage decayed)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from creditflow.specs import read_yaml, validated
+from creditflow.specs import CHAMPION_URI, read_yaml, validated
 
 DEFAULT_MONITORING_POLICY = Path("experiments/monitoring.yaml")
 
@@ -44,6 +44,18 @@ def load_monitoring_policy(path: str | Path = DEFAULT_MONITORING_POLICY) -> Moni
     """The policy from YAML; a missing file or a bad field is one SpecError line."""
     path = Path(path)
     return validated(MonitoringPolicy, read_yaml(path, "monitoring policy"), str(path))
+
+
+def add_drift_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `creditflow monitor drift`."""
+    p.add_argument("--model-uri", default="", help=f"the model (default {CHAMPION_URI})")
+    p.add_argument("--deployment", default="", help="instead: a segmented deployment (serving/segments.yaml): "
+                                                    "each segment's rows against its model, and overall")
+    p.add_argument("--input", required=True, help="applicants: a .csv or .parquet file, or a directory of them")
+    p.add_argument("--report", default="", help="also write the report as JSON to this file")
+    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log the report as an MLflow run (default: yes)")
+    return p
 
 
 def add_performance_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""The command-line options of `creditflow segments`, `creditflow retrain` and `creditflow replay` (argparse only: the CLI's parser stays
-cheap to build, as `registry.policy.add_promote_arguments`)."""
+"""The command-line options of `creditflow segments`, `retrain` and `replay` (argparse only: the CLI's parser
+stays cheap to build, as `registry.policy.add_promote_arguments`)."""
 
 from __future__ import annotations
 
