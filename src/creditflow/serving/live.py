@@ -64,7 +64,9 @@ class Loaded:
 
     def answer(self, frame: Any) -> Any:
         """The model's answer frame, each prediction with the model_version that made it."""
-        return self.model.predict(frame).assign(model_version=self.label)
+        answer = self.model.predict(frame)  # a frame of its own: labelled in place, not copied
+        answer["model_version"] = self.label
+        return answer
 
 
 class WarmUpFailed(CreditflowError):

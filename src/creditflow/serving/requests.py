@@ -93,8 +93,13 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
     numeric = [not _is_text(spec, c, segment) for c in columns]
     if all(numeric):
         return pd.DataFrame(np.array(rows, dtype="float64").reshape(len(rows), len(columns)), columns=columns)
-    frame = pd.DataFrame(rows, columns=columns, dtype=object)
-    return frame.astype({c: "float64" for c, num in zip(columns, numeric, strict=True) if num})
+    kept = [j for j, num in enumerate(numeric) if num]  # one float block, then the text columns in their places
+    block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
+    frame = pd.DataFrame(block, columns=[columns[j] for j in kept])
+    for j, column in enumerate(columns):
+        if not numeric[j]:
+            frame.insert(j, column, pd.Series([row[j] for row in rows], dtype=object))
+    return frame
 
 
 def _no_constants(name: str) -> None:

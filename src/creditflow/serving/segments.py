@@ -175,14 +175,19 @@ class Routing:
     def answer(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model`."""
-        keys = route_keys(frame[self.column], frozenset(self.segments))
-        features = frame.drop(columns=[self.column])
+        features = frame.copy(deep=False)  # the routing column taken out of a shallow copy: the data is not copied
+        keys = route_keys(features.pop(self.column), frozenset(self.segments))
+        groups = pd.unique(keys)
+        if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
+            answer = self.segments.get(groups[0], self.fallback).answer(features)
+            answer["segment_model"] = groups[0] != FALLBACK
+            return answer
         parts = []
-        for key in pd.unique(keys):
+        for key in groups:
             rows = np.flatnonzero(keys == key)
-            loaded = self.segments.get(key, self.fallback)
-            part = loaded.answer(features.iloc[rows]).set_axis(rows)
-            parts.append(part.assign(segment_model=key != FALLBACK))
+            part = self.segments.get(key, self.fallback).answer(features.iloc[rows]).set_axis(rows)
+            part["segment_model"] = key != FALLBACK
+            parts.append(part)
         return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
