@@ -70,7 +70,7 @@ class Metrics:
     def answered(self, answer: Any) -> None:
         """An answer frame's rows and decisions, by each row's model_version (one model, or a segments' several)."""
         versions = answer["model_version"].to_numpy()
-        if len(versions) and (versions == versions[0]).all():  # one model answered every row (a pandas groupby costs ~0.5 ms)
+        if len(versions) and (versions == versions[0]).all():  # one model answered every row: no groupby
             self.scored(str(versions[0]), answer["decision"])
             return
         for label, decisions in answer.groupby("model_version", sort=False)["decision"]:
