@@ -147,9 +147,9 @@ def resolve_deployment(config: SegmentsConfig) -> DeploymentRefs:
 
 def route_keys(values: pd.Series, served: set[str] | frozenset[str]) -> np.ndarray:
     """Per row, the segment whose model scores it, or FALLBACK: a value not listed, missing or not served."""
-    text = values.astype(object)
-    known = text.isin(list(served)).to_numpy()
-    return np.where(known, text.to_numpy(), FALLBACK)
+    text = values.to_numpy(dtype=object)
+    known = np.fromiter((isinstance(v, str) and v in served for v in text), bool, len(text))  # no pandas per request
+    return np.where(known, text, FALLBACK)
 
 
 @dataclass(frozen=True)
