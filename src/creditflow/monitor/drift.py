@@ -120,14 +120,20 @@ def drift_report(model_uri: str, input_path: str | Path) -> DriftReport:
     return drift_of(ref, read_applicants(input_path, ref.dataset), str(input_path))
 
 
-def drift_of(ref: ModelRef, X: pd.DataFrame, source: str) -> DriftReport:
-    """Compare applicant rows (the model's raw columns) with the training population of the model `ref`."""
+def reference_of(ref: ModelRef) -> tuple[Any, Any]:
+    """The model's training profile and the loaded model: what a batch is compared with and scored by."""
+    with model_files(ref) as path:
+        return load_profile(path, ref.requested), mlflow.pyfunc.load_model(str(path))
+
+
+def drift_of(ref: ModelRef, X: pd.DataFrame, source: str, reference: tuple[Any, Any] | None = None) -> DriftReport:
+    """Compare applicant rows (the model's raw columns) with the training population of the model `ref`
+    (`reference`: its profile and model, when the caller loaded them already)."""
     if len(X) < MIN_ROWS:
         raise DataError(f"{source}: {len(X)} row(s); drift needs at least {MIN_ROWS} rows to compare shares")
-    with model_files(ref) as path:
-        profile = load_profile(path, ref.requested)
-        valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
-        probability = mlflow.pyfunc.load_model(str(path)).predict(valid)["probability"] if len(valid) else []
+    profile, model = reference or reference_of(ref)
+    valid = X[(rule_violations(X, ref.dataset) == "").to_numpy()]
+    probability = model.predict(valid)["probability"] if len(valid) else []
     labels = ref.dataset.display_names()
     columns = [column_drift(raw, labels.get(raw) or raw, profile.columns[raw], X[raw])
                for raw in ref.dataset.raw_columns if raw in profile.columns]

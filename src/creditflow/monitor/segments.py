@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from creditflow.data.dataset import read_applicants
-from creditflow.monitor.drift import MIN_ROWS, Drift, DriftReport, drift_of, published
+from creditflow.monitor.drift import MIN_ROWS, Drift, DriftReport, drift_of, published, reference_of
 from creditflow.serving.segments import SegmentsConfig, resolve_deployment
 
 
@@ -66,15 +66,17 @@ def segmented_drift(deployment: SegmentsConfig, input_path: str | Path) -> Segme
     refs = resolve_deployment(deployment)
     X = read_applicants(input_path, refs.fallback.dataset, segment=deployment.column)
     features = X.drop(columns=[deployment.column])
-    overall = drift_of(refs.fallback, features, str(input_path))
+    fallback = reference_of(refs.fallback)  # loaded once: every segment without a champion of its own uses it
+    overall = drift_of(refs.fallback, features, str(input_path), fallback)
     segments, too_few = {}, {}
     for segment in deployment.values:
         rows = features[(X[deployment.column] == segment).to_numpy()]
         if 0 < len(rows) < MIN_ROWS:
             too_few[segment] = len(rows)
         elif len(rows):
-            segments[segment] = drift_of(refs.segments[segment] or refs.fallback, rows,
-                                         f"{input_path} [{deployment.column}={segment}]")
+            own = refs.segments[segment]
+            segments[segment] = drift_of(own or refs.fallback, rows, f"{input_path} [{deployment.column}={segment}]",
+                                         None if own else fallback)
     return SegmentedDrift(deployment.column, overall, segments, too_few)
 
 
