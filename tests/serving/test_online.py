@@ -505,14 +505,18 @@ def broken_app(served, spec):
 
 
 class Held:
-    """A model whose predict waits for `release`: scoring that outlasts any timeout, ended by the test."""
+    """A model whose predict waits for `release`: scoring that outlasts any timeout, ended by the test (the pyfunc
+    and the python model it wraps, which the server calls with the frame it typed itself)."""
 
     def __init__(self, model, release: threading.Event) -> None:
         self.model, self.release = model, release
 
-    def predict(self, frame):
+    def predict(self, *args):
         assert self.release.wait(timeout=120), "the test never released the held scoring"
-        return self.model.predict(frame)
+        return self.model.predict(*args)
+
+    def unwrap_python_model(self):
+        return Held(self.model.unwrap_python_model(), self.release)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)

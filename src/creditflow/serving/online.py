@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import io
 import json
 import logging
 import os
@@ -276,12 +275,19 @@ class RequestGuard:
 
 def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, Any]:
     """The answer body and frame, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
-    from mlflow.pyfunc import scoring_server
+    answer = loaded.answer(frame, typed=True)  # parse_body typed the frame
+    return answer_body(answer), answer
 
-    answer = loaded.answer(frame)
-    out = io.StringIO()
-    scoring_server.predictions_to_json(answer, out)
-    return out.getvalue().encode(), answer
+
+def answer_body(answer: Any) -> bytes:
+    """`{"predictions": [...]}` byte for byte as MLflow's `predictions_to_json` writes it, built from whole columns
+    (MLflow converts the frame row by row with pandas, then encodes it with json's pure-Python encoder)."""
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    columns = list(answer.columns)
+    cells = zip(*(answer[c].tolist() for c in columns), strict=True)  # column by column: one conversion each
+    rows = [dict(zip(columns, values, strict=True)) for values in cells]
+    return json.dumps({"predictions": rows}, cls=NumpyEncoder).encode()
 
 
 # ---------------------------------------------------------------- the worker app and the server
