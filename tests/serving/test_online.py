@@ -515,6 +515,10 @@ class Held:
         assert self.release.wait(timeout=120), "the test never released the held scoring"
         return self.model.predict(*args)
 
+    def answer_columns(self, *args):
+        assert self.release.wait(timeout=120), "the test never released the held scoring"
+        return self.model.answer_columns(*args)
+
     def unwrap_python_model(self):
         return Held(self.model.unwrap_python_model(), self.release)
 

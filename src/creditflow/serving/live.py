@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from creditflow.errors import CreditflowError, first_line
 from creditflow.registry.client import (
     alias_target,
@@ -72,6 +74,14 @@ class Loaded:
         answer = self.model.predict(frame) if model is None else model.predict(None, frame)  # labelled in place
         answer["model_version"] = self.label
         return answer
+
+    def columns(self, frame: Any) -> dict[str, list]:
+        """The answer to a frame `parse_body` typed, as lists of plain values (what the JSON body and /metrics
+        read), each row with its model_version: no signature check (`answer(typed=True)`), no answer frame."""
+        columns = self.model.unwrap_python_model().answer_columns(frame)
+        out = {name: values.tolist() if isinstance(values, np.ndarray) else values for name, values in columns.items()}
+        out["model_version"] = [self.label] * len(out["probability"])
+        return out
 
 
 class WarmUpFailed(CreditflowError):

@@ -7,9 +7,9 @@ same way and build that same app (`scoring_server.init(model)`: /ping, /version)
 - a body-size limit and a row limit (413), the first checked before the body is read;
 - one strict parse (`serving.requests.parse_body`) instead of MLflow's parser, whose errors repeat the
   whole input and which reads `true` as 1.0: a bad request gets a 4xx naming the problem;
-- the typed frame goes to the pyfunc (MLflow's signature enforcement, then our model) and
-  MLflow's `predictions_to_json` writes the answer, so answers are those of `mlflow models serve`,
-  plus the `model_version` that made them;
+- the typed frame goes straight to our model (its input checks and value rules; MLflow's signature check
+  would only repeat the parse's typing) and the answer is written as MLflow's `predictions_to_json` writes it,
+  so answers are those of `mlflow models serve`, byte for byte, plus the `model_version` that made them;
 - error bodies keep the model's status (400 for the client, 500 for a model fault), never the input;
 - the model is a `serving.live.LiveModel`: an alias is followed, new versions swapped in without a
   restart; an optional shadow model (`serving.shadow`) is compared on the same requests;
@@ -33,7 +33,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -153,10 +153,10 @@ class RequestGuard:
     """ASGI app in front of MLflow's scoring app: limits, one strict parse, the pyfunc, safe error bodies.
 
     POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the version the
-    `LiveModel` serves when the request arrives (MLflow's signature enforcement, then our model); MLflow's
-    `predictions_to_json` writes the answer, each prediction with its `model_version`. Requests of more
-    than INLINE_ROWS applicants run in a worker thread under the request timeout. GET /health reports the
-    served version and the registry polls, GET /metrics the Prometheus figures; every other route is MLflow's.
+    `LiveModel` serves when the request arrives; the answer is MLflow's `predictions_to_json` body, each
+    prediction with its `model_version`. Requests of more than INLINE_ROWS applicants run in a worker thread
+    under the request timeout. GET /health reports the served version and the registry polls, GET /metrics the
+    Prometheus figures; every other route is MLflow's.
     """
 
     def __init__(self, app: ASGIApp, live: LiveModel | SegmentRouter, config: ServingConfig,
@@ -256,7 +256,7 @@ class RequestGuard:
         return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
 
     async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
-        """(status, body, answer frame or None) for a parsed request; errors keep their status, never the input."""
+        """(status, body, answer columns or None) for a parsed request; errors keep their status, never the input."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -273,20 +273,19 @@ class RequestGuard:
             return 500, error_body(500, WITHHELD[500]), None
 
 
-def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, Any]:
-    """The answer body and frame, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
-    answer = loaded.answer(frame, typed=True)  # parse_body typed the frame
-    return answer_body(answer), answer
+def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, dict[str, list]]:
+    """The answer body and columns, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
+    columns = loaded.columns(frame)
+    return answer_body(columns), columns
 
 
-def answer_body(answer: Any) -> bytes:
-    """`{"predictions": [...]}` byte for byte as MLflow's `predictions_to_json` writes it, built from whole columns
-    (MLflow converts the frame row by row with pandas, then encodes it with json's pure-Python encoder)."""
+def answer_body(columns: Mapping[str, list]) -> bytes:
+    """`{"predictions": [...]}` from an answer's columns, byte for byte as MLflow's `predictions_to_json` writes the
+    answer's frame (which it turns into records with pandas, then encodes with json's pure-Python encoder)."""
     from mlflow.utils.proto_json_utils import NumpyEncoder
 
-    columns = list(answer.columns)
-    cells = zip(*(answer[c].tolist() for c in columns), strict=True)  # column by column: one conversion each
-    rows = [dict(zip(columns, values, strict=True)) for values in cells]
+    names = list(columns)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
     return json.dumps({"predictions": rows}, cls=NumpyEncoder).encode()
 
 

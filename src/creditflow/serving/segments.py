@@ -190,6 +190,11 @@ class Routing:
             parts.append(part)
         return pd.concat(parts).sort_index().reset_index(drop=True)
 
+    def columns(self, frame: pd.DataFrame) -> dict[str, list]:
+        """The answer to a frame `parse_body` typed, as lists of plain values, as `Loaded.columns` gives it."""
+        answer = self.answer(frame, typed=True)
+        return {name: answer[name].tolist() for name in answer.columns}
+
 
 class SegmentRouter:
     """A segmented deployment served live: the fallback's and each segment's `LiveModel`, polled on their own."""
