@@ -169,6 +169,15 @@ def test_health_version_and_load_time(served) -> None:
     assert health["model_version"] == f"credit-default/{served.version}" and health["follows_registry"] is True
 
 
+def test_served_on_uvloop_and_httptools_without_a_line_per_request(served) -> None:
+    """The pinned server stack (`serving.stack`); no access log unless asked for: /metrics counts the requests."""
+    for _ in range(3):
+        assert post(served.ours, split_body(applicants(served, 1))).status_code == 200
+    log = served.ours_log.read_text()
+    assert "with 1 worker(s), uvloop + httptools" in log
+    assert "POST /invocations" not in log
+
+
 # ---------------------------------------------------------------- bad requests
 
 

@@ -15,8 +15,8 @@ same way and build that same app (`scoring_server.init(model)`: /ping, /version)
   restart; an optional shadow model (`serving.shadow`) is compared on the same requests;
 - or, with `segments:` (serving/segments.yaml), a `serving.segments.SegmentRouter`: a model per segment, each
   following its alias, rows routed by the segment column; GET /models lists which version answers for which;
-- TCP_NODELAY on every connection, with any number of workers (uvicorn's multi-worker listener
-  loses it: uvicorn issue 3149, which delays keep-alive requests).
+- served on `serving.stack`: uvicorn on uvloop + httptools, TCP_NODELAY on every connection with any number of
+  workers, no access log unless `access_log: true`.
 
 The model is downloaded once at start (so all workers start on the same version); each worker loads
 it, logs how long that took, and then follows the registry on its own. uvicorn and MLflow's scoring
@@ -26,11 +26,9 @@ server are imported where the server starts (the CLI's start-up time).
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -56,6 +54,7 @@ from creditflow.serving.segments import (
     with_fallback,
 )
 from creditflow.serving.shadow import ShadowRunner
+from creditflow.serving.stack import listening_socket, log_config, run, stack
 from creditflow.specs import CHAMPION_URI, load_config
 
 logger = logging.getLogger(__name__)
@@ -95,6 +94,7 @@ class ServingConfig(BaseModel):
     shadow_queue: int = Field(1_000, gt=0)  # answered requests waiting for the shadow; beyond it they are dropped
     shadow_window_seconds: float = Field(60, gt=0)  # how often the comparison is written to MLflow
     segments: SegmentsConfig | None = None  # a model per segment, the fallback for the rest (serving/segments.yaml)
+    access_log: bool = False  # uvicorn's line per request (/metrics counts requests by path, status and latency)
 
     @model_validator(mode="after")
     def _segmented(self) -> ServingConfig:
@@ -344,37 +344,8 @@ def segment_settings(config: ServingConfig, into: Path) -> dict[str, Any]:
     return {s: ref and downloaded(ref, into / s) for s, ref in refs.segments.items()}
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP listener created with IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise CreditflowError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging config plus our logger's lines as they are (each worker process applies it)."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["plain"] = {"format": "%(message)s"}
-    config["handlers"]["creditflow"] = {"class": "logging.StreamHandler", "formatter": "plain",
-                                        "stream": "ext://sys.stderr"}
-    config["loggers"]["creditflow"] = {"handlers": ["creditflow"], "level": "INFO", "propagate": False}
-    return config
-
-
 def serve(config: ServingConfig) -> None:
-    """Serve the model until interrupted: MLflow's scoring app behind `RequestGuard`, under uvicorn."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
+    """Serve the model until interrupted: MLflow's scoring app behind `RequestGuard`, on `serving.stack`."""
     with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp, ExitStack() as scoped:
         champion = resolve_model(config.model_uri)
         settings = {"config": config.model_dump(), "champion": downloaded(champion, Path(tmp) / "champion"),
@@ -387,17 +358,12 @@ def serve(config: ServingConfig) -> None:
             Path(settings["metrics_dir"]).mkdir()
             scoped.enter_context(environ(MULTIPROC_ENV, settings["metrics_dir"]))
         sock = listening_socket(config.host, config.port)
-        uv = uvicorn.Config("creditflow.serving.online:create_app", factory=True, host=config.host, port=config.port,
-                            workers=config.workers, timeout_worker_healthcheck=60, log_level="info",
-                            log_config=log_config())
         by_id = f"; applicants by id from {config.feature_store}" if config.feature_store else ""
         follows = f"; following the registry every {config.reload_seconds:g} s" if (
             config.reload_seconds and follows_registry(config.model_uri)) else ""
         shadow = f"; shadow {config.shadow}" if config.shadow else ""
-        logger.info("creditflow serve: %s (%s) on http://%s:%d with %d worker(s)%s%s%s", config.model_uri,
-                    champion.label, config.host, config.port, config.workers, by_id, follows, shadow)
+        logger.info("creditflow serve: %s (%s) on http://%s:%d with %d worker(s), %s + %s%s%s%s", config.model_uri,
+                    champion.label, config.host, config.port, config.workers, *stack(), by_id, follows, shadow)
         scoped.enter_context(environ(WORKER_ENV, json.dumps(settings)))  # the workers read it at start
-        if config.workers == 1:
-            uvicorn.Server(uv).run(sockets=[sock])
-        else:
-            Multiprocess(uv, sockets=[sock]).run()
+        run("creditflow.serving.online:create_app", sock, config.workers, config.access_log, factory=True,
+            log_level="info", log_config=log_config())
