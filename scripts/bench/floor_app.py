@@ -1,9 +1,9 @@
 """The HTTP floor: a constant answer under the server stack `creditflow serve` runs.
 
-uvicorn with the same settings as `creditflow.serving.online.serve` (its TCP_NODELAY listener, the same number of
-workers, uvicorn's default loop and HTTP parser: uvloop and httptools when installed), and an ASGI app that reads each
-POST body whole and answers it with one fixed prediction (the JSON of a 1-row answer of our endpoint). No parsing, no
-model: what any Python endpoint on this stack costs per request. GET /ping answers 200 as MLflow's does.
+`creditflow.serving.stack.run`, as `creditflow serve` runs (uvicorn on uvloop + httptools, its TCP_NODELAY listener,
+the same number of workers, no access log), and an ASGI app that reads each POST body whole and answers it with one
+fixed prediction (the JSON of a 1-row answer of our endpoint). No parsing, no model: what any Python endpoint on this
+stack costs per request. GET /ping answers 200 as MLflow's does.
 
     .venv/bin/python scripts/bench/floor_app.py --port 5005 --workers 1
 """
@@ -38,24 +38,15 @@ async def app(scope, receive, send) -> None:
 
 
 def main() -> int:
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    from creditflow.serving.online import listening_socket
+    from creditflow.serving.stack import listening_socket, run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("-w", "--workers", type=int, default=1)
     args = parser.parse_args()
-    sock = listening_socket(args.host, args.port)
     # "floor_app:app": this script's folder is sys.path[0] here and in the workers uvicorn spawns
-    uv = uvicorn.Config("floor_app:app", host=args.host, port=args.port, workers=args.workers,
-                        timeout_worker_healthcheck=60, log_level="warning")
-    if args.workers == 1:
-        uvicorn.Server(uv).run(sockets=[sock])
-    else:
-        Multiprocess(uv, sockets=[sock]).run()
+    run("floor_app:app", listening_socket(args.host, args.port), args.workers, log_level="warning")
     return 0
 
 

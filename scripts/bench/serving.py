@@ -352,7 +352,10 @@ def family_modes(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.chdir(tmp)
-        print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        from creditflow.serving.stack import stack
+
+        print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; server stack "
+              f"{' + '.join(stack())}", flush=True)
         code = (deployed.by_id_bench if args.by_id else deployed.families_bench)(args, tmp)
         print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
         return code

@@ -61,6 +61,9 @@ def test_compiled_path_equals_the_pipeline_and_its_shap(family, fitted_families,
     labels = [small_spec.columns[c].label for c in small_spec.raw_columns]
     sets, which = reason_sets(scored.contributions, 3)
     assert [[labels[j] for j in sets[i]] for i in which] == reason_codes(direct, small_spec, 3)
+    for i in range(20):  # one applicant at a time (an online request): the same reasons
+        one, at = reason_sets(scored.contributions[i:i + 1], 3)
+        assert list(at) == [0] and one[0] == sets[which[i]]
 
 
 def test_compiled_preprocessing_equals_scikit_learn(fitted_logistic, small_spec) -> None:

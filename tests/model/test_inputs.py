@@ -20,3 +20,17 @@ def test_applicant_matrix_accepts_null_and_absent_nullable_columns(small_spec, s
         applicant_matrix(X.drop(columns=["age"]), small_spec)
     with pytest.raises(BadRequest, match="must hold numbers or null: age"):
         applicant_matrix(X.assign(age=[True, False, True]), small_spec)
+
+
+def test_a_frame_of_numbers_gives_the_matrix_of_the_column_by_column_path(small_spec, small_data) -> None:
+    """Floats, whole numbers, any column order, an absent nullable column, object cells: the same matrix, in the
+    spec's column order, never a view of the caller's frame (the scorer's steps must not write into it)."""
+    raw = small_spec.raw_columns
+    X = small_data.X[raw].head(20).astype("float64")
+    X.iloc[:3, X.columns.get_loc("MonthlyIncome")] = np.nan
+    for frame in (X, X.astype({"age": "int64"}), X[raw[::-1]], X.drop(columns=["MonthlyIncome"]), X.astype(object)):
+        expected = frame.reindex(columns=raw).to_numpy(dtype="float64", na_value=np.nan)
+        R = applicant_matrix(frame, small_spec)
+        assert R.dtype == np.float64 and np.array_equal(R, expected, equal_nan=True)
+        R[:] = -7.0
+        assert not (frame.to_numpy(dtype="float64", na_value=np.nan) == -7.0).any()

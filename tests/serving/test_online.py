@@ -169,6 +169,15 @@ def test_health_version_and_load_time(served) -> None:
     assert health["model_version"] == f"credit-default/{served.version}" and health["follows_registry"] is True
 
 
+def test_served_on_uvloop_and_httptools_without_a_line_per_request(served) -> None:
+    """The pinned server stack (`serving.stack`); no access log unless asked for: /metrics counts the requests."""
+    for _ in range(3):
+        assert post(served.ours, split_body(applicants(served, 1))).status_code == 200
+    log = served.ours_log.read_text()
+    assert "with 1 worker(s), uvloop + httptools" in log
+    assert "POST /invocations" not in log
+
+
 # ---------------------------------------------------------------- bad requests
 
 
@@ -505,14 +514,22 @@ def broken_app(served, spec):
 
 
 class Held:
-    """A model whose predict waits for `release`: scoring that outlasts any timeout, ended by the test."""
+    """A model whose predict waits for `release`: scoring that outlasts any timeout, ended by the test (the pyfunc
+    and the python model it wraps, which the server calls with the frame it typed itself)."""
 
     def __init__(self, model, release: threading.Event) -> None:
         self.model, self.release = model, release
 
-    def predict(self, frame):
+    def predict(self, *args):
         assert self.release.wait(timeout=120), "the test never released the held scoring"
-        return self.model.predict(frame)
+        return self.model.predict(*args)
+
+    def answer_columns(self, *args):
+        assert self.release.wait(timeout=120), "the test never released the held scoring"
+        return self.model.answer_columns(*args)
+
+    def unwrap_python_model(self):
+        return Held(self.model.unwrap_python_model(), self.release)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)

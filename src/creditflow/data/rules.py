@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -90,11 +91,6 @@ def rule_violations(X: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
     return pd.Series(reasons, index=X.index, dtype=object)
 
 
-def _fractional(column: np.ndarray) -> bool:
-    """Whether a column holds a number that is not whole (NaN is missing, not fractional)."""
-    return bool(((np.trunc(column) != column) & ~np.isnan(column)).any())
-
-
 @dataclass(frozen=True)
 class RuleCheck:
     """The value rules over the raw float matrix the model scores (signature column order).
@@ -123,22 +119,36 @@ class RuleCheck:
         masks = np.column_stack([broken(r, R[:, j]) for r, j in zip(self.rules, self.positions, strict=True)])
         return np.where(masks.any(axis=1), self.messages[masks.argmax(axis=1)], "")
 
+    @cached_property
+    def _by_check(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per kind of check: (rule indices, their columns, their bounds), for `any_broken`'s column reductions."""
+        out = {}
+        for check in ("missing", "category", "below", "above", "whole", "infinite"):
+            which = [i for i, r in enumerate(self.rules) if r.check == check]
+            out[check] = (np.asarray(which, dtype=np.intp), np.asarray([self.positions[i] for i in which], np.intp),
+                          np.asarray([self.rules[i].bound for i in which], dtype="float64"))
+        return out
+
     def any_broken(self, R: np.ndarray) -> bool:
         """Whether any row breaks a rule, with no per-row text (the common, clean case).
 
-        Column reductions first (no copy of the whole batch): they flag every rule a row breaks, and
-        maybe more (they ignore the sentinels' exemption). Only a flagged batch gets the exact checks.
+        Column reductions first, one array operation per kind of rule (no copy of the whole batch, no loop over
+        rules): they flag every rule a row breaks, and maybe more (they ignore the sentinels' exemption). Only the
+        flagged rules get the exact checks.
         """
         if not len(R) or not self.rules:
             return False
         smallest, largest = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped; ±inf kept
-        has_nan = np.isnan(R.sum(axis=0))
-
-        def flagged(rule: Rule, j: int) -> bool:
-            return bool({"missing": has_nan[j], "category": True,  # codes: checked exactly (one isin per column)
-                         "below": smallest[j] < rule.bound, "above": largest[j] > rule.bound,
-                         "infinite": np.isinf(smallest[j]) or np.isinf(largest[j])}.get(rule.check, False)
-                        or (rule.check == "whole" and _fractional(R[:, j])))
-
-        suspects = [(r, j) for r, j in zip(self.rules, self.positions, strict=True) if flagged(r, j)]
-        return any(broken(r, R[:, j]).any() for r, j in suspects)
+        flagged = np.zeros(len(self.rules), dtype=bool)
+        by = self._by_check
+        flagged[by["missing"][0]] = np.isnan(R.sum(axis=0))[by["missing"][1]]
+        flagged[by["category"][0]] = True  # codes: checked exactly (one isin per column)
+        flagged[by["below"][0]] = smallest[by["below"][1]] < by["below"][2]
+        flagged[by["above"][0]] = largest[by["above"][1]] > by["above"][2]
+        rules, columns, _ = by["infinite"]
+        flagged[rules] = np.isinf(smallest[columns]) | np.isinf(largest[columns])
+        rules, columns, _ = by["whole"]
+        if len(rules):
+            W = R[:, columns]
+            flagged[rules] = ((np.trunc(W) != W) & ~np.isnan(W)).any(axis=0)
+        return any(broken(self.rules[i], R[:, self.positions[i]]).any() for i in np.flatnonzero(flagged))

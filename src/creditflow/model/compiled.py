@@ -351,7 +351,9 @@ def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]
         j = work.argmax(axis=1) if m else np.zeros(n, dtype=np.int64)
         digits[:, i] = np.where(work[rows, j] > 0, j + 1, 0)
         work[rows, j] = -np.inf
-    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D unique is far cheaper than a row-wise one
+    if n == 1:  # one applicant (an online request), one set: no unique pass
+        sets, which = digits, np.zeros(1, dtype=np.intp)
+    elif (m + 1) ** k < 2**62:  # one integer per row: a 1-D unique is far cheaper than a row-wise one
         keys = digits @ ((m + 1) ** np.arange(k, dtype=np.int64))
         _, first, which = np.unique(keys, return_index=True, return_inverse=True)
         sets = digits[first]

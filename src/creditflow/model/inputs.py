@@ -39,12 +39,17 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec, codes: Codes | None
         raise BadRequest(f"expected a table of applicants, got {type(frame).__name__}")
     if len(frame) == 0:
         raise BadRequest("the request holds no applicants")
-    if frame.columns.duplicated().any():
-        twice = sorted(set(frame.columns[frame.columns.duplicated()]))
+    names = frame.columns.tolist()
+    if len(set(names)) != len(names):
+        twice = sorted({c for c in names if names.count(c) > 1})
         raise BadRequest(f"column(s) given twice: {shown_names(twice)}")
-    missing = [c for c, col in spec.columns.items() if c not in frame.columns and not col.nullable]
+    present = set(names)
+    missing = [c for c, col in spec.columns.items() if c not in present and not col.nullable]
     if missing:
         raise BadRequest(f"missing column(s): {shown_names(missing)}")
+    numbers = _numbers_only(frame, names, spec)
+    if numbers is not None:
+        return numbers
     dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
     numeric = [c for c, col in spec.columns.items() if col.group != "categorical" and c in dtypes]
     wrong = [c for c in numeric if is_bool_dtype(dtypes[c]) or not (is_numeric_dtype(dtypes[c])
@@ -59,6 +64,22 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec, codes: Codes | None
     except (TypeError, ValueError):
         bad = [c for c in numeric if pd.to_numeric(frame[c], errors="coerce").isna().sum() > frame[c].isna().sum()]
         raise BadRequest(f"column(s) must hold numbers or null: {shown_names(bad or numeric)}") from None
+
+
+def _numbers_only(frame: pd.DataFrame, names: list[str], spec: DatasetSpec) -> np.ndarray | None:
+    """The raw matrix straight from a frame of numbers only (no bool, text or nullable-integer column: one numeric
+    block, as a request is parsed), or None for the column-by-column path; a copy, never a view of `frame`."""
+    raw = spec.raw_columns
+    if any(col.group == "categorical" for col in spec.columns.values()) or not set(names) <= set(raw):
+        return None
+    values = frame.to_numpy()
+    if values.dtype.kind not in "fiu":
+        return None
+    if names == raw:
+        return values.astype("float64")
+    R = np.full((len(frame), len(raw)), np.nan, order="F")
+    R[:, [raw.index(c) for c in names]] = values
+    return R
 
 
 def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,12 @@ class Scoring:
         return calibrated(scorable(self.scorer.probability_of(self.scorer.transform(R))), self.calibration)
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({name: values if name == "probability" else pd.Series(values, dtype=object)
+                             for name, values in self.columns(frame).items()})
+
+    def columns(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """The answer's columns (`OUTPUT_COLUMNS`): probabilities as floats, the others one item per row, as lists or
+        object arrays; what `__call__`'s frame is made of, and what the online endpoint writes as JSON."""
         R = applicant_matrix(frame, self.spec, self.scorer.codes)
         check_rules(R, self.rules)
         if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
@@ -89,24 +96,20 @@ class Scoring:
         per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
         per_row[explained] = which + 1
         declined = (probability >= self.threshold).astype(np.int32)  # the index into decisions
-        return pd.DataFrame({
-            "probability": probability,
-            "decision": pd.Series(self.decisions[declined], dtype=object),
-            "reason_codes": self._codes(sets, per_row, self.labels),
-            "reason_statements": self._statements(sets, per_row, frame),
-        })
+        return {"probability": probability, "decision": self.decisions[declined],
+                "reason_codes": self._codes(sets, per_row, self.labels),
+                "reason_statements": self._statements(sets, per_row, frame)}
 
-    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray, texts: list[str]) -> pd.Series:
+    def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray, texts: list[str]) -> list | np.ndarray:
         """Each row's reasons as `texts` name them, formatted once per distinct set (object columns: MLflow casts
         them cheaply)."""
         named = [[texts[j] for j in columns] for columns in sets]
         if self.codes_as_json:
-            encoded = np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)
-            return pd.Series(encoded[per_row], dtype=object)
+            return np.asarray(["[]", *(json.dumps(labels) for labels in named)], dtype=object)[per_row]
         pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
-        return pd.Series([pool[i] for i in per_row.tolist()], dtype=object)
+        return [pool[i] for i in per_row.tolist()]
 
-    def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, frame: pd.DataFrame) -> pd.Series:
+    def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, frame: pd.DataFrame) -> list | np.ndarray:
         """Each row's adverse-action statements; a categorical reason names the applicant's own category."""
         shared = self._codes(sets, per_row, self.statements)
         raw = self.spec.raw_columns
@@ -117,7 +120,7 @@ class Scoring:
                 items = [self.statements[j] for j in columns]
                 for i, column in categorical:
                     items[i] = f"{items[i]}: {category_text(frame, column, row)}"
-                shared.iat[row] = json.dumps(items) if self.codes_as_json else items
+                shared[row] = json.dumps(items) if self.codes_as_json else items
         return shared
 
 
@@ -173,8 +176,16 @@ class CreditModel(mlflow.pyfunc.PythonModel):
         logger.debug("credit model (%s) ready in %.2f s", self.config.get("family"), self.load_seconds)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self._answered(self.scoring, model_input)
+
+    def answer_columns(self, model_input: pd.DataFrame) -> dict[str, Any]:
+        """`predict`'s answer as columns, without its frame (the online endpoint writes them straight to JSON)."""
+        return self._answered(self.scoring.columns, model_input)
+
+    def _answered(self, score: Callable[[pd.DataFrame], Any], model_input: pd.DataFrame) -> Any:
+        """`score(model_input)`, its errors as `ServingError`s that never repeat the input."""
         try:
-            return self.scoring(model_input)
+            return score(model_input)
         except BadRequest as exc:
             raise ServingError(exc.message) from None
         except Exception:

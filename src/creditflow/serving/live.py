@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from creditflow.errors import CreditflowError, first_line
 from creditflow.registry.client import (
     alias_target,
@@ -62,11 +64,24 @@ class Loaded:
         """The loaded models that may answer (a segments' `Routing` has several)."""
         return (self,)
 
-    def answer(self, frame: Any) -> Any:
-        """The model's answer frame, each prediction with the model_version that made it."""
-        answer = self.model.predict(frame)  # a frame of its own: labelled in place, not copied
+    def answer(self, frame: Any, typed: bool = False) -> Any:
+        """The model's answer frame, each prediction with the model_version that made it.
+
+        `typed`: the frame already holds the signature's columns and types (`serving.requests.parse_body` built it),
+        so MLflow's signature check, a second pass over it, is skipped; the model's own input checks still run.
+        """
+        model = self.model.unwrap_python_model() if typed else None
+        answer = self.model.predict(frame) if model is None else model.predict(None, frame)  # labelled in place
         answer["model_version"] = self.label
         return answer
+
+    def columns(self, frame: Any) -> dict[str, list]:
+        """The answer to a frame `parse_body` typed, as lists of plain values (what the JSON body and /metrics
+        read), each row with its model_version: no signature check (`answer(typed=True)`), no answer frame."""
+        columns = self.model.unwrap_python_model().answer_columns(frame)
+        out = {name: values.tolist() if isinstance(values, np.ndarray) else values for name, values in columns.items()}
+        out["model_version"] = [self.label] * len(out["probability"])
+        return out
 
 
 class WarmUpFailed(CreditflowError):

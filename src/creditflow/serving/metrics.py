@@ -8,7 +8,7 @@ prometheus_client, every worker writes its values there, and any worker's /metri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -67,14 +67,20 @@ class Metrics:
             self.decisions.labels(model_version, decision).inc(n)
         self.rows.labels(model_version).inc(sum(counts.values()))
 
-    def answered(self, answer: Any) -> None:
-        """An answer frame's rows and decisions, by each row's model_version (one model, or a segments' several)."""
-        versions = answer["model_version"].to_numpy()
-        if len(versions) and (versions == versions[0]).all():  # one model answered every row: no groupby
-            self.scored(str(versions[0]), answer["decision"])
+    def answered(self, answer: Mapping[str, Sequence[Any]]) -> None:
+        """An answer's rows and decisions (its columns, or its frame), by each row's model_version (one model, or a
+        segments' several)."""
+        versions, decisions = list(answer["model_version"]), answer["decision"]
+        if not versions:
             return
-        for label, decisions in answer.groupby("model_version", sort=False)["decision"]:
-            self.scored(str(label), decisions)
+        if versions.count(versions[0]) == len(versions):  # one model answered every row
+            self.scored(str(versions[0]), decisions)
+            return
+        by_version: dict[str, list[str]] = {}
+        for version, decision in zip(versions, decisions, strict=True):
+            by_version.setdefault(str(version), []).append(decision)
+        for version, listed in by_version.items():
+            self.scored(version, listed)
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of /metrics: this worker's collectors, or every worker's in multiprocess mode."""

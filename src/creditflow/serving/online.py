@@ -7,16 +7,16 @@ same way and build that same app (`scoring_server.init(model)`: /ping, /version)
 - a body-size limit and a row limit (413), the first checked before the body is read;
 - one strict parse (`serving.requests.parse_body`) instead of MLflow's parser, whose errors repeat the
   whole input and which reads `true` as 1.0: a bad request gets a 4xx naming the problem;
-- the typed frame goes to the pyfunc (MLflow's signature enforcement, then our model) and
-  MLflow's `predictions_to_json` writes the answer, so answers are those of `mlflow models serve`,
-  plus the `model_version` that made them;
+- the typed frame goes straight to our model (its input checks and value rules; MLflow's signature check
+  would only repeat the parse's typing) and the answer is written as MLflow's `predictions_to_json` writes it,
+  so answers are those of `mlflow models serve`, byte for byte, plus the `model_version` that made them;
 - error bodies keep the model's status (400 for the client, 500 for a model fault), never the input;
 - the model is a `serving.live.LiveModel`: an alias is followed, new versions swapped in without a
   restart; an optional shadow model (`serving.shadow`) is compared on the same requests;
 - or, with `segments:` (serving/segments.yaml), a `serving.segments.SegmentRouter`: a model per segment, each
   following its alias, rows routed by the segment column; GET /models lists which version answers for which;
-- TCP_NODELAY on every connection, with any number of workers (uvicorn's multi-worker listener
-  loses it: uvicorn issue 3149, which delays keep-alive requests).
+- served on `serving.stack`: uvicorn on uvloop + httptools, TCP_NODELAY on every connection with any number of
+  workers, no access log unless `access_log: true`.
 
 The model is downloaded once at start (so all workers start on the same version); each worker loads
 it, logs how long that took, and then follows the registry on its own. uvicorn and MLflow's scoring
@@ -26,15 +26,12 @@ server are imported where the server starts (the CLI's start-up time).
 from __future__ import annotations
 
 import asyncio
-import copy
-import io
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -57,6 +54,7 @@ from creditflow.serving.segments import (
     with_fallback,
 )
 from creditflow.serving.shadow import ShadowRunner
+from creditflow.serving.stack import listening_socket, log_config, run, stack
 from creditflow.specs import CHAMPION_URI, load_config
 
 logger = logging.getLogger(__name__)
@@ -96,6 +94,7 @@ class ServingConfig(BaseModel):
     shadow_queue: int = Field(1_000, gt=0)  # answered requests waiting for the shadow; beyond it they are dropped
     shadow_window_seconds: float = Field(60, gt=0)  # how often the comparison is written to MLflow
     segments: SegmentsConfig | None = None  # a model per segment, the fallback for the rest (serving/segments.yaml)
+    access_log: bool = False  # uvicorn's line per request (/metrics counts requests by path, status and latency)
 
     @model_validator(mode="after")
     def _segmented(self) -> ServingConfig:
@@ -154,10 +153,10 @@ class RequestGuard:
     """ASGI app in front of MLflow's scoring app: limits, one strict parse, the pyfunc, safe error bodies.
 
     POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the version the
-    `LiveModel` serves when the request arrives (MLflow's signature enforcement, then our model); MLflow's
-    `predictions_to_json` writes the answer, each prediction with its `model_version`. Requests of more
-    than INLINE_ROWS applicants run in a worker thread under the request timeout. GET /health reports the
-    served version and the registry polls, GET /metrics the Prometheus figures; every other route is MLflow's.
+    `LiveModel` serves when the request arrives; the answer is MLflow's `predictions_to_json` body, each
+    prediction with its `model_version`. Requests of more than INLINE_ROWS applicants run in a worker thread
+    under the request timeout. GET /health reports the served version and the registry polls, GET /metrics the
+    Prometheus figures; every other route is MLflow's.
     """
 
     def __init__(self, app: ASGIApp, live: LiveModel | SegmentRouter, config: ServingConfig,
@@ -257,7 +256,7 @@ class RequestGuard:
         return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
 
     async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
-        """(status, body, answer frame or None) for a parsed request; errors keep their status, never the input."""
+        """(status, body, answer columns or None) for a parsed request; errors keep their status, never the input."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -274,14 +273,20 @@ class RequestGuard:
             return 500, error_body(500, WITHHELD[500]), None
 
 
-def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, Any]:
-    """The answer body and frame, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
-    from mlflow.pyfunc import scoring_server
+def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, dict[str, list]]:
+    """The answer body and columns, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
+    columns = loaded.columns(frame)
+    return answer_body(columns), columns
 
-    answer = loaded.answer(frame)
-    out = io.StringIO()
-    scoring_server.predictions_to_json(answer, out)
-    return out.getvalue().encode(), answer
+
+def answer_body(columns: Mapping[str, list]) -> bytes:
+    """`{"predictions": [...]}` from an answer's columns, byte for byte as MLflow's `predictions_to_json` writes the
+    answer's frame (which it turns into records with pandas, then encodes with json's pure-Python encoder)."""
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    names = list(columns)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return json.dumps({"predictions": rows}, cls=NumpyEncoder).encode()
 
 
 # ---------------------------------------------------------------- the worker app and the server
@@ -339,37 +344,8 @@ def segment_settings(config: ServingConfig, into: Path) -> dict[str, Any]:
     return {s: ref and downloaded(ref, into / s) for s, ref in refs.segments.items()}
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP listener created with IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise CreditflowError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging config plus our logger's lines as they are (each worker process applies it)."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["plain"] = {"format": "%(message)s"}
-    config["handlers"]["creditflow"] = {"class": "logging.StreamHandler", "formatter": "plain",
-                                        "stream": "ext://sys.stderr"}
-    config["loggers"]["creditflow"] = {"handlers": ["creditflow"], "level": "INFO", "propagate": False}
-    return config
-
-
 def serve(config: ServingConfig) -> None:
-    """Serve the model until interrupted: MLflow's scoring app behind `RequestGuard`, under uvicorn."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
+    """Serve the model until interrupted: MLflow's scoring app behind `RequestGuard`, on `serving.stack`."""
     with tempfile.TemporaryDirectory(prefix="creditflow-serve-") as tmp, ExitStack() as scoped:
         champion = resolve_model(config.model_uri)
         settings = {"config": config.model_dump(), "champion": downloaded(champion, Path(tmp) / "champion"),
@@ -382,17 +358,12 @@ def serve(config: ServingConfig) -> None:
             Path(settings["metrics_dir"]).mkdir()
             scoped.enter_context(environ(MULTIPROC_ENV, settings["metrics_dir"]))
         sock = listening_socket(config.host, config.port)
-        uv = uvicorn.Config("creditflow.serving.online:create_app", factory=True, host=config.host, port=config.port,
-                            workers=config.workers, timeout_worker_healthcheck=60, log_level="info",
-                            log_config=log_config())
         by_id = f"; applicants by id from {config.feature_store}" if config.feature_store else ""
         follows = f"; following the registry every {config.reload_seconds:g} s" if (
             config.reload_seconds and follows_registry(config.model_uri)) else ""
         shadow = f"; shadow {config.shadow}" if config.shadow else ""
-        logger.info("creditflow serve: %s (%s) on http://%s:%d with %d worker(s)%s%s%s", config.model_uri,
-                    champion.label, config.host, config.port, config.workers, by_id, follows, shadow)
+        logger.info("creditflow serve: %s (%s) on http://%s:%d with %d worker(s), %s + %s%s%s%s", config.model_uri,
+                    champion.label, config.host, config.port, config.workers, *stack(), by_id, follows, shadow)
         scoped.enter_context(environ(WORKER_ENV, json.dumps(settings)))  # the workers read it at start
-        if config.workers == 1:
-            uvicorn.Server(uv).run(sockets=[sock])
-        else:
-            Multiprocess(uv, sockets=[sock]).run()
+        run("creditflow.serving.online:create_app", sock, config.workers, config.access_log, factory=True,
+            log_level="info", log_config=log_config())

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -92,14 +93,22 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
     numeric = [not _is_text(spec, c, segment) for c in columns]
     if all(numeric):
-        return pd.DataFrame(np.array(rows, dtype="float64").reshape(len(rows), len(columns)), columns=columns)
+        block = np.array(rows, dtype="float64").reshape(len(rows), len(columns))
+        return pd.DataFrame(block, columns=_column_index(tuple(columns)))
     kept = [j for j, num in enumerate(numeric) if num]  # one float block, then the text columns in their places
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
-    frame = pd.DataFrame(block, columns=[columns[j] for j in kept])
+    frame = pd.DataFrame(block, columns=_column_index(tuple(columns[j] for j in kept)))
     for j, column in enumerate(columns):
         if not numeric[j]:
             frame.insert(j, column, pd.Series([row[j] for row in rows], dtype=object))
     return frame
+
+
+@lru_cache(maxsize=64)
+def _column_index(columns: tuple[str, ...]) -> pd.Index:
+    """The frame's column labels, built once per column list (an Index of text costs more than a small frame's
+    data; Indexes are immutable, so frames may share one)."""
+    return pd.Index(columns)
 
 
 def _no_constants(name: str) -> None:

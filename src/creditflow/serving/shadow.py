@@ -20,6 +20,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class Answered:
     """One answered request, queued for the shadow."""
 
     frame: pd.DataFrame
-    answer: pd.DataFrame
+    answer: Mapping[str, list] | pd.DataFrame  # the champion's answer: its columns (the endpoint's), or its frame
     champion: str  # the champion's model_version that answered
     dropped: int  # requests the worker had dropped so far (the queue was full)
 
@@ -154,7 +155,7 @@ class ShadowScorer:
                 self.flush()
                 self._begin(champion, shadow.label)
             frame = pd.concat([a.frame for a in items], ignore_index=True)
-            answer = pd.concat([a.answer for a in items], ignore_index=True)
+            answer = pd.concat([pd.DataFrame(a.answer) for a in items], ignore_index=True)
             c = compare(answer, shadow.model.predict(frame))
             self.window.add(c, len(items))
             self.total.add(c, len(items))
@@ -246,7 +247,7 @@ class ShadowRunner:
         self.reader.start()
         return self
 
-    def offer(self, frame: pd.DataFrame, answer: pd.DataFrame, champion: str) -> None:
+    def offer(self, frame: pd.DataFrame, answer: Mapping[str, list] | pd.DataFrame, champion: str) -> None:
         """Queue an answered request for comparison, or drop it (counted) when the queue is full."""
         try:
             self.inbox.put_nowait(Answered(frame, answer, champion, self.dropped))
