@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from creditflow.data.dataset import coerce_columns
+from creditflow.data.dataset import records_frame
 from creditflow.data.rules import rule_violations
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
@@ -270,7 +270,7 @@ class StreamScorer:
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Applicant rows as the model's typed raw columns."""
-        return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+        return records_frame(rows, self.spec, origin="stream")
 
     def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame:
         """Typed rows with a segmented scorer's routing column (each event's segment) added."""
