@@ -62,9 +62,14 @@ class Loaded:
         """The loaded models that may answer (a segments' `Routing` has several)."""
         return (self,)
 
-    def answer(self, frame: Any) -> Any:
-        """The model's answer frame, each prediction with the model_version that made it."""
-        answer = self.model.predict(frame)  # a frame of its own: labelled in place, not copied
+    def answer(self, frame: Any, typed: bool = False) -> Any:
+        """The model's answer frame, each prediction with the model_version that made it.
+
+        `typed`: the frame already holds the signature's columns and types (`serving.requests.parse_body` built it),
+        so MLflow's signature check, a second pass over it, is skipped; the model's own input checks still run.
+        """
+        model = self.model.unwrap_python_model() if typed else None
+        answer = self.model.predict(frame) if model is None else model.predict(None, frame)  # labelled in place
         answer["model_version"] = self.label
         return answer
 

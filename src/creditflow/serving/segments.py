@@ -172,20 +172,20 @@ class Routing:
     def members(self) -> tuple[Loaded, ...]:
         return (self.fallback, *self.segments.values())
 
-    def answer(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def answer(self, frame: pd.DataFrame, typed: bool = False) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
-        and `segment_model`."""
+        and `segment_model` (`typed`: as `Loaded.answer`)."""
         features = frame.copy(deep=False)  # the routing column taken out of a shallow copy: the data is not copied
         keys = route_keys(features.pop(self.column), frozenset(self.segments))
         groups = pd.unique(keys)
         if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
-            answer = self.segments.get(groups[0], self.fallback).answer(features)
+            answer = self.segments.get(groups[0], self.fallback).answer(features, typed)
             answer["segment_model"] = groups[0] != FALLBACK
             return answer
         parts = []
         for key in groups:
             rows = np.flatnonzero(keys == key)
-            part = self.segments.get(key, self.fallback).answer(features.iloc[rows]).set_axis(rows)
+            part = self.segments.get(key, self.fallback).answer(features.iloc[rows], typed).set_axis(rows)
             part["segment_model"] = key != FALLBACK
             parts.append(part)
         return pd.concat(parts).sort_index().reset_index(drop=True)
