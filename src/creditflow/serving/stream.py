@@ -37,7 +37,8 @@ from typing import Any
 import pandas as pd
 
 from creditflow.data.dataset import records_frame
-from creditflow.data.rules import rule_violations
+from creditflow.data.rules import RuleCheck
+from creditflow.model.inputs import applicant_matrix, spec_vocabulary
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
@@ -95,6 +96,7 @@ class StreamScorer:
         self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
+        self.rules = RuleCheck.from_spec(self.spec, spec_vocabulary(self.spec))  # the value rules' table, built once
         self.features = FeatureStore(config.store, self.spec.name)
         self.redis = self.features.client
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -266,7 +268,8 @@ class StreamScorer:
                 states.append(state[e.applicant_id])
                 ids.append(e.id)
             rows = self.frame(states)  # typed once per pass, for the rules and the model
-            broken = dict(zip(ids, rule_violations(rows, self.spec).tolist(), strict=True)) if ids else {}
+            reasons_now = self.rules.reasons(applicant_matrix(rows, self.spec)).tolist() if ids else []
+            broken = dict(zip(ids, reasons_now, strict=True))
             first: dict[str, str] = {}
             for e in events:
                 if broken.get(e.id) and e.applicant_id not in first:
