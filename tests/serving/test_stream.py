@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,16 @@ def test_events_add_to_the_applicants_columns_and_each_is_scored_with_them(
     assert out[2]["event"] == "mortgage_opened" and out[2]["model_uri"] == f"models:/credit-default/{version}"
     assert {e["model_version"] for e in out} == {f"credit-default/{version}"}  # the version behind @champion
     assert not redis.Redis.from_url(REDIS).xpending(config.events_stream, config.group)["pending"]
+
+
+def test_a_read_takes_the_events_there_without_waiting_to_fill_a_batch(
+        model: TrainingOutcome, config: StreamConfig, applicants: pd.DataFrame) -> None:
+    waiting = scorer(config.model_copy(update={"batch_size": 100, "block_ms": 20_000}))
+    waiting.ensure_group()
+    send(config, {"applicant_id": applicants.iloc[0].Id, "event": "late_payment_90"})
+    started = time.monotonic()
+    assert len(waiting.read(pending=False)) == 1
+    assert time.monotonic() - started < 5  # one event, at once: not held until 100 arrive or 20 s pass
 
 
 def test_a_dead_scorers_event_is_claimed_scored_and_counted_once(

@@ -7,13 +7,14 @@ features are running sums per applicant in Redis (`creditflow:stream:<dataset>:<
 applicant's batch features (`creditflow features load`). On each event the applicant is scored
 again with both, and the prediction goes to an output stream with the event that caused it.
 
-Several scorers may share the work (one Redis consumer group). A batch's predictions, rejections and
-acknowledgements go to Redis in one MULTI/EXEC transaction: all of them or none, so a prediction is
-published once per event even when a scorer is killed; events a scorer took and left unacknowledged
-(it died) are read again when it restarts, or claimed by another scorer after claim_idle_ms. An
-event's sums are applied once (a Lua script marks it applied in the same step; the marker costs
-Redis ~100 bytes for applied_ttl_days), so a redelivered event is scored again but never counted
-twice. Events apply in stream order per applicant, and each prediction describes the applicant right
+Several scorers may share the work (one Redis consumer group). A batch costs three round trips: the
+read; the applicants' features, sums and applied-markers; and one MULTI/EXEC transaction that applies
+the scored events' sums, publishes predictions and rejections and acknowledges the entries: all of it
+or none, so a prediction is published once per event even when a scorer is killed; events a scorer took
+and left unacknowledged (it died) are read again when it restarts, or claimed by another scorer after
+claim_idle_ms. An event's sums are applied once (the script that adds them marks it applied; the
+marker costs Redis ~100 bytes for applied_ttl_days), so an event two scorers both took is never
+counted twice. Events apply in stream order per applicant, and each prediction describes the applicant right
 after its event, however the events were batched. Events that cannot be scored (unreadable fields,
 unknown type, no batch features, a state that would break a value rule, an error in the model for
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
