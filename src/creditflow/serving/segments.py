@@ -18,6 +18,7 @@ server runs is served from its next poll, a segment without a champion falls bac
 from __future__ import annotations
 
 import logging
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from creditflow.registry.client import (
 )
 from creditflow.serving.live import LiveModel, Loaded, fetch
 from creditflow.serving.metrics import Metrics
+from creditflow.serving.requests import RoutedRows
 from creditflow.specs import CHAMPION_URI, DatasetSpec, read_yaml, validated
 
 logger = logging.getLogger(__name__)
@@ -145,18 +147,15 @@ def resolve_deployment(config: SegmentsConfig) -> DeploymentRefs:
     return refs
 
 
-def route_keys(values: pd.Series, served: set[str] | frozenset[str]) -> np.ndarray:
+def route_keys(values: Iterable[Any], served: Container[str]) -> list[str]:
     """Per row, the segment whose model scores it, or FALLBACK: a value not listed, missing or not served."""
-    text = values.to_numpy(dtype=object)
-    known = np.fromiter((isinstance(v, str) and v in served for v in text), bool, len(text))  # no pandas per request
-    return np.where(known, text, FALLBACK)
+    return [v if isinstance(v, str) and v in served else FALLBACK for v in values]
 
 
 @dataclass(frozen=True)
 class Routing:
     """The deployment's loaded versions at one moment: what a request is answered with, whatever swaps meanwhile."""
 
-    column: str
     fallback: Loaded
     segments: dict[str, Loaded]  # segments with a champion only
 
@@ -172,23 +171,25 @@ class Routing:
     def members(self) -> tuple[Loaded, ...]:
         return (self.fallback, *self.segments.values())
 
-    def answer(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def answer(self, rows: RoutedRows) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model`."""
-        features = frame.copy(deep=False)  # the routing column taken out of a shallow copy: the data is not copied
-        keys = route_keys(features.pop(self.column), frozenset(self.segments))
-        groups = pd.unique(keys)
+        keys = route_keys(rows.segments, self.segments)
+        groups = list(dict.fromkeys(keys))
         if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
-            answer = self.segments.get(groups[0], self.fallback).answer(features)
-            answer["segment_model"] = groups[0] != FALLBACK
-            return answer
+            return self.labelled(groups[0], rows.frame)
+        at = np.asarray(keys, dtype=object)
         parts = []
         for key in groups:
-            rows = np.flatnonzero(keys == key)
-            part = self.segments.get(key, self.fallback).answer(features.iloc[rows]).set_axis(rows)
-            part["segment_model"] = key != FALLBACK
-            parts.append(part)
+            picked = np.flatnonzero(at == key)
+            parts.append(self.labelled(key, rows.frame.iloc[picked]).set_axis(picked))
         return pd.concat(parts).sort_index().reset_index(drop=True)
+
+    def labelled(self, key: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """The answer of the model of route key `key`, flagged whether it is the segment's own."""
+        answer = self.segments.get(key, self.fallback).answer(frame)
+        answer["segment_model"] = key != FALLBACK
+        return answer
 
 
 class SegmentRouter:
@@ -205,7 +206,7 @@ class SegmentRouter:
     @property
     def current(self) -> Routing:
         loaded = {s: live.current for s, live in self.segments.items()}
-        return Routing(self.column, self.fallback.current, {s: v for s, v in loaded.items() if v is not None})
+        return Routing(self.fallback.current, {s: v for s, v in loaded.items() if v is not None})
 
     def start(self) -> SegmentRouter:
         for live in (self.fallback, *self.segments.values()):

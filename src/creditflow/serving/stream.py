@@ -41,6 +41,7 @@ from creditflow.data.rules import rule_violations
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
+from creditflow.serving.requests import RoutedRows
 from creditflow.serving.segments import SegmentRouter
 from creditflow.serving.stream_config import StreamConfig, check_event_columns
 from creditflow.specs import DatasetSpec
@@ -272,10 +273,9 @@ class StreamScorer:
         """Applicant rows as the model's typed raw columns."""
         return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
 
-    def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame:
-        """Typed rows with a segmented scorer's routing column (each event's segment) added."""
-        routing = self.config.segments
-        return rows.assign(**{routing.column: segments}) if routing else rows
+    def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame | RoutedRows:
+        """Typed rows, with each event's segment beside them for a segmented scorer."""
+        return RoutedRows(rows, segments) if self.config.segments else rows
 
     def applied(self, events: list[Event]) -> dict[str, bool]:
         """Whether each event's sums are in the store already (a redelivery)."""
