@@ -43,6 +43,7 @@ from creditflow.model.inputs import applicant_matrix, spec_vocabulary
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
+from creditflow.serving.requests import RoutedRows
 from creditflow.serving.segments import SegmentRouter
 from creditflow.serving.stream_config import StreamConfig, check_event_columns
 from creditflow.serving.stream_redis import queue_apply, queue_publish, queue_sums, sums, text
@@ -284,10 +285,9 @@ class StreamScorer:
         """Applicant rows as the model's typed raw columns."""
         return records_frame(rows, self.spec, origin="stream")
 
-    def routed(self, rows: pd.DataFrame, events: list[Event]) -> pd.DataFrame:
-        """Typed rows with a segmented scorer's routing column (each event's segment) added."""
-        routing = self.config.segments
-        return rows.assign(**{routing.column: [e.segment for e in events]}) if routing else rows
+    def routed(self, rows: pd.DataFrame, events: list[Event]) -> pd.DataFrame | RoutedRows:
+        """Typed rows, with each event's segment beside them for a segmented scorer."""
+        return RoutedRows(rows, [e.segment for e in events]) if self.config.segments else rows
 
     def lookup(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], set[str], set[str]]:
         """In one round trip: batch features plus stored sums per applicant known to the store, the unknown
