@@ -117,9 +117,12 @@ def serving_bench(n: int, global_uri: str, X, args, tmp: Path, run_wrk, tools) -
     for name, r in results.items():
         print(f"{name:<10} {r['startup_s']:>10.1f} {r['rss_mb']:>8.0f} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} "
               f"{r['p99_ms']:>8.2f} {r['errors']:>6}")
-    for i in range(args.runs):
-        one, seg = results["one"]["runs"][i], results["segmented"]["runs"][i]
-        print(f"  run {i + 1}: p50 x{seg['p50_ms'] / one['p50_ms']:.2f}, p99 x{seg['p99_ms'] / one['p99_ms']:.2f}")
+    pairs = list(zip(results["one"]["runs"], results["segmented"]["runs"], strict=True))
+    paired = {k: [seg[k] / one[k] for one, seg in pairs] for k in ("p50_ms", "p99_ms")}
+    print("  each run's ratio (the two endpoints' runs back to back): "
+          + ", ".join(f"p50 x{a:.2f} p99 x{b:.2f}" for a, b in zip(paired["p50_ms"], paired["p99_ms"], strict=True))
+          + f"; their medians: p50 x{statistics.median(paired['p50_ms']):.2f}, "
+            f"p99 x{statistics.median(paired['p99_ms']):.2f}")
     one, seg = results["one"], results["segmented"]
     print(f"segmented / one: RSS x{seg['rss_mb'] / one['rss_mb']:.2f} (goal <= 1.5), "
           f"p50 x{seg['p50_ms'] / one['p50_ms']:.2f}, p99 x{seg['p99_ms'] / one['p99_ms']:.2f} (goal within 1.2), "
