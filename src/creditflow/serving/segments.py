@@ -152,6 +152,15 @@ def route_keys(values: pd.Series, served: set[str] | frozenset[str]) -> np.ndarr
     return np.where(known, text, FALLBACK)
 
 
+def route_groups(keys: np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
+    """Each route key with its rows, in order of first appearance: one predict call per model. One key routing
+    every row (any 1-row request) gets them as a slice: no split, no reassembly."""
+    groups = pd.unique(keys)
+    if len(groups) == 1:
+        return [(groups[0], slice(None))]
+    return [(key, np.flatnonzero(keys == key)) for key in groups]
+
+
 @dataclass(frozen=True)
 class Routing:
     """The deployment's loaded versions at one moment: what a request is answered with, whatever swaps meanwhile."""
@@ -176,15 +185,14 @@ class Routing:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model`."""
         features = frame.copy(deep=False)  # the routing column taken out of a shallow copy: the data is not copied
-        keys = route_keys(features.pop(self.column), frozenset(self.segments))
-        groups = pd.unique(keys)
-        if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
-            answer = self.segments.get(groups[0], self.fallback).answer(features)
-            answer["segment_model"] = groups[0] != FALLBACK
+        groups = route_groups(route_keys(features.pop(self.column), frozenset(self.segments)))
+        if len(groups) == 1:  # one model answers the whole request
+            key = groups[0][0]
+            answer = self.segments.get(key, self.fallback).answer(features)
+            answer["segment_model"] = key != FALLBACK
             return answer
         parts = []
-        for key in groups:
-            rows = np.flatnonzero(keys == key)
+        for key, rows in groups:
             part = self.segments.get(key, self.fallback).answer(features.iloc[rows]).set_axis(rows)
             part["segment_model"] = key != FALLBACK
             parts.append(part)

@@ -42,6 +42,13 @@ def batch_overrides(model: ModelRef) -> dict[str, Any]:
     return {**defaults, **{k: v for k, v in BATCH_CONFIG.items() if k in model.config_keys}}
 
 
+def answered_reasons(model: ModelRef) -> tuple[list[str], bool]:
+    """The reason columns the model's batch copy answers (models logged before statements have none), and whether
+    as JSON text (BATCH_CONFIG's reason_codes_as; models logged before it answer lists)."""
+    reasons = ["reason_codes", *(["reason_statements"] if "reason_statements" in model.outputs else [])]
+    return reasons, "reason_codes_as" in batch_overrides(model)
+
+
 def _col(name: str) -> Column:
     from pyspark.sql import functions as F
 
@@ -179,8 +186,7 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     """
     from pyspark.sql import functions as F
 
-    as_json = "reason_codes_as" in batch_overrides(model)
-    reasons = ["reason_codes", *(["reason_statements"] if "reason_statements" in model.outputs else [])]
+    reasons, as_json = answered_reasons(model)
     kind = "string" if as_json else "array<string>"
     result_type = ", ".join(["probability double", "decision string", *(f"{r} {kind}" for r in reasons)])
     with batch_copy(model) as local, _quiet_logger("mlflow.pyfunc"), no_pandas_notice():
