@@ -14,12 +14,12 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.models import Model
+import yaml
 from mlflow.models.model import MLMODEL_FILE_NAME
 
 from creditflow.data.io import InputFiles
 from creditflow.data.rules import Rule, value_rules
-from creditflow.registry.client import ModelRef, model_files
+from creditflow.registry.client import YAML_DUMPER, ModelRef, model_files, read_mlmodel
 from creditflow.serving.batch.spark import no_pandas_notice
 from creditflow.specs import DatasetSpec
 
@@ -223,8 +223,8 @@ def batch_copy(model: ModelRef) -> Iterator[str]:
     Spark does not expect. A copy that carries the overrides is loaded the same way everywhere.
     """
     with model_files(model) as path:
-        meta = Model.load(path / MLMODEL_FILE_NAME)
-        pyfunc = meta.flavors["python_function"]
-        pyfunc["config"] = {**pyfunc.get("config", {}), **batch_overrides(model)}
-        meta.save(path / MLMODEL_FILE_NAME)
+        meta = read_mlmodel(path)
+        pyfunc = meta["flavors"]["python_function"]
+        pyfunc["config"] = {**(pyfunc.get("config") or {}), **batch_overrides(model)}
+        (path / MLMODEL_FILE_NAME).write_text(yaml.dump(meta, Dumper=YAML_DUMPER, default_flow_style=False))
         yield str(path)
