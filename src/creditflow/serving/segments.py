@@ -153,12 +153,15 @@ def route_keys(values: pd.Series, served: set[str] | frozenset[str]) -> np.ndarr
 
 
 def route_groups(keys: np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
-    """Each route key with its rows, in order of first appearance: one predict call per model. One key routing
-    every row (any 1-row request) gets them as a slice: no split, no reassembly."""
-    groups = pd.unique(keys)
+    """Each route key with its rows (ascending), in order of first appearance: one predict call per model. One key
+    routing every row (any 1-row request) gets them as a slice: no split, no reassembly."""
+    if len(keys) == 1:
+        return [(keys[0], slice(None))]
+    codes, groups = pd.factorize(keys)  # one hash pass, not a text comparison of every row per key
     if len(groups) == 1:
         return [(groups[0], slice(None))]
-    return [(key, np.flatnonzero(keys == key)) for key in groups]
+    rows = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    return list(zip(groups, rows, strict=True))
 
 
 @dataclass(frozen=True)
