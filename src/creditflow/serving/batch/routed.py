@@ -19,7 +19,9 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from creditflow.registry.client import ModelRef
-from creditflow.serving.batch.columns import answered_reasons, batch_copy, model_inputs
+from creditflow.serving.batch.columns import answered_reasons, batch_copy, batch_overrides, model_inputs
 from creditflow.serving.batch.plan import BatchPlan
 from creditflow.serving.batch.spark import no_pandas_notice
 from creditflow.serving.segments import FALLBACK, route_groups, route_keys
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 MODELS_DIR = "creditflow-models"  # under the driver's SparkFiles directory: the shipped archives
 ANSWER = "route int, probability double, decision string, reason_codes string, reason_statements string"
+SHIP_THREADS = 4  # models downloaded and zipped at once on the driver
 LINEAGE = ("model_name", "model_version", "run_id")  # ModelRef.lineage's keys, in the scored columns' order
 
 
@@ -61,7 +64,9 @@ def routed_rows(spark: SparkSession, valid: DataFrame, plan: BatchPlan, keep: li
         for name, column in model_inputs(valid, ref).items():
             inputs.setdefault(name, column)
     segment = F.col(f"`{plan.segment_column}`").cast("string")
-    udf = _routed_udf(tuple(ship(spark, ref) for ref in refs), tuple(plan.segment_models), tuple(inputs))
+    with ThreadPoolExecutor(SHIP_THREADS) as pool:  # downloads and zips: mostly file system waits
+        shipped = tuple(pool.map(partial(ship, spark), refs))
+    udf = _routed_udf(shipped, tuple(plan.segment_models), tuple(inputs))
     answered = valid.select(*keep, segment.alias("segment"), udf(segment, *inputs.values()).alias("_p"))
     route = F.col("_p.route")
     lineage = [F.array(*[F.lit(ref.lineage[key]) for ref in refs])[route].alias(key) for key in LINEAGE]
@@ -71,19 +76,29 @@ def routed_rows(spark: SparkSession, valid: DataFrame, plan: BatchPlan, keep: li
 
 
 def ship(spark: SparkSession, model: ModelRef) -> Shipped:
-    """The model's batch copy as an archive every executor can fetch (SparkContext.addFile), named by its content."""
+    """The model's batch copy as an archive every executor can fetch (SparkContext.addFile), named by its content.
+
+    A registered version (whose files never change) shipped before in this session is not downloaded again.
+    """
     from pyspark import SparkFiles
 
     root = Path(SparkFiles.getRootDirectory()) / MODELS_DIR
-    with batch_copy(model) as local:
-        archive = root / f"{content_digest(Path(local))}.zip"
-        if not archive.exists():  # shipped before in this session: executors have it (or fetch it) already
-            root.mkdir(exist_ok=True)
-            made = Path(shutil.make_archive(str(root / f"partial-{uuid.uuid4().hex}"), "zip", local))
-            made.rename(archive)
-            spark.sparkContext.addFile(str(archive))
+    key = (str(root), model.uri, json.dumps(batch_overrides(model), sort_keys=True))
+    archive = root / _archives.get(key, "-")
+    if not (model.name and archive.is_file()):
+        with batch_copy(model) as local:
+            archive = root / f"{content_digest(Path(local))}.zip"
+            if not archive.exists():  # the same files shipped under another name: executors have them already
+                root.mkdir(exist_ok=True)
+                made = Path(shutil.make_archive(str(root / f"partial-{uuid.uuid4().hex}"), "zip", local))
+                made.rename(archive)
+                spark.sparkContext.addFile(str(archive))
+        _archives[key] = archive.name
     reasons, as_json = answered_reasons(model)
     return Shipped(archive.name, model.columns, as_json, "reason_statements" in reasons)
+
+
+_archives: dict[tuple[str, str, str], str] = {}  # (session's SparkFiles root, model URI, overrides) -> archive name
 
 
 def content_digest(directory: Path) -> str:
