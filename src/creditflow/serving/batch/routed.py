@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from creditflow.registry.client import ModelRef
+from creditflow.registry.client import YAML_LOADER, ModelRef
 from creditflow.serving.batch.columns import answered_reasons, batch_copy, batch_overrides, model_inputs
 from creditflow.serving.batch.plan import BatchPlan
 from creditflow.serving.batch.spark import no_pandas_notice
@@ -164,12 +165,29 @@ def _keep_only(job: frozenset[str]) -> None:
 
 
 def _load(archive: str) -> Any:
-    """The shipped model (a PyFuncModel), loaded once by this Python worker; its extracted files removed after."""
+    """The shipped model (a PyFuncModel), loaded once by this Python worker; its extracted files removed after.
+
+    No dependency check: the workers run the driver's interpreter, and the check reads every package's metadata.
+    """
     if archive not in _loaded:
         import mlflow
         from pyspark import SparkFiles
 
-        with tempfile.TemporaryDirectory(prefix="creditflow-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="creditflow-model-") as tmp, _libyaml():
             shutil.unpack_archive(SparkFiles.get(archive), tmp)
-            _loaded[archive] = mlflow.pyfunc.load_model(tmp)
+            _loaded[archive] = mlflow.pyfunc.load_model(tmp, suppress_warnings=True)
     return _loaded[archive]
+
+
+@contextmanager
+def _libyaml() -> Iterator[None]:
+    """yaml.safe_load parsing with libyaml for the block: MLflow's load_model reads the MLmodel file three times
+    with PyYAML's pure-Python parser, most of loading one of ours (docs/performance.md). Same files, same dicts."""
+    import yaml
+
+    pure = yaml.safe_load
+    yaml.safe_load = partial(yaml.load, Loader=YAML_LOADER)
+    try:
+        yield
+    finally:
+        yaml.safe_load = pure
