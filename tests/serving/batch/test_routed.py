@@ -16,6 +16,7 @@ import yaml
 
 from creditflow.data.dataset import CreditData
 from creditflow.registry.client import ModelRef
+from creditflow.serving.batch import routed
 from creditflow.serving.batch.columns import batch_overrides
 from creditflow.serving.batch.plan import BatchPlan, plan_batch
 from creditflow.serving.batch.routed import routed_rows, ship
@@ -121,6 +122,27 @@ def test_a_model_is_shipped_once_per_session_by_its_content(spark, segment_store
     assert lists.archive != first.archive and not lists.as_json  # other overrides: another copy
     added = [f for f in spark.sparkContext.listFiles if f.endswith(first.archive)]
     assert len(added) == 1
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_a_worker_loads_a_shipped_model_once_and_keeps_the_running_jobs_only(
+        spark, segment_store, small_data: CreditData, tmp_path: Path) -> None:
+    """`_load` run here, in the driver's process: local mode fetches the added files into the same directory."""
+    applicants(small_data, 5).assign(Region="R01").to_parquet(tmp_path / "in.parquet", index=False)
+    with tracking_at(segment_store.uri):
+        plan = plan_batch("", tmp_path / "in.parquet", tmp_path / "out", deployment=DEPLOYMENT)
+        shipped = ship(spark, plan.model)
+        X = applicants(small_data, 5).drop(columns="Id")
+        expected = own_answers(plan.model, X).probability
+    spark.sparkContext.parallelize([0], 1).count()  # a task: the executor fetches the added files
+    model = routed._load(shipped.archive)
+    assert routed._load(shipped.archive) is model
+    routed._keep_only(frozenset({shipped.archive, "another.zip"}))
+    assert routed._load(shipped.archive) is model
+    routed._keep_only(frozenset({"another.zip"}))  # a job of other models: this one dropped
+    assert shipped.archive not in routed._loaded
+    np.testing.assert_array_equal(model.predict(X).probability, expected)
 
 
 @pytest.mark.spark
