@@ -167,7 +167,7 @@ def _keep_only(job: frozenset[str]) -> None:
 def _load(archive: str) -> Any:
     """The shipped model (a PyFuncModel), loaded once by this Python worker; its extracted files removed after.
 
-    No dependency check: the workers run the driver's interpreter, and the check reads every package's metadata.
+    No dependency check: it reads every installed package's metadata at each load, to warn in executor logs only.
     """
     if archive not in _loaded:
         import mlflow
