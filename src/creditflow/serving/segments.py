@@ -152,6 +152,18 @@ def route_keys(values: Iterable[Any], served: Container[str]) -> list[str]:
     return [v if isinstance(v, str) and v in served else FALLBACK for v in values]
 
 
+def route_groups(keys: list[str] | np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
+    """Each route key with its rows (ascending), in order of first appearance: one predict call per model. One key
+    routing every row (any 1-row request) gets them as a slice: no split, no reassembly."""
+    if len(keys) == 1:
+        return [(keys[0], slice(None))]
+    codes, groups = pd.factorize(np.asarray(keys, dtype=object))  # one hash pass, not a compare per row and key
+    if len(groups) == 1:
+        return [(groups[0], slice(None))]
+    rows = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    return list(zip(groups, rows, strict=True))
+
+
 @dataclass(frozen=True)
 class Routing:
     """The deployment's loaded versions at one moment: what a request is answered with, whatever swaps meanwhile."""
@@ -174,15 +186,10 @@ class Routing:
     def answer(self, rows: RoutedRows, typed: bool = False) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model` (`typed`: as `Loaded.answer`)."""
-        keys = route_keys(rows.segments, self.segments)
-        groups = list(dict.fromkeys(keys))
+        groups = route_groups(route_keys(rows.segments, self.segments))
         if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
-            return self.labelled(groups[0], rows.frame, typed)
-        at = np.asarray(keys, dtype=object)
-        parts = []
-        for key in groups:
-            picked = np.flatnonzero(at == key)
-            parts.append(self.labelled(key, rows.frame.iloc[picked], typed).set_axis(picked))
+            return self.labelled(groups[0][0], rows.frame, typed)
+        parts = [self.labelled(key, rows.frame.iloc[picked], typed).set_axis(picked) for key, picked in groups]
         return pd.concat(parts).sort_index().reset_index(drop=True)
 
     def labelled(self, key: str, frame: pd.DataFrame, typed: bool = False) -> pd.DataFrame:
