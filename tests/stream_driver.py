@@ -2,8 +2,8 @@
 
     python tests/stream_driver.py --die-at STEP -- <creditflow stream score options>
 
-STEP: "applied" (the events' sums are in Redis, nothing published) or "published" (the batch's
-predictions and acknowledgements are committed). The process kills itself with SIGKILL there, as
+STEP: "scored" (the batch is scored, nothing written: sums, predictions and acknowledgements are one
+transaction) or "published" (that transaction is committed). The process kills itself with SIGKILL there, as
 an operator's `kill -9` or the OOM killer would.
 """
 

@@ -8,9 +8,12 @@ and `Housing` (3, sometimes missing), generated with an effect on default.
   latency   1-row calls of the served model's scoring (`model.pyfunc.Scoring`: input checks, the compiled
             scorer, reason codes and statements for the row; MLflow's schema check is left out) on held-out
             applicants: each family on the numeric spec and on the categorical spec, and the categorical spec
-            on scikit-learn's preprocessing (`compile_scorer(fast=False)`, where it fell before).
-            Variants interleaved call by call; medians per call, in ms.
-  reasons   per declined applicant (P(default) >= 0.2) of the held-out split: the served contributions
+            on scikit-learn's preprocessing (`compile_scorer(fast=False)`, where it fell before). XGBoost also
+            as it was fitted before categorical columns reached it as ordinal codes (native categorical
+            splits, explained by path-dependent TreeSHAP). Variants interleaved call by call; medians per
+            call, in ms; and each categorical model's held-out ROC AUC.
+  reasons   per declined applicant (P(default) >= 0.2) of the held-out split (XGBoost and
+            HistGradientBoosting on the numeric spec, XGBoost on the categorical one): the served contributions
             (baseline Shapley against the reference applicant) against path-dependent TreeSHAP (XGBoost's
             `pred_contribs`, shap's TreeExplainer), microseconds per row (medians of `--repeats` calls on all
             declined rows), and how often their reasons agree: same first reason, share of TreeSHAP's top 4
@@ -36,6 +39,7 @@ FAMILIES = {
     "xgboost": ("xgboost_bayes.yaml", {"model__n_estimators": 300, "model__max_depth": 6}),
     "hist_gradient_boosting": ("hist_gradient_boosting.yaml", {}),
 }
+NATIVE = "xgboost, native categorical splits (before)"
 CATEGORIES = {"Purpose": ["car", "education", "furniture", "business"], "Housing": ["own", "rent", "other"]}
 
 
@@ -51,7 +55,8 @@ def specs():
 
 
 def data(spec, categorical, rows: int):
-    """(train X, train y, held-out X) of the numeric spec's generated data, with the categorical columns added."""
+    """(train X, train y, held-out X, held-out y) of the numeric spec's generated data, with the categorical columns
+    added."""
     from creditflow.data.dataset import coerce_columns, load_dataset, split_data
 
     spec = spec.model_copy(update={"generated": spec.generated.model_copy(update={"rows": rows})})
@@ -63,10 +68,19 @@ def data(spec, categorical, rows: int):
     housing[rng.random(rows) < 0.05] = None
     X = coerce_columns(credit.X.assign(Purpose=purpose, Housing=housing), categorical)
     split = split_data(dataclasses.replace(credit, X=X), 0.2, 0)
-    return split.X_train, split.y_train, split.X_test
+    return split.X_train, split.y_train, split.X_test, split.y_test
 
 
-def fit(family: str, spec, X, y):
+def native_splits(spec) -> dict:
+    """XGBoost's parameters for native categorical splits on the ordinal codes, as the family was fitted before."""
+    from creditflow.model.pipeline import tree_features
+
+    categorical = set(spec.model_columns("categorical"))
+    return {"model__enable_categorical": True,
+            "model__feature_types": ["c" if c in categorical else "q" for c in tree_features(spec)]}
+
+
+def fit(family: str, spec, X, y, extra: dict | None = None):
     from creditflow.model.artifact import model_config
     from creditflow.model.pipeline import build_pipeline
     from creditflow.model.pyfunc import Scoring
@@ -75,26 +89,32 @@ def fit(family: str, spec, X, y):
 
     name, params = FAMILIES[family]
     exp, _ = load_experiment_spec(ROOT / "experiments" / name)
-    exp = exp.with_overrides(params={**exp.params, **params}, reason_codes_for="all")
+    exp = exp.with_overrides(params={**exp.params, **params, **(extra or {})}, reason_codes_for="all")
     pipe = build_pipeline(exp, spec).fit(X[spec.raw_columns], y)
     reference = shap_reference(pipe, X, spec)
     return pipe, Scoring.build(pipe, spec, model_config(exp, spec, reference)), reference
 
 
 def latency(rows: int, calls: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
     from creditflow.model.compiled import compile_scorer
 
     numeric, categorical = specs()
-    X_train, y_train, X_test = data(numeric, categorical, rows)
+    X_train, y_train, X_test, y_test = data(numeric, categorical, rows)
     print("| family | numeric, compiled | categorical, compiled | categorical / numeric | "
-          "categorical, scikit-learn (before) |\n|---|---|---|---|---|")
+          "categorical, scikit-learn (before) | categorical held-out ROC AUC |\n|---|---|---|---|---|---|")
     for family in FAMILIES:
         _, num, _ = fit(family, numeric, X_train[numeric.raw_columns], y_train)
-        pipe, cat, reference = fit(family, categorical, X_train, y_train)
-        slow = dataclasses.replace(cat, scorer=compile_scorer(
-            pipe, categorical, None if reference is None else np.asarray(reference), fast=False))
-        variants = {"numeric": (num, numeric), "categorical": (cat, categorical), "sklearn": (slow, categorical)}
-        times: dict[str, list[float]] = {v: [] for v in variants}
+        models = {family: fit(family, categorical, X_train, y_train)}
+        if family == "xgboost":
+            models[NATIVE] = fit(family, categorical, X_train, y_train, native_splits(categorical))
+        variants = {"numeric": (num, numeric)}
+        for label, (pipe, cat, reference) in models.items():
+            slow = dataclasses.replace(cat, scorer=compile_scorer(
+                pipe, categorical, None if reference is None else np.asarray(reference), fast=False))
+            variants |= {(label, "compiled"): (cat, categorical), (label, "sklearn"): (slow, categorical)}
+        times: dict = {v: [] for v in variants}
         for i in range(calls):
             row = X_test.iloc[[i % len(X_test)]]
             for name, (scoring, spec) in variants.items():
@@ -103,28 +123,31 @@ def latency(rows: int, calls: int) -> None:
                 scoring(frame)
                 times[name].append(time.perf_counter() - start)
         ms = {v: statistics.median(t) * 1e3 for v, t in times.items()}
-        print(f"| {family} | {ms['numeric']:.2f} | {ms['categorical']:.2f} | {ms['categorical'] / ms['numeric']:.2f} "
-              f"| {ms['sklearn']:.2f} |")
+        for label, (pipe, _, _) in models.items():
+            auc = roc_auc_score(y_test, pipe.predict_proba(X_test[categorical.raw_columns])[:, 1])
+            cat, slow = ms[(label, "compiled")], ms[(label, "sklearn")]
+            print(f"| {label} | {ms['numeric']:.2f} | {cat:.2f} | {cat / ms['numeric']:.2f} | {slow:.2f} | "
+                  f"{auc:.4f} |")
 
 
 def reasons(rows: int, repeats: int) -> None:
-    from creditflow.data.dataset import load_dataset, split_data
     from creditflow.model.compiled import compile_scorer, reason_sets
+    from creditflow.model.inputs import applicant_matrix
 
-    numeric, _ = specs()
-    spec = numeric.model_copy(update={"generated": numeric.generated.model_copy(update={"rows": rows})})
-    split = split_data(load_dataset(spec), 0.2, 0)
+    numeric, categorical = specs()
+    X_train, y_train, X_test, _ = data(numeric, categorical, rows)
     print("| family | reference | declined rows | TreeSHAP us/row | baseline us/row | speed-up | same first reason | "
           "top-4 overlap |\n|---|---|---|---|---|---|---|---|")
-    for family in ("xgboost", "hist_gradient_boosting"):
-        pipe, served, _ = fit(family, numeric, split.X_train, split.y_train)
-        path_dependent = compile_scorer(pipe, numeric, None)
-        Z = served.scorer.transform(split.X_test[numeric.raw_columns].to_numpy(dtype="float64"))
+    for family, spec in (("xgboost", numeric), ("hist_gradient_boosting", numeric), ("xgboost", categorical)):
+        pipe, served, _ = fit(family, spec, X_train[spec.raw_columns], y_train)
+        label = family if spec is numeric else f"{family} (categorical spec)"
+        path_dependent = compile_scorer(pipe, spec, None)
+        Z = served.scorer.transform(applicant_matrix(X_test, spec, served.scorer.codes))
         Z = Z[served.scorer.probability_of(Z) >= 0.2]
-        Z_train = served.scorer.transform(split.X_train[numeric.raw_columns].to_numpy(dtype="float64"))
+        Z_train = served.scorer.transform(applicant_matrix(X_train, spec, served.scorer.codes))
         best = Z_train[np.argmin(served.scorer.probability_of(Z_train))]  # a scorecard's "best attainable"
         baselines = {"mean applicant (served)": served.scorer, "lowest-risk applicant": compile_scorer(
-            pipe, numeric, best)}
+            pipe, spec, best)}
         theirs = path_dependent.raw_contributions(Z)
         for reference, baseline in baselines.items():
             timed: dict[str, list[float]] = {"tree_shap": [], "baseline": []}
@@ -139,7 +162,7 @@ def reasons(rows: int, repeats: int) -> None:
             top = [[set(sets[i]) for i in which] for sets, which in (reason_sets(ours, 4), reason_sets(theirs, 4))]
             overlap = np.mean([len(a & b) / max(len(b), 1) for a, b in zip(*top, strict=True)])
             us = {k: statistics.median(v) for k, v in timed.items()}
-            print(f"| {family} | {reference} | {len(Z)} | {us['tree_shap']:.0f} | {us['baseline']:.0f} | "
+            print(f"| {label} | {reference} | {len(Z)} | {us['tree_shap']:.0f} | {us['baseline']:.0f} | "
                   f"{us['tree_shap'] / us['baseline']:.1f}x | {first:.1%} | {overlap:.1%} |")
 
 

@@ -1,17 +1,23 @@
-"""Where training time goes on the default 150,000 generated rows: load, CV, fit, each explanation artifact; and a
-model per segment against the global model alone (issue 17, "Speed": 150,000 rows, 20 regions).
+"""Training time: where it goes on the default 150,000 generated rows, and a model per segment against the global
+model alone.
+
+Stages (the default): load, CV, fit and each explanation artifact, per family, on 150,000 generated rows.
+Segments (issue 17, "Speed": 150,000 rows, 20 regions, 2 cores): each repeat trains, in a fresh SQLite tracking store,
+the global model alone (one training run, as `creditflow train` does) and the segmented experiment
+(experiments/segmented.yaml: the global model and every segment's, `segments.workers` worker processes of one thread
+each, as `creditflow segments` trains them; registry decisions left out), one after the other, the order alternating
+from repeat to repeat. It prints both wall times and their ratio, the global run's and the segment runs' own seconds
+inside the segmented training, and the load average. A small untimed run warms this process up first.
 
 Usage: .venv/bin/python scripts/bench/train.py [--families logistic xgboost] [--repeats 3]
-       .venv/bin/python scripts/bench/train.py --segments 20 [--rows 150000] [--family NAME] [--repeats 1]
-Prints the median of --repeats runs per stage (the machine is shared: medians, not single runs). With --segments,
-each repeat trains, in a fresh SQLite tracking store, the global model alone as one training run and then the
-segmented experiment (experiments/segmented.yaml: the global model and every segment's, in parallel worker
-processes); it prints both wall times, their ratio and the segment runs' summed seconds (the serial work).
+       .venv/bin/python scripts/bench/train.py --segments 20 [--rows 150000] [--family NAME] [--repeats 3]
+Prints the median (min, max) of --repeats runs of each figure: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -55,28 +61,52 @@ def bench_family(family: str) -> dict[str, float]:
     return out
 
 
-def bench_segments(rows: int, segments: int, family: str | None) -> dict[str, float]:
-    """Wall time of the global model alone (one run) and of the global + every segment's (`train_segments`, in parallel
-    worker processes as `creditflow segments` trains them; registry decisions left out), each in a fresh store."""
+def bench_segments(rows: int, segments: int, family: str | None, segmented_first: bool) -> dict[str, float]:
+    """Wall time of the global model alone (one run) and of the global + every segment's (`train_segments`), each in
+    a fresh store, in the order asked; the segmented training's own run times."""
     exp, ds = load_experiment_spec(ROOT / "experiments" / "segmented.yaml")
     ds = ds.model_copy(update={"generated": ds.generated.model_copy(update={"rows": rows, "segments": segments})})
     if family:
         exp = exp.with_overrides(family=family, params={})
     data = load_dataset(ds)
+    alone_exp = exp.with_overrides(name=f"{exp.name}-global-alone", register_as=None)
+    out: dict[str, float] = {}
+    for which in (["segmented", "alone"] if segmented_first else ["alone", "segmented"]):
+        with tempfile.TemporaryDirectory() as tmp, environ("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db"):
+            mlflow.set_tracking_uri(None)  # from the variable, for this process and the workers
+            if which == "alone":
+                _, out["global alone (s)"] = timed(train_and_log, alone_exp, ds, data)
+            else:
+                training, out["global + segments (s)"] = timed(train_segments, exp, ds, data)
+                out.update(run_seconds(training))
+    out["ratio"] = out["global + segments (s)"] / out["global alone (s)"]
+    return {k: out[k] for k in ("global alone (s)", "global + segments (s)", "ratio", "global run inside (s)",
+                                "segment runs summed (s)", "segments trained")}
+
+
+def warm_up(family: str | None) -> None:
+    """One small training run, not timed: this process's first imports (explanations, plots) would count against
+    whichever measurement came first. The segment workers are fresh processes: theirs count, as in real use."""
+    exp, ds = load_experiment_spec(ROOT / "experiments" / "segmented.yaml")
+    ds = ds.model_copy(update={"generated": ds.generated.model_copy(update={"rows": 5_000})})
+    exp = exp.with_overrides(name="warm-up", register_as=None, **({"family": family, "params": {}} if family else {}))
     with tempfile.TemporaryDirectory() as tmp, environ("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db"):
-        mlflow.set_tracking_uri(None)  # from the variable, for this process and the workers
-        start = time.perf_counter()
-        train_and_log(exp.with_overrides(name=f"{exp.name}-global-alone", register_as=None), ds, data)
-        alone = time.perf_counter() - start
-        start = time.perf_counter()
-        training = train_segments(exp, ds, data)
-        together = time.perf_counter() - start
-        client = mlflow.MlflowClient()
-        serial = sum((client.get_run(r.outcome.run_id).info.end_time - client.get_run(r.outcome.run_id).info.start_time)
-                     / 1000 for r in training.results[1:] if r.outcome)
-        trained = sum(r.outcome is not None for r in training.results[1:])
-    return {"global alone (s)": alone, "global + segments (s)": together, "ratio": together / alone,
-            "segment runs summed (s)": serial, "segments trained": trained}
+        mlflow.set_tracking_uri(None)
+        train_and_log(exp, ds, load_dataset(ds))
+
+
+def run_seconds(training) -> dict[str, float]:
+    """The segmented training's run durations: the global model's (one thread, beside the segments) and the segment
+    runs' summed (the serial work the worker processes shared)."""
+    client = mlflow.MlflowClient()
+
+    def seconds(run_id: str) -> float:
+        info = client.get_run(run_id).info
+        return (info.end_time - info.start_time) / 1000
+
+    done = [r for r in training.results[1:] if r.outcome]
+    return {"global run inside (s)": seconds(training.results[0].outcome.run_id),
+            "segment runs summed (s)": sum(seconds(r.outcome.run_id) for r in done), "segments trained": len(done)}
 
 
 def print_medians(title: str, runs: list[dict[str, float]]) -> None:
@@ -87,7 +117,7 @@ def print_medians(title: str, runs: list[dict[str, float]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--families", nargs="+", default=["logistic", "xgboost"], choices=sorted(SPECS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--segments", type=int, default=0, help="time a model per segment instead (0: the stages)")
@@ -95,8 +125,13 @@ def main() -> None:
     parser.add_argument("--family", default="", help="with --segments: another family than segmented.yaml's")
     args = parser.parse_args()
     if args.segments:
-        runs = [bench_segments(args.rows, args.segments, args.family or None) for _ in range(args.repeats)]
-        print_medians(f"{args.rows:,} rows, {args.segments} segments (seconds)", runs)
+        warm_up(args.family or None)
+        load = os.getloadavg()
+        runs = [bench_segments(args.rows, args.segments, args.family or None, segmented_first=i % 2 == 1)
+                for i in range(args.repeats)]
+        print_medians(f"{args.rows:,} rows, {args.segments} segments, {os.cpu_count()} cores (seconds)", runs)
+        print(f"  load average (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in load)} at the start, "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
         return
     for family in args.families:
         print_medians(f"{family}: 150,000 rows (seconds)", [bench_family(family) for _ in range(args.repeats)])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from creditflow.data.dataset import load_dataset, read_applicants, split_data
+from creditflow.data.dataset import coerce_columns, load_dataset, read_applicants, records_frame, split_data
 from creditflow.data.io import read_table
 from creditflow.data.synthetic import generate_credit_data
 from creditflow.errors import DataError, SpecError
@@ -103,3 +103,22 @@ def test_a_spec_without_an_id_column_identifies_training_rows_by_number(tmp_path
     assert list(read_applicants(path, spec).columns) == spec.raw_columns
     with pytest.raises(SpecError, match=f"dataset spec '{spec.name}' names no id_column: reading applicants by id"):
         read_applicants(path, spec, ids=True)
+
+
+def test_records_are_typed_as_coerce_columns_types_their_frame(small_spec: DatasetSpec, housing_spec: DatasetSpec,
+                                                               raw_frame: pd.DataFrame) -> None:
+    """The stream's fast builder: same columns, dtypes and values, and the same one-line errors."""
+    numbers = raw_frame[small_spec.raw_columns].head(4)
+    records = numbers.astype(object).where(numbers.notna(), None).to_dict("records")
+    records[0]["age"] = 41  # an int, as JSON gives whole numbers
+    del records[1]["MonthlyIncome"]  # absent: missing
+    records[2]["DebtRatio"] = float("nan")
+    with_housing = [{**r, "Housing": h} for r, h in zip(records, ["own", None, 3, "rent"], strict=True)]
+    texts = [{**records[0], "age": "41"}, {**records[1], "NumberOfDependents": True}]
+    cases = [(small_spec, records), (small_spec, []), (housing_spec, with_housing), (small_spec, texts)]
+    for spec, rows in cases:
+        fast = records_frame(rows, spec, origin="stream")
+        pd.testing.assert_frame_equal(fast, coerce_columns(pd.DataFrame(rows, columns=spec.raw_columns), spec))
+    assert records_frame(with_housing, housing_spec)["Housing"].tolist() == ["own", None, "3", "rent"]
+    with pytest.raises(DataError, match="stream: column 'age' has 1 non-numeric value"):
+        records_frame([{**records[0], "age": "old"}], small_spec, origin="stream")

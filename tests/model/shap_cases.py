@@ -7,7 +7,7 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.pipeline import Pipeline
 
-from creditflow.model.pipeline import build_pipeline
+from creditflow.model.pipeline import build_pipeline, tree_features
 from creditflow.specs import DatasetSpec, ExperimentSpec, load_dataset_spec
 from tests.conftest import DATASET_YAML
 
@@ -48,6 +48,17 @@ def credit_frame(n: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
 def fit(family: str, spec: DatasetSpec, X: pd.DataFrame, y: pd.Series) -> Pipeline:
     exp = ExperimentSpec(name=f"test-{family}", dataset="give_me_some_credit.yaml", family=family,
                          params=FAMILIES[family])
+    return build_pipeline(exp, spec).fit(X, y)
+
+
+def fit_native_xgboost(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series) -> Pipeline:
+    """XGBoost with native categorical splits on the ordinal codes, as the family was fitted before categoricals
+    reached it as plain numbers: models logged then still load, score and explain."""
+    categorical = set(spec.model_columns("categorical"))
+    native = {"model__enable_categorical": True,
+              "model__feature_types": ["c" if c in categorical else "q" for c in tree_features(spec)]}
+    exp = ExperimentSpec(name="test-xgboost-native", dataset="give_me_some_credit.yaml", family="xgboost",
+                         params={**FAMILIES["xgboost"], **native})
     return build_pipeline(exp, spec).fit(X, y)
 
 

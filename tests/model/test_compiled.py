@@ -12,7 +12,7 @@ from creditflow.data.dataset import coerce_columns, split_data
 from creditflow.model.categories import UNSEEN_TEXT
 from creditflow.model.compiled import compile_scorer, reason_sets
 from creditflow.model.inputs import applicant_matrix
-from creditflow.model.pipeline import build_pipeline
+from creditflow.model.pipeline import build_pipeline, tree_features
 from creditflow.model.shap import raw_shap, reason_codes
 from creditflow.specs import DatasetSpec, GroupSpec
 from creditflow.train.log_model import shap_reference
@@ -86,8 +86,9 @@ def housing_rows(X: pd.DataFrame, unseen: bool = True) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def housing_pipes(housing_spec: DatasetSpec, shap_data: tuple) -> dict:
-    """case -> (pipeline, spec, training rows): one-hot and ordinal logistic, XGBoost (native categorical), HGB."""
-    from tests.model.shap_cases import fit
+    """case -> (pipeline, spec, training rows): one-hot and ordinal logistic, XGBoost (ordinal codes, and native
+    categorical splits as logged before), HGB."""
+    from tests.model.shap_cases import fit, fit_native_xgboost
     from tests.model.test_shap import with_housing
 
     X_train, y_train, _, _ = shap_data
@@ -97,15 +98,20 @@ def housing_pipes(housing_spec: DatasetSpec, shap_data: tuple) -> dict:
         impute="most_frequent", scale=False, encode="ordinal")}})
     cases = {"logistic": ("logistic", housing_spec), "logistic_ordinal": ("logistic", ordinal),
              "xgboost": ("xgboost", housing_spec), "hist_gradient_boosting": ("hist_gradient_boosting", housing_spec)}
-    return {case: (fit(family, spec, X_train, y_train), spec, X_train) for case, (family, spec) in cases.items()}
+    pipes = {case: (fit(family, spec, X_train, y_train), spec, X_train) for case, (family, spec) in cases.items()}
+    return {**pipes, "xgboost_native": (fit_native_xgboost(housing_spec, X_train, y_train), housing_spec, X_train)}
 
 
-@pytest.mark.parametrize("case", ["logistic", "logistic_ordinal", "xgboost", "hist_gradient_boosting"])
+CATEGORICAL_CASES = ["logistic", "logistic_ordinal", "xgboost", "xgboost_native", "hist_gradient_boosting"]
+
+
+@pytest.mark.parametrize("case", CATEGORICAL_CASES)
 def test_categorical_columns_compile_exactly(case: str, housing_pipes: dict, shap_data: tuple) -> None:
     pipe, spec, X_train = housing_pipes[case]
     # an ordinal code the logistic model never saw is NaN, which it cannot score (the served model refuses it)
     rows = housing_rows(quirky_rows(shap_data[2][SPEC_COLUMNS]), unseen=case != "logistic_ordinal")
     reference = shap_reference(pipe, X_train, spec)
+    assert (reference is None) == (case == "xgboost_native")  # native splits: path-dependent TreeSHAP, as logged
     scorer = compile_scorer(pipe, spec, None if reference is None else np.asarray(reference))  # no NotCompilable
     R = applicant_matrix(rows, spec, scorer.codes)
     expected = pipe.predict_proba(coerce_columns(rows, spec))[:, 1]
@@ -165,3 +171,24 @@ def test_tree_reasons_are_exact_baseline_shapley_values(family, fitted_families,
     tree_shap = raw_shap(pipe, small_spec, X.iloc[declined]).values.to_numpy()  # path-dependent TreeSHAP
     agreement = np.mean(served.argmax(axis=1) == tree_shap.argmax(axis=1))
     assert len(declined) > 30 and agreement >= 0.8, agreement
+
+
+def test_categorical_xgboost_reasons_are_baseline_shapley_in_the_categorical_column(housing_pipes: dict,
+                                                                                   shap_data: tuple) -> None:
+    """XGBoost sees the categories as ordinal codes (no native splits), so its served contributions are the Shapley
+    values of the log-odds between the reference applicant (whose housing is the most frequent) and the applicant,
+    every coalition enumerated, and a category's contribution belongs to its raw column: nothing where the applicant's
+    housing is the reference's, a raised risk where it is the riskier one (renting, as generated)."""
+    pipe, spec, X_train = housing_pipes["xgboost"]
+    reference = np.asarray(shap_reference(pipe, X_train, spec))
+    scorer = compile_scorer(pipe, spec, reference)
+    rows = housing_rows(shap_data[2][SPEC_COLUMNS].head(6))  # own, rent, other, None, NaN, castle
+    Z = scorer.transform(applicant_matrix(rows, spec, scorer.codes))
+    model = pipe[-1]
+    exact = np.asarray([exact_baseline_shapley(lambda M: model.predict(M, output_margin=True), z, reference)
+                        for z in Z])
+    np.testing.assert_allclose(scorer.contributions_of(Z), exact, rtol=0, atol=2e-5)
+    housing = scorer.raw_contributions(Z)[:, spec.raw_columns.index("Housing")]
+    code = tree_features(spec).index("housing")
+    assert X_train["Housing"].mode()[0] == "own" and scorer.codes.texts["Housing"][int(reference[code])] == "own"
+    assert housing[0] == 0 and housing[1] > 0

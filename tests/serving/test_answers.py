@@ -121,7 +121,7 @@ def test_segmented_answers_are_those_of_mlflows_path(segment_store: SegmentStore
 
     with tracking_at(segment_store.uri):
         fallback, r01 = fetch("models:/credit-default@champion"), fetch("models:/credit-default-R01@champion")
-    routing = Routing(SEGMENT_COLUMN, fallback, {"R01": r01})
+    routing = Routing(fallback, {"R01": r01})
     X = with_regions(small_data.X[fallback.spec.raw_columns].head(30).reset_index(drop=True))
     assert_same_answers(routing, X, segment=SEGMENT_COLUMN)
     assert_same_answers(routing, X.head(1), segment=SEGMENT_COLUMN)  # one model answers: no reassembly

@@ -1,4 +1,5 @@
-"""The request parser: a body with text columns among the numbers is typed per column, in the order sent."""
+"""The request parser: text columns among the numbers are typed per column, in the order sent; a segmented
+deployment's routing column comes back apart from the frame the models read."""
 
 from __future__ import annotations
 
@@ -7,20 +8,50 @@ import json
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import parse_body
+from creditflow.serving.requests import RoutedRows, parse_body
 from creditflow.specs import DatasetSpec
 
 
-def test_a_text_column_among_numbers_keeps_its_place_and_every_cell(small_spec: DatasetSpec) -> None:
+def split_body(columns: list[str], rows: list[list]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
+
+
+def test_the_segment_column_comes_apart_and_the_frame_is_the_numbers_alone(small_spec: DatasetSpec) -> None:
     numbers = small_spec.raw_columns
     columns = [*numbers[:3], "Region", *numbers[3:]]
     data = [[float(i) + 0.5 for i in range(len(numbers))], [None] * len(numbers)]
     rows = [[*r[:3], region, *r[3:]] for r, region in zip(data, ["R07", None], strict=True)]
-    body = json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
 
-    frame = parse_body(body, "application/json", small_spec, 10, segment="Region")
+    parsed = parse_body(split_body(columns, rows), "application/json", small_spec, 10, segment="Region")
 
-    expected = pd.DataFrame(rows, columns=columns, dtype=object).astype(dict.fromkeys(numbers, "float64"))
-    pd.testing.assert_frame_equal(frame, expected)
-    assert frame["Region"].tolist() == ["R07", None] and frame[numbers].dtypes.eq(np.float64).all()
-    assert frame.loc[0, numbers[4]] == 4.5 and frame.loc[1, numbers].isna().all()
+    assert isinstance(parsed, RoutedRows) and len(parsed) == 2 and parsed.segments == ["R07", None]
+    plain = parse_body(split_body(numbers, data), "application/json", small_spec, 10)
+    pd.testing.assert_frame_equal(parsed.frame, plain)
+    assert parsed.frame.columns.tolist() == numbers and parsed.frame.dtypes.eq(np.float64).all()
+    assert parsed.frame._mgr.nblocks == 1  # one float block: what a single-model request gives the model
+    assert parsed.frame.loc[0, numbers[4]] == 4.5 and parsed.frame.loc[1, numbers].isna().all()
+
+
+def test_a_categorical_column_keeps_its_place_beside_the_segment_column(housing_spec: DatasetSpec) -> None:
+    numbers = [c for c in housing_spec.raw_columns if c != "Housing"]
+    columns = ["Region", *numbers[:2], "Housing", *numbers[2:]]
+    rows = [["R02", *[1.0] * 2, "rent", *[2.0] * (len(numbers) - 2)],
+            [None, *[None] * 2, None, *[3.0] * (len(numbers) - 2)]]
+
+    parsed = parse_body(split_body(columns, rows), "application/json", housing_spec, 10, segment="Region")
+
+    expected = pd.DataFrame([r[1:] for r in rows], columns=columns[1:], dtype=object).astype(
+        dict.fromkeys(numbers, "float64"))
+    pd.testing.assert_frame_equal(parsed.frame, expected)
+    assert parsed.segments == ["R02", None] and parsed.frame["Housing"].tolist() == ["rent", None]
+
+
+def test_a_csv_segment_cell_left_empty_is_missing(small_spec: DatasetSpec) -> None:
+    numbers = small_spec.raw_columns
+    text = "\n".join([",".join([*numbers, "Region"]), ",".join(["1"] * len(numbers) + ["R03"]),
+                      ",".join(["2"] * len(numbers) + [" "])])
+
+    parsed = parse_body(text.encode(), "text/csv", small_spec, 10, segment="Region")
+
+    assert parsed.segments == ["R03", None] and parsed.frame.columns.tolist() == numbers
+    assert parsed.frame.iloc[:, 0].tolist() == [1.0, 2.0]

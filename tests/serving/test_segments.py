@@ -20,7 +20,7 @@ import requests
 from creditflow.errors import BadRequest, SpecError, TrackingError
 from creditflow.serving.live import Loaded, fetch
 from creditflow.serving.online import load_serving_config
-from creditflow.serving.requests import parse_body
+from creditflow.serving.requests import RoutedRows, parse_body
 from creditflow.serving.segments import Routing, SegmentsConfig, resolve_deployment
 from tests.conftest import (
     ROOT,
@@ -92,7 +92,8 @@ def test_a_request_without_the_segment_column_is_a_400_naming_it(small_spec, sma
     with pytest.raises(BadRequest, match="column Region must hold text or null"):
         parse_body(body(frame.assign(Region=7)).encode(), JSON, small_spec, 10, SEGMENT_COLUMN)
     parsed = parse_body(body(mixed_rows(small_data)).encode(), JSON, small_spec, 20, SEGMENT_COLUMN)
-    assert parsed[SEGMENT_COLUMN].tolist()[:8] == ["R01", "R02", "R03", "R99", "R02", "R03", "R01", None]
+    assert parsed.segments[:8] == ["R01", "R02", "R03", "R99", "R02", "R03", "R01", None]
+    assert SEGMENT_COLUMN not in parsed.frame.columns  # no model reads it
     with pytest.raises(BadRequest, match="unknown column"):  # a single-model endpoint does not take it
         parse_body(body(mixed_rows(small_data)).encode(), JSON, small_spec, 20)
 
@@ -135,18 +136,22 @@ def test_rows_are_routed_with_one_predict_call_per_model(segment_store: SegmentS
     with tracking_at(segment_store.uri):
         fallback, r01 = fetch("models:/credit-default@champion"), fetch(TEMPLATE.format(segment="R01"))
     counted = {"fallback": Counting(fallback.model), "R01": Counting(r01.model)}
-    routing = Routing(SEGMENT_COLUMN, Loaded(counted["fallback"], fallback.uri, fallback.label, fallback.version),
+    routing = Routing(Loaded(counted["fallback"], fallback.uri, fallback.label, fallback.version),
                       {"R01": Loaded(counted["R01"], r01.uri, r01.label, r01.version)})
     frame = mixed_rows(small_data)
-    answer = routing.answer(frame)
+    features = frame.drop(columns=[SEGMENT_COLUMN])
+    answer = routing.answer(RoutedRows(features, frame[SEGMENT_COLUMN].tolist()))
     own = frame[SEGMENT_COLUMN] == "R01"
     assert counted["R01"].calls == [int(own.sum())] and counted["fallback"].calls == [int((~own).sum())]
     assert answer["model_version"].tolist() == [r01.label if o else fallback.label for o in own]
     assert answer["segment_model"].tolist() == own.tolist()
-    features = frame.drop(columns=[SEGMENT_COLUMN])
     own_p, global_p = r01.model.predict(features)["probability"], fallback.model.predict(features)["probability"]
     np.testing.assert_allclose(answer["probability"], np.where(own, own_p, global_p), rtol=1e-12)
     assert not np.allclose(own_p, global_p)  # the segment model is not the global one
+    for value, model, flagged in [("R01", r01, True), ("R99", fallback, False), (None, fallback, False)]:
+        single = routing.answer(RoutedRows(features.head(1), [value]))  # one model: the frame goes through whole
+        assert single["model_version"].tolist() == [model.label] and single["segment_model"].tolist() == [flagged]
+        assert single["probability"].tolist() == pytest.approx([(own_p if flagged else global_p)[0]], rel=1e-12)
 
 
 # ---------------------------------------------------------------- one endpoint, end to end

@@ -146,6 +146,24 @@ def coerce_columns(frame: pd.DataFrame, spec: DatasetSpec, origin: str = "input"
     return pd.DataFrame(out, index=frame.index)
 
 
+def records_frame(records: list[dict], spec: DatasetSpec, origin: str = "input") -> pd.DataFrame:
+    """Applicant records (JSON-typed dicts of raw columns; absent is missing) typed exactly as `coerce_columns`
+    types them, without its per-column parsing when every numeric value is a number or None (the usual case)."""
+    raw = spec.raw_columns
+    numeric = [c for c in raw if spec.columns[c].group != "categorical"]
+    cells = [[record.get(c) for c in numeric] for record in records]
+    if not all(type(v) in (float, int) or v is None for row in cells for v in row):  # text, bool...: pandas decides
+        return coerce_columns(pd.DataFrame(records, columns=raw), spec, origin)
+    matrix = np.array(cells, dtype="float64").reshape(len(records), len(numeric))  # None: NaN
+    out = pd.DataFrame(matrix, columns=numeric)
+    if len(numeric) == len(raw):
+        return out
+    for column in raw:
+        if column not in out.columns:
+            out[column] = as_text(pd.Series([record.get(column) for record in records], dtype=object))
+    return out[raw]
+
+
 def binary_target(values: pd.Series, spec: DatasetSpec, origin: str) -> pd.Series:
     """The target as 0/1 (1 = the spec's positive value); anything but two classes is an error."""
     if values.isna().any():

@@ -12,8 +12,8 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
   with the training rows as background);
 - trees: baseline Shapley against the reference applicant stored with the model (shap's
   interventional `TreeExplainer` with that one background row, built once), as `model.shap.raw_shap`
-  with the training rows as background; models logged without a reference (and XGBoost with
-  categorical splits) keep path-dependent TreeSHAP: XGBoost's own `pred_contribs`, shap's
+  with the training rows as background; models logged without a reference (and XGBoost logged with
+  native categorical splits) keep path-dependent TreeSHAP: XGBoost's own `pred_contribs`, shap's
   `TreeExplainer` for other trees.
 
 Each is linear in the number of rows. Categorical columns arrive as codes into their vocabulary

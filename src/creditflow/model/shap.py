@@ -8,9 +8,11 @@ model: each says how much this column's value moves the log-odds of default away
 reference applicant's (docs/performance.md has why, and how often the reasons agree with TreeSHAP's):
 - linear models: coef * (z - reference), in closed form;
 - trees: shap's interventional `TreeExplainer` with the reference as its one background row
-  (linear in trees x depth per row; XGBoost's native categorical splits excepted).
-Without one (tree models logged before it, XGBoost with categorical columns): path-dependent
-TreeSHAP, the booster's own `pred_contribs` for XGBoost, shap's `TreeExplainer` for other trees.
+  (linear in trees x depth per row). Categorical columns reach every tree family ordinal-coded; shap
+  cannot follow XGBoost's native categorical splits against a reference.
+Without one (tree models logged before it, and XGBoost models logged with native categorical splits,
+as they were before they were ordinal-coded): path-dependent TreeSHAP, the booster's own
+`pred_contribs` for XGBoost, shap's `TreeExplainer` for other trees.
 shap is imported only when a tree model other than XGBoost is explained against no reference.
 """
 
@@ -84,7 +86,8 @@ def tree_explainer(model: Any, reference: np.ndarray | None = None) -> Any:
 
 
 def has_categorical_splits(model: Any) -> bool:
-    """XGBoost with native categorical features: shap explains those only path-dependently."""
+    """XGBoost with native categorical features (as logged before categoricals were ordinal-coded for it): shap
+    explains those only path-dependently."""
     if not isinstance(model, XGBClassifier):
         return False
     types = model.get_booster().feature_types

@@ -105,7 +105,10 @@ class FeatureStore:
 
     def find(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The stored features of each id, in order (loaded-at stamp removed); None where there are none."""
-        found = self.call("read", self.client.mget, [self.key(i) for i in ids]) if ids else []
+        return self.records(ids, self.call("read", self.client.mget, [self.key(i) for i in ids]) if ids else [])
+
+    def records(self, ids: list[str], found: list[bytes | None]) -> list[dict[str, Any] | None]:
+        """The stored values of `ids` (an MGET of their keys, maybe in a caller's pipeline) as `find` returns them."""
         records, unreadable = [], []
         for applicant, value in zip(ids, found, strict=True):
             record = None if value is None else _record(value)

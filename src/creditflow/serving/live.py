@@ -178,14 +178,18 @@ class LiveModel:
         logger.info("%s: now serving %s (was %s)", self.role, loaded.label, old.label if old else "none")
         return True
 
-    def start(self) -> LiveModel:
-        """Poll in a background thread when the URI can move; a pinned URI is never polled."""
+    def start(self, offset: float = 0) -> LiveModel:
+        """Poll in a background thread when the URI can move, every reload_seconds from `offset` seconds on (the
+        models of a deployment poll in turn, not all at once); a pinned URI is never polled."""
         if self.follows and self._thread is None:
-            self._thread = threading.Thread(target=self._follow, name=f"creditflow-follow-{self.role}", daemon=True)
+            self._thread = threading.Thread(target=self._follow, args=(offset,), name=f"creditflow-follow-{self.role}",
+                                            daemon=True)
             self._thread.start()
         return self
 
-    def _follow(self) -> None:
+    def _follow(self, offset: float) -> None:
+        if self._stop.wait(offset):
+            return
         while not self._stop.wait(self.reload_seconds):
             self.poll()
 

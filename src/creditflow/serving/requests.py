@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +27,18 @@ from creditflow.specs import DatasetSpec
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
 FORMATS = ("dataframe_split", "dataframe_records")
+
+
+@dataclass(frozen=True)
+class RoutedRows:
+    """A segmented deployment's applicants: the columns the models read, and apart from them each row's segment
+    value (text or None). Nothing is dropped before scoring and the frame stays one float block."""
+
+    frame: pd.DataFrame
+    segments: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.frame)
 
 
 def _kind(value: Any) -> str:
@@ -58,10 +71,11 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int,
-               segment: str = "") -> pd.DataFrame:
+               segment: str = "") -> pd.DataFrame | RoutedRows:
     """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem.
 
-    `segment`: a segmented deployment's routing column, required in addition (text or null).
+    `segment`: a segmented deployment's routing column, required in addition (text or null): the answer is then
+    `RoutedRows`, the frame and each row's segment value apart.
     """
     mime = media_type(content_type)
     try:
@@ -87,8 +101,9 @@ def _is_text(spec: DatasetSpec, column: str, segment: str) -> bool:
 
 
 def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool,
-           segment: str = "") -> pd.DataFrame:
-    """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None."""
+           segment: str = "") -> pd.DataFrame | RoutedRows:
+    """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None; the
+    segment column's values apart (`RoutedRows`)."""
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
     numeric = [not _is_text(spec, c, segment) for c in columns]
@@ -98,10 +113,14 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
     kept = [j for j, num in enumerate(numeric) if num]  # one float block, then the text columns in their places
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
     frame = pd.DataFrame(block, columns=_column_index(tuple(columns[j] for j in kept)))
+    model_columns = [c for c in columns if c != segment]
     for j, column in enumerate(columns):
-        if not numeric[j]:
-            frame.insert(j, column, pd.Series([row[j] for row in rows], dtype=object))
-    return frame
+        if not numeric[j] and column != segment:
+            frame.insert(model_columns.index(column), column, pd.Series([row[j] for row in rows], dtype=object))
+    if not segment:
+        return frame
+    at = columns.index(segment)
+    return RoutedRows(frame, [row[at] for row in rows])
 
 
 @lru_cache(maxsize=64)

@@ -18,6 +18,7 @@ server runs is served from its next poll, a segment without a champion falls bac
 from __future__ import annotations
 
 import logging
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from creditflow.registry.client import (
 )
 from creditflow.serving.live import LiveModel, Loaded, fetch
 from creditflow.serving.metrics import Metrics
+from creditflow.serving.requests import RoutedRows
 from creditflow.specs import CHAMPION_URI, DatasetSpec, read_yaml, validated
 
 logger = logging.getLogger(__name__)
@@ -145,18 +147,27 @@ def resolve_deployment(config: SegmentsConfig) -> DeploymentRefs:
     return refs
 
 
-def route_keys(values: pd.Series, served: set[str] | frozenset[str]) -> np.ndarray:
+def route_keys(values: Iterable[Any], served: Container[str]) -> list[str]:
     """Per row, the segment whose model scores it, or FALLBACK: a value not listed, missing or not served."""
-    text = values.to_numpy(dtype=object)
-    known = np.fromiter((isinstance(v, str) and v in served for v in text), bool, len(text))  # no pandas per request
-    return np.where(known, text, FALLBACK)
+    return [v if isinstance(v, str) and v in served else FALLBACK for v in values]
+
+
+def route_groups(keys: list[str] | np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
+    """Each route key with its rows (ascending), in order of first appearance: one predict call per model. One key
+    routing every row (any 1-row request) gets them as a slice: no split, no reassembly."""
+    if len(keys) == 1:
+        return [(keys[0], slice(None))]
+    codes, groups = pd.factorize(np.asarray(keys, dtype=object))  # one hash pass, not a compare per row and key
+    if len(groups) == 1:
+        return [(groups[0], slice(None))]
+    rows = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    return list(zip(groups, rows, strict=True))
 
 
 @dataclass(frozen=True)
 class Routing:
     """The deployment's loaded versions at one moment: what a request is answered with, whatever swaps meanwhile."""
 
-    column: str
     fallback: Loaded
     segments: dict[str, Loaded]  # segments with a champion only
 
@@ -172,27 +183,28 @@ class Routing:
     def members(self) -> tuple[Loaded, ...]:
         return (self.fallback, *self.segments.values())
 
-    def answer(self, frame: pd.DataFrame, typed: bool = False) -> pd.DataFrame:
+    def answer(self, rows: RoutedRows, typed: bool = False) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model` (`typed`: as `Loaded.answer`)."""
-        features = frame.copy(deep=False)  # the routing column taken out of a shallow copy: the data is not copied
-        keys = route_keys(features.pop(self.column), frozenset(self.segments))
-        groups = pd.unique(keys)
+        groups = route_groups(route_keys(rows.segments, self.segments))
         if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
-            answer = self.segments.get(groups[0], self.fallback).answer(features, typed)
-            answer["segment_model"] = groups[0] != FALLBACK
-            return answer
-        parts = []
-        for key in groups:
-            rows = np.flatnonzero(keys == key)
-            part = self.segments.get(key, self.fallback).answer(features.iloc[rows], typed).set_axis(rows)
-            part["segment_model"] = key != FALLBACK
-            parts.append(part)
+            return self.labelled(groups[0][0], rows.frame, typed)
+        parts = [self.labelled(key, rows.frame.iloc[picked], typed).set_axis(picked) for key, picked in groups]
         return pd.concat(parts).sort_index().reset_index(drop=True)
 
-    def columns(self, frame: pd.DataFrame) -> dict[str, list]:
-        """The answer to a frame `parse_body` typed, as lists of plain values, as `Loaded.columns` gives it."""
-        answer = self.answer(frame, typed=True)
+    def labelled(self, key: str, frame: pd.DataFrame, typed: bool = False) -> pd.DataFrame:
+        """The answer of the model of route key `key`, flagged whether it is the segment's own."""
+        answer = self.segments.get(key, self.fallback).answer(frame, typed)
+        answer["segment_model"] = key != FALLBACK
+        return answer
+
+    def columns(self, rows: RoutedRows) -> dict[str, list]:
+        """The answer to rows `parse_body` typed, as lists of plain values, as `Loaded.columns` gives it."""
+        keys = route_keys(rows.segments, self.segments)
+        if len(set(keys)) == 1:  # one model answers: its columns straight, no answer frame
+            columns = self.segments.get(keys[0], self.fallback).columns(rows.frame)
+            return {**columns, "segment_model": [keys[0] != FALLBACK] * len(keys)}
+        answer = self.answer(rows, typed=True)
         return {name: answer[name].tolist() for name in answer.columns}
 
 
@@ -210,11 +222,14 @@ class SegmentRouter:
     @property
     def current(self) -> Routing:
         loaded = {s: live.current for s, live in self.segments.items()}
-        return Routing(self.column, self.fallback.current, {s: v for s, v in loaded.items() if v is not None})
+        return Routing(self.fallback.current, {s: v for s, v in loaded.items() if v is not None})
 
     def start(self) -> SegmentRouter:
-        for live in (self.fallback, *self.segments.values()):
-            live.start()
+        """Every follower started, their polls spread evenly over the reload period: at once, the 21 polls of a
+        20-segment deployment stalled requests for up to ~0.1 s every period (docs/performance.md)."""
+        followers = (self.fallback, *self.segments.values())
+        for i, live in enumerate(followers):
+            live.start(offset=live.reload_seconds * i / len(followers))
         return self
 
     def stop(self) -> None:

@@ -7,13 +7,14 @@ features are running sums per applicant in Redis (`creditflow:stream:<dataset>:<
 applicant's batch features (`creditflow features load`). On each event the applicant is scored
 again with both, and the prediction goes to an output stream with the event that caused it.
 
-Several scorers may share the work (one Redis consumer group). A batch's predictions, rejections and
-acknowledgements go to Redis in one MULTI/EXEC transaction: all of them or none, so a prediction is
-published once per event even when a scorer is killed; events a scorer took and left unacknowledged
-(it died) are read again when it restarts, or claimed by another scorer after claim_idle_ms. An
-event's sums are applied once (a Lua script marks it applied in the same step; the marker costs
-Redis ~100 bytes for applied_ttl_days), so a redelivered event is scored again but never counted
-twice. Events apply in stream order per applicant, and each prediction describes the applicant right
+Several scorers may share the work (one Redis consumer group). A batch costs three round trips: the
+read; the applicants' features, sums and applied-markers; and one MULTI/EXEC transaction that applies
+the scored events' sums, publishes predictions and rejections and acknowledges the entries: all of it
+or none, so a prediction is published once per event even when a scorer is killed; events a scorer took
+and left unacknowledged (it died) are read again when it restarts, or claimed by another scorer after
+claim_idle_ms. An event's sums are applied once (the script that adds them marks it applied; the
+marker costs Redis ~100 bytes for applied_ttl_days), so an event two scorers both took is never
+counted twice. Events apply in stream order per applicant, and each prediction describes the applicant right
 after its event, however the events were batched. Events that cannot be scored (unreadable fields,
 unknown type, no batch features, a state that would break a value rule, an error in the model for
 that event alone) go to a rejected stream with the reason and are acknowledged: a rejected event
@@ -36,25 +37,21 @@ from typing import Any
 
 import pandas as pd
 
-from creditflow.data.dataset import coerce_columns
-from creditflow.data.rules import rule_violations
+from creditflow.data.dataset import records_frame
+from creditflow.data.rules import RuleCheck
+from creditflow.model.inputs import applicant_matrix, spec_vocabulary
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
+from creditflow.serving.requests import RoutedRows
 from creditflow.serving.segments import SegmentRouter
 from creditflow.serving.stream_config import StreamConfig, check_event_columns
+from creditflow.serving.stream_redis import queue_apply, queue_publish, queue_sums, sums, text
 from creditflow.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
 SUMS_PREFIX = "creditflow:stream"
-APPLY = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  return 1
-end
-return 0
-"""  # KEYS: the event's applied-marker, the applicant's sums; ARGV: marker TTL, then column, amount pairs
 
 
 Entry = tuple[str, dict[Any, Any]]  # (entry id, fields as Redis sent them)
@@ -67,6 +64,15 @@ class Event:
     applicant_id: str
     kind: str
     segment: str | None = None  # the segment the event names (a segmented scorer), None: the fallback's
+
+
+@dataclass
+class Outcome:
+    """What handling a batch gives its commit: predictions, rejections, and the events whose sums to apply."""
+
+    scored: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    applies: list[Event] = field(default_factory=list)  # scored events not applied before (not redeliveries)
 
 
 @dataclass
@@ -92,10 +98,10 @@ class StreamScorer:
         self.config, self.live, self.on_step = config, live, on_step  # on_step: the hook of the kill tests
         self.spec: DatasetSpec = live.current.spec
         check_event_columns(config, self.spec)
+        self.rules = RuleCheck.from_spec(self.spec, spec_vocabulary(self.spec))  # the value rules' table, built once
         self.features = FeatureStore(config.store, self.spec.name)
         self.redis = self.features.client
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.apply_script = self.redis.register_script(APPLY)
         self.tally = Tally()
 
     def sums_key(self, applicant_id: str) -> str:
@@ -124,47 +130,56 @@ class StreamScorer:
         return _entries(reply[1])
 
     def process(self, entries: list[Entry], redelivered: bool = False) -> None:
-        """Score or reject every entry of one batch, publish, acknowledge: none is left pending.
+        """Score or reject every entry of one batch, then apply, publish and acknowledge: none is left pending.
 
         Redelivered entries past max_deliveries are dead-lettered first. When the batch raises, its
         entries are handled one at a time, so an entry that breaks scoring is rejected alone.
         """
-        rejected = self.dead_letters(entries) if redelivered else []
-        dead = {entry_id for entry_id, _, _ in rejected}
-        todo = [e for e in entries if e[0] not in dead]
+        dead = self.dead_letters(entries) if redelivered else []
+        gone = {entry_id for entry_id, _, _ in dead}
+        todo = [e for e in entries if e[0] not in gone]
         try:
-            scored, more = self.handle(todo)
+            done = self.handle(todo)
         except FeatureStoreError:
             raise  # Redis is down: nothing acknowledged, the entries are read again
         except Exception:
             logger.exception("stream: a batch of %d entries failed; handling them one at a time", len(todo))
-            scored, more = self.one_by_one(todo)
-        rejected += more
-        pipe = self.redis.pipeline(transaction=True)  # MULTI/EXEC: published and acknowledged together, or neither
-        for fields in scored:
-            pipe.xadd(self.config.predictions_stream, fields)
-        for entry_id, fields, reason in rejected:
-            pipe.xadd(self.config.rejected_stream, {**fields, "event_id": entry_id, "reason": reason})
+            self.one_by_one(todo)
+            entries, done = [e for e in entries if e[0] in gone], Outcome()
+        done.rejected[:0] = dead
+        self.finish(entries, done)
+
+    def finish(self, entries: list[Entry], done: Outcome) -> None:
+        self.on_step("scored")
+        self.commit(entries, done)
+        self.on_step("published")
+        self.tally.scored += len(done.scored)
+        self.tally.rejected += len(done.rejected)
+
+    def commit(self, entries: list[Entry], done: Outcome) -> None:
+        """One MULTI/EXEC: the scored events' sums applied, predictions and rejections published, entries
+        acknowledged; all of it or none, in one round trip."""
+        pipe = self.redis.pipeline(transaction=True)
+        self.queue_apply(pipe, done.applies)
+        queue_publish(pipe, self.config.predictions_stream, done.scored)
+        queue_publish(pipe, self.config.rejected_stream, [{**fields, "event_id": entry_id, "reason": reason}
+                                                           for entry_id, fields, reason in done.rejected])
         if entries:
             pipe.xack(self.config.events_stream, self.config.group, *[i for i, _ in entries])
         self.features.call("publish", pipe.execute)
-        self.on_step("published")
-        self.tally.scored += len(scored)
-        self.tally.rejected += len(rejected)
 
-    def one_by_one(self, entries: list[Entry]) -> tuple[list[dict[str, str]], list[Rejected]]:
-        scored, rejected = [], []
+    def one_by_one(self, entries: list[Entry]) -> None:
+        """Each entry handled and committed alone (the next one reads the sums it applied)."""
         for entry in entries:
             try:
-                one, more = self.handle([entry])
+                done = self.handle([entry])
             except FeatureStoreError:
                 raise
             except Exception:
                 logger.exception("stream: entry %s cannot be scored", entry[0])
-                one, more = [], [(entry[0], _printable(entry[1]), "internal error while scoring this event; "
-                                  "the scorer's log has the details")]
-            scored, rejected = scored + one, rejected + more
-        return scored, rejected
+                done = Outcome(rejected=[(entry[0], _printable(entry[1]), "internal error while scoring this event; "
+                                          "the scorer's log has the details")])
+            self.finish([entry], done)
 
     def dead_letters(self, entries: list[Entry]) -> list[Rejected]:
         """Entries delivered more than max_deliveries times (each failed to be handled): rejected, never retried."""
@@ -173,14 +188,15 @@ class StreamScorer:
         ids = [entry_id for entry_id, _ in entries]
         pending = self.features.call("read", self.redis.xpending_range, self.config.events_stream, self.config.group,
                                      min(ids), max(ids), len(ids) * 2)
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        counts = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         limit = self.config.max_deliveries
         return [(entry_id, _printable(fields), f"delivered {counts[entry_id]} times without being handled "
                                                f"(more than max_deliveries {limit}): dead-lettered")
                 for entry_id, fields in entries if counts.get(entry_id, 0) > limit]
 
-    def handle(self, entries: list[Entry]) -> tuple[list[dict[str, str]], list[Rejected]]:
-        """Prediction fields per scored event and (id, fields, reason) per rejected one, in stream order."""
+    def handle(self, entries: list[Entry]) -> Outcome:
+        """Prediction fields per scored event, (id, fields, reason) per rejected one (in stream order), and the
+        events whose sums the commit applies."""
         events, rejected = [], []
         for entry_id, raw in entries:
             event, reason = self.parse(entry_id, raw)
@@ -189,36 +205,39 @@ class StreamScorer:
             else:
                 rejected.append((entry_id, _printable(raw), reason))
         if not events:
-            return [], rejected
+            return Outcome(rejected=rejected)
         loaded = self.live.current  # the version this batch is scored with, whatever is swapped in meanwhile
-        states, reasons = self.decide(events)
-        valid = [e for e in events if not reasons.get(e.id)]
-        self.apply_all(valid)
-        self.on_step("applied")
-        rows = self.routed(states.loc[[e.id for e in valid]].reset_index(drop=True), [e.segment for e in valid])
-        predicted = loaded.answer(rows) if valid else pd.DataFrame()
-        answers = dict(zip([e.id for e in valid], predicted.to_dict("records"), strict=True))
+        rows, reasons, applied = self.decide(events)
+        valid = [e for e in events if e.id not in reasons]
+        rejected += [(e.id, {"applicant_id": e.applicant_id, "event": e.kind}, reasons[e.id])
+                     for e in events if e.id in reasons]
+        scored = self.predictions(valid, loaded.answer(self.routed(rows, valid), typed=True), loaded) if valid else []
+        return Outcome(scored, sorted(rejected, key=lambda r: _order(r[0])), [e for e in valid if e.id not in applied])
+
+    def predictions(self, events: list[Event], answer: pd.DataFrame, loaded: Any) -> list[dict[str, str]]:
+        """Each scored event's prediction entry (the answer's rows, in the events' order)."""
         uris = {m.label: m.uri for m in loaded.members}
         scored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        scored = []
-        for event in events:
-            source = {"applicant_id": event.applicant_id, "event": event.kind}
-            if reasons.get(event.id):
-                rejected.append((event.id, source, reasons[event.id]))
-                continue
-            answer = answers[event.id]
-            scored.append({**source, "event_id": event.id, "probability": repr(float(answer["probability"])),
-                           "decision": str(answer["decision"]),
-                           "reason_codes": json.dumps(list(answer["reason_codes"])),
-                           "reason_statements": json.dumps(list(answer.get("reason_statements", []))),
-                           "model_uri": uris[answer["model_version"]], "model_version": answer["model_version"],
-                           **{k: str(answer[k]).lower() for k in ("segment_model",) if k in answer},
-                           "scored_at": scored_at})
-        return scored, sorted(rejected, key=lambda r: _order(r[0]))
+        probability, decision, version = (answer[c].tolist() for c in ("probability", "decision", "model_version"))
+        codes = _json_lists(answer["reason_codes"].tolist())
+        statements = (_json_lists(answer["reason_statements"].tolist()) if "reason_statements" in answer
+                      else ["[]"] * len(events))
+        segment = answer["segment_model"].tolist() if "segment_model" in answer else None
+        out = []
+        for i, event in enumerate(events):
+            fields = {"applicant_id": event.applicant_id, "event": event.kind, "event_id": event.id,
+                      "probability": repr(float(probability[i])), "decision": str(decision[i]),
+                      "reason_codes": codes[i], "reason_statements": statements[i],
+                      "model_uri": uris[version[i]], "model_version": version[i]}
+            if segment is not None:
+                fields["segment_model"] = str(segment[i]).lower()
+            fields["scored_at"] = scored_at
+            out.append(fields)
+        return out
 
     def parse(self, entry_id: str, raw: dict[Any, Any]) -> tuple[Event | None, str]:
         try:
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+            fields = {text(k): text(v) for k, v in raw.items()}
         except UnicodeDecodeError:
             return None, "a field is not UTF-8 text (kept as base64)"
         applicant, kind = fields.get("applicant_id", "").strip(), fields.get("event", "").strip()
@@ -229,94 +248,75 @@ class StreamScorer:
         segment = (fields.get(self.config.segments.column, "").strip() or None) if self.config.segments else None
         return Event(entry_id, applicant, kind, segment), ""
 
-    def decide(self, events: list[Event]) -> tuple[pd.DataFrame, dict[str, str]]:
-        """Each scored event's state (the applicant right after it) as the model's typed row, indexed by event id,
-        and the reason of each rejected event.
+    def decide(self, events: list[Event]) -> tuple[pd.DataFrame, dict[str, str], set[str]]:
+        """The states of the events to score (the applicant right after each; the model's typed rows, in stream
+        order), the reason of each rejected event, and the events applied already (their sums are stored).
 
         Events apply in stream order, per applicant. A rejected event changes nothing: the next event of
         that applicant starts from the state before it, so the applicant stays scorable. An event already
         applied (read again after a crash) is in the stored sums already and adds nothing more.
         """
-        base, unknown = self.current([e.applicant_id for e in events])
-        applied = self.applied(events)
+        base, unknown, applied = self.lookup(events)
         reasons = {e.id: f"no precomputed features for applicant {e.applicant_id}"
                    for e in events if e.applicant_id in unknown}
         while True:  # each pass rejects the first rule-breaking event of some applicants; rarely more than one
-            state = {a: dict(row) for a, row in base.items()}
-            states: dict[str, dict[str, Any]] = {}
+            state = dict(base)
+            states, ids = [], []
             for e in events:
                 if e.id in reasons:
                     continue
-                if not applied[e.id]:
+                if e.id not in applied:
                     state[e.applicant_id] = _added(state[e.applicant_id], self.config.events[e.kind])
-                states[e.id] = state[e.applicant_id]
-            rows, broken = self.broken(states)
+                states.append(state[e.applicant_id])
+                ids.append(e.id)
+            rows = self.frame(states)  # typed once per pass, for the rules and the model
+            reasons_now = self.rules.reasons(applicant_matrix(rows, self.spec)).tolist() if ids else []
+            broken = dict(zip(ids, reasons_now, strict=True))
             first: dict[str, str] = {}
             for e in events:
                 if broken.get(e.id) and e.applicant_id not in first:
                     first[e.applicant_id] = e.id
             if not first:
-                return rows, reasons
+                return rows, reasons, applied
             reasons.update({i: f"the applicant's features would break a value rule: {broken[i]}"
                             for i in first.values()})
 
-    def broken(self, states: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, str]]:
-        """The states as typed rows (indexed by event id; typed once per batch, for the rules and the model) and the
-        value rule each breaks ("" when none), checked for all states at once."""
-        rows = self.frame(list(states.values())).set_axis(list(states))
-        if not states:
-            return rows, {}
-        return rows, dict(zip(states, rule_violations(rows, self.spec), strict=True))
-
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Applicant rows as the model's typed raw columns."""
-        return coerce_columns(pd.DataFrame(rows, columns=self.spec.raw_columns), self.spec, origin="stream")
+        return records_frame(rows, self.spec, origin="stream")
 
-    def routed(self, rows: pd.DataFrame, segments: list[str | None]) -> pd.DataFrame:
-        """Typed rows with a segmented scorer's routing column (each event's segment) added."""
-        routing = self.config.segments
-        return rows.assign(**{routing.column: segments}) if routing else rows
+    def routed(self, rows: pd.DataFrame, events: list[Event]) -> pd.DataFrame | RoutedRows:
+        """Typed rows, with each event's segment beside them for a segmented scorer."""
+        return RoutedRows(rows, [e.segment for e in events]) if self.config.segments else rows
 
-    def applied(self, events: list[Event]) -> dict[str, bool]:
-        """Whether each event's sums are in the store already (a redelivery)."""
+    def lookup(self, events: list[Event]) -> tuple[dict[str, dict[str, Any]], set[str], set[str]]:
+        """In one round trip: batch features plus stored sums per applicant known to the store, the unknown
+        applicants, and the events whose sums are stored already (a redelivery)."""
+        ids = list(dict.fromkeys(e.applicant_id for e in events))
         pipe = self.redis.pipeline(transaction=False)
-        for event in events:
-            pipe.exists(self._marker(event))
-        return {e.id: bool(n) for e, n in zip(events, self.features.call("read", pipe.execute), strict=True)}
+        pipe.mget([self.features.key(i) for i in ids])
+        queue_sums(pipe, [self.sums_key(i) for i in ids])
+        pipe.mget([self._marker(e) for e in events])
+        found, stored, markers = self.features.call("read", pipe.execute)
+        records = self.features.records(ids, found)
+        base = {i: _added(record, added) for i, record, added in zip(ids, records, sums(stored), strict=True)
+                if record is not None}
+        applied = {e.id for e, marker in zip(events, markers, strict=True) if marker is not None}
+        return base, {i for i, record in zip(ids, records, strict=True) if record is None}, applied
 
     def _marker(self, event: Event) -> str:
         return f"{SUMS_PREFIX}:applied:{self.config.events_stream}:{event.id}"
 
-    def apply(self, event: Event) -> None:
-        """Add the event's amounts to the applicant's streaming sums, once per event even if redelivered."""
-        self.apply_all([event])
+    def queue_apply(self, pipe: Any, events: list[Event]) -> None:
+        """Queue adding each event's amounts to its applicant's sums, in order, each once (a marker per event)."""
+        queue_apply(pipe, self.config.applied_ttl_days * 86400,
+                    [(self._marker(e), self.sums_key(e.applicant_id), self.config.events[e.kind]) for e in events])
 
-    def apply_all(self, events: list[Event]) -> None:
-        """Add each event's amounts to its applicant's sums, in order, each once (a marker per event)."""
-        if not events:
-            return
+    def apply(self, events: list[Event]) -> None:
+        """Apply events' sums alone, outside a commit (what a scorer that died after applying left behind)."""
         pipe = self.redis.pipeline(transaction=False)
-        for event in events:
-            args: list[Any] = [self.config.applied_ttl_days * 86400]
-            for column, amount in self.config.events[event.kind].items():
-                args += [column, amount]
-            self.apply_script(keys=[self._marker(event), self.sums_key(event.applicant_id)], args=args, client=pipe)
+        self.queue_apply(pipe, events)
         self.features.call("apply", pipe.execute)
-
-    def current(self, applicant_ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """Batch features plus stored streaming sums per applicant known to the store; and the unknown ids."""
-        ids = list(dict.fromkeys(applicant_ids))
-        found = self.features.find(ids)
-        known = [(i, record) for i, record in zip(ids, found, strict=True) if record is not None]
-        pipe = self.redis.pipeline(transaction=False)
-        for applicant, _ in known:
-            pipe.hgetall(self.sums_key(applicant))
-        sums = self.features.call("read", pipe.execute) if known else []
-        rows = {}
-        for (applicant, record), added in zip(known, sums, strict=True):
-            rows[applicant] = _added(record, {_text(c): float(a) for c, a in added.items()})
-        unknown = [i for i, record in zip(ids, found, strict=True) if record is None]
-        return rows, unknown
 
     def run(self, max_events: int = 0, idle_seconds: float = 0) -> Tally:
         """Consume until interrupted, or `max_events` handled, or `idle_seconds` without a new event."""
@@ -338,21 +338,23 @@ class StreamScorer:
 
 def _entries(raw: list[Any]) -> list[Entry]:
     """Stream entries as (id, fields as Redis sent them): fields are decoded where they are parsed."""
-    return [(_text(i), dict(fields or {})) for i, fields in raw]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return [(text(i), dict(fields or {})) for i, fields in raw]
 
 
 def _printable(raw: dict[Any, Any]) -> dict[str, str]:
     """An entry's fields as text for the rejected stream: what is not UTF-8 as "base64:..."."""
     def safe(value: Any) -> str:
         try:
-            return _text(value)
+            return text(value)
         except UnicodeDecodeError:
             return "base64:" + base64.b64encode(value).decode()
     return {safe(k): safe(v) for k, v in raw.items()}
+
+
+def _json_lists(values: list[Any]) -> list[str]:
+    """Each list as JSON text, encoded once per list object (rows with the same reasons share one list)."""
+    done: dict[int, str] = {}
+    return [done[id(v)] if id(v) in done else done.setdefault(id(v), json.dumps(list(v))) for v in values]
 
 
 def _added(row: dict[str, Any], amounts: dict[str, float]) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.models import Model
+import yaml
 from mlflow.models.model import MLMODEL_FILE_NAME
 
 from creditflow.data.io import InputFiles
 from creditflow.data.rules import Rule, value_rules
-from creditflow.registry.client import ModelRef, model_files
+from creditflow.registry.client import YAML_DUMPER, ModelRef, model_files, read_mlmodel
 from creditflow.serving.batch.spark import no_pandas_notice
 from creditflow.specs import DatasetSpec
 
@@ -40,6 +40,13 @@ def batch_overrides(model: ModelRef) -> dict[str, Any]:
     BATCH_DEFAULTS of the keys it leaves unset (a spec that asks for `reason_codes_for: all` keeps it)."""
     defaults = {k: v for k, v in BATCH_DEFAULTS.items() if k in model.unset_keys}
     return {**defaults, **{k: v for k, v in BATCH_CONFIG.items() if k in model.config_keys}}
+
+
+def answered_reasons(model: ModelRef) -> tuple[list[str], bool]:
+    """The reason columns the model's batch copy answers (models logged before statements have none), and whether
+    as JSON text (BATCH_CONFIG's reason_codes_as; models logged before it answer lists)."""
+    reasons = ["reason_codes", *(["reason_statements"] if "reason_statements" in model.outputs else [])]
+    return reasons, "reason_codes_as" in batch_overrides(model)
 
 
 def _col(name: str) -> Column:
@@ -179,8 +186,7 @@ def score_rows(spark: SparkSession, df: DataFrame, model: ModelRef, keep: list[C
     """
     from pyspark.sql import functions as F
 
-    as_json = "reason_codes_as" in batch_overrides(model)
-    reasons = ["reason_codes", *(["reason_statements"] if "reason_statements" in model.outputs else [])]
+    reasons, as_json = answered_reasons(model)
     kind = "string" if as_json else "array<string>"
     result_type = ", ".join(["probability double", "decision string", *(f"{r} {kind}" for r in reasons)])
     with batch_copy(model) as local, _quiet_logger("mlflow.pyfunc"), no_pandas_notice():
@@ -217,8 +223,8 @@ def batch_copy(model: ModelRef) -> Iterator[str]:
     Spark does not expect. A copy that carries the overrides is loaded the same way everywhere.
     """
     with model_files(model) as path:
-        meta = Model.load(path / MLMODEL_FILE_NAME)
-        pyfunc = meta.flavors["python_function"]
-        pyfunc["config"] = {**pyfunc.get("config", {}), **batch_overrides(model)}
-        meta.save(path / MLMODEL_FILE_NAME)
+        meta = read_mlmodel(path)
+        pyfunc = meta["flavors"]["python_function"]
+        pyfunc["config"] = {**(pyfunc.get("config") or {}), **batch_overrides(model)}
+        (path / MLMODEL_FILE_NAME).write_text(yaml.dump(meta, Dumper=YAML_DUMPER, default_flow_style=False))
         yield str(path)

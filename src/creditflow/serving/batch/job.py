@@ -2,7 +2,7 @@
 
 `score_batch(spark, model_uri, input, output)` is the one-call entry. Rows that break the dataset
 spec's value rules go to `<output>/quarantine/`; the others are scored with the model's `spark_udf`
-(a segmented batch: each model's over the rows routed to it, unioned, so one Spark job scores them all)
+(a segmented batch: one pandas UDF holding every model of the deployment, `serving.batch.routed`)
 and published as Parquet under `<output>/scored/batch_id=...` and as rows of the SQL prediction
 table (`serving.batch.table`), only once the whole batch is complete: the SQL rows commit first,
 then the scored partition is published, then the quarantine partition. `on_step` is called at each
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial, reduce
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from creditflow.serving.batch.columns import (
 )
 from creditflow.serving.batch.partitions import parquet_rows, partition_dir, publish
 from creditflow.serving.batch.plan import BatchPlan, plan_batch
+from creditflow.serving.batch.routed import routed_rows
 from creditflow.serving.batch.spark import BatchError, job_group, progress, spark_errors
 from creditflow.serving.batch.table import QUARANTINE_DIR, SCORED_DIR, PredictionTable, staging_dir
 
@@ -141,7 +142,10 @@ def _write_scored(spark: SparkSession, checked: DataFrame, plan: BatchPlan, path
 
     valid = checked.filter(~F.col(BROKEN))
     keep = [applicant_id(valid, APPLICANT_ID).alias("applicant_id")]
-    scored = _routed(spark, valid, plan, keep) if plan.segment_column else _scored_by(spark, valid, plan.model, keep)
+    if plan.segment_column:
+        scored = routed_rows(spark, valid, plan, keep)
+    else:
+        scored = _scored_by(spark, valid, plan.model, keep)
     scored = scored.select(*scored.columns, F.lit(plan.scored_at).alias("scored_at"))
     started = time.perf_counter()
     group = f"score-{plan.batch_id}"
@@ -160,21 +164,6 @@ def _scored_by(spark: SparkSession, rows: DataFrame, model: ModelRef, keep: list
 
     scored = score_rows(spark, rows, model, keep)
     return scored.select(*scored.columns, *[F.lit(v).alias(k) for k, v in model.lineage.items()])
-
-
-def _routed(spark: SparkSession, valid: DataFrame, plan: BatchPlan, keep: list[Column]) -> DataFrame:
-    """A segmented batch: each model's spark_udf over the rows routed to it, unioned (one Spark job writes them),
-    each row with its segment and whether its own segment's model scored it (`segment_model`)."""
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
-    segment = F.col(f"`{plan.segment_column}`").cast("string")
-    served = list(plan.segment_models)
-    routes = [(segment.isNull() | ~segment.isin(*served), plan.model, False),
-              *((segment == s, ref, True) for s, ref in plan.segment_models.items())]
-    parts = [_scored_by(spark, valid.filter(where), ref, [*keep, segment.alias("segment")])
-             .withColumn("segment_model", F.lit(own)) for where, ref, own in routes]
-    return reduce(DataFrame.unionByName, parts)
 
 
 def scored_parquet_options() -> dict[str, str]:
