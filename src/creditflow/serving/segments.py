@@ -186,7 +186,9 @@ class Routing:
     def answer(self, rows: RoutedRows, typed: bool = False) -> pd.DataFrame:
         """Each row scored by its model (one predict call per model), in request order, with `model_version`
         and `segment_model` (`typed`: as `Loaded.answer`)."""
-        groups = route_groups(route_keys(rows.segments, self.segments))
+        return self._answer(rows, route_groups(route_keys(rows.segments, self.segments)), typed)
+
+    def _answer(self, rows: RoutedRows, groups: list[tuple[str, slice | np.ndarray]], typed: bool) -> pd.DataFrame:
         if len(groups) == 1:  # one model answers the whole request (any 1-row request): no split, no reassembly
             return self.labelled(groups[0][0], rows.frame, typed)
         parts = [self.labelled(key, rows.frame.iloc[picked], typed).set_axis(picked) for key, picked in groups]
@@ -200,11 +202,12 @@ class Routing:
 
     def columns(self, rows: RoutedRows) -> dict[str, list]:
         """The answer to rows `parse_body` typed, as lists of plain values, as `Loaded.columns` gives it."""
-        keys = route_keys(rows.segments, self.segments)
-        if len(set(keys)) == 1:  # one model answers: its columns straight, no answer frame
-            columns = self.segments.get(keys[0], self.fallback).columns(rows.frame)
-            return {**columns, "segment_model": [keys[0] != FALLBACK] * len(keys)}
-        answer = self.answer(rows, typed=True)
+        groups = route_groups(route_keys(rows.segments, self.segments))
+        if len(groups) == 1:  # one model answers: its columns straight, no answer frame
+            key = groups[0][0]
+            columns = self.segments.get(key, self.fallback).columns(rows.frame)
+            return {**columns, "segment_model": [key != FALLBACK] * len(rows)}
+        answer = self._answer(rows, groups, typed=True)
         return {name: answer[name].tolist() for name in answer.columns}
 
 
