@@ -303,11 +303,10 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
 
 
 def _compiled_rows(model: Any) -> tuple[float, float]:
-    """Up to how many rows the packed trees score and explain a call faster than the libraries (measured in
-    docs/performance.md): XGBoost's predictor pays ~0.3 ms a call but walks rows faster than the compiled loop,
-    scikit-learn's HistGradientBoosting is slower at any size; shap's explainer pays ~60 us a call but explains a
-    row ~1.8x faster than the compiled port, so the port answers only one-row XGBoost calls."""
-    return (128, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
+    """Up to how many rows the packed trees score and explain a call faster than the libraries (docs/performance.md):
+    XGBoost's predictor costs more a call but less a row than the compiled loop, HistGradientBoosting's more at any
+    size; shap's explainer costs more a call but less a row than the compiled port (one-row XGBoost calls only)."""
+    return (64, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
 
 
 # ---------------------------------------------------------------- the compiled scorer

@@ -1,8 +1,8 @@
 """Boosted trees packed into flat arrays and walked by compiled (numba) loops: score and reasons in microseconds.
 
-A one-row request pays the libraries' per-call overhead, not arithmetic: XGBoost's `inplace_predict` costs
-hundreds of microseconds whatever the size, scikit-learn's HistGradientBoosting calls Cython once per tree, and
-shap's explainer converts the model for each call (docs/performance.md). `pack` reads a fitted binary
+A small request pays the libraries' per-call overhead, not arithmetic: XGBoost's `inplace_predict` has a fixed
+cost whatever the size, scikit-learn's HistGradientBoosting calls Cython once per tree, and shap's explainer
+converts the model for each call (docs/performance.md says when each path is faster). `pack` reads a fitted binary
 HistGradientBoostingClassifier or XGBClassifier once into node arrays; `margin` gives the log-odds exactly as the
 library computes them (HistGradientBoosting: float64, left when x <= threshold; XGBoost: float32 inputs,
 thresholds and sums, left when x < split, which is x <= the float32 just below the split), and
@@ -12,7 +12,7 @@ with its float32 leaf values and partial sums, so the values are shap's own (equ
 deliberate difference: the splits are the library's. shap rounds HistGradientBoosting's float64 thresholds to
 float32, so a value lying between the two (HGB takes thresholds from the training values: it happens) goes the
 other way than in the model, and shap's values then miss the margin by a whole leaf; ours add up to the margin
-difference to float32 rounding (~1e-6).
+difference to float32 rounding.
 """
 
 from __future__ import annotations
