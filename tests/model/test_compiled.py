@@ -66,6 +66,18 @@ def test_compiled_path_equals_the_pipeline_and_its_shap(family, fitted_families,
         assert list(at) == [0] and one[0] == sets[which[i]]
 
 
+@pytest.mark.parametrize("family", ["xgboost", "hist_gradient_boosting"])
+def test_the_compiled_scorer_answers_one_row_as_it_answers_many(family, fitted_families, small_spec) -> None:
+    """Small calls go through the packed trees, big ones through the libraries: the same numbers either way."""
+    pipe, split = fitted_families[family]
+    scorer = compile_scorer(pipe, small_spec, np.asarray(shap_reference(pipe, split.X_train, small_spec)))
+    Z = scorer.transform(split.X_test[small_spec.raw_columns].head(300).to_numpy(dtype="float64"))
+    many = (scorer.probability_of(Z), scorer.contributions_of(Z))
+    ones = [(scorer.probability_of(Z[i:i + 1])[0], scorer.contributions_of(Z[i:i + 1])[0]) for i in range(len(Z))]
+    np.testing.assert_array_equal([p for p, _ in ones], many[0])
+    np.testing.assert_allclose([c for _, c in ones], many[1], rtol=0, atol=1e-9)
+
+
 def test_compiled_preprocessing_equals_scikit_learn(fitted_logistic, small_spec) -> None:
     _, pipe, split = fitted_logistic
     R = quirky_rows(split.X_test[small_spec.raw_columns]).to_numpy(dtype="float64")

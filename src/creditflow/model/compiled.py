@@ -10,11 +10,12 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
 - linear models: exact interventional SHAP in closed form, coef * (z - reference), where the
   reference is the mean preprocessed training row stored with the model (as `model.shap.raw_shap`
   with the training rows as background);
-- trees: baseline Shapley against the reference applicant stored with the model (shap's
-  interventional `TreeExplainer` with that one background row, built once), as `model.shap.raw_shap`
-  with the training rows as background; models logged without a reference (and XGBoost logged with
-  native categorical splits) keep path-dependent TreeSHAP: XGBoost's own `pred_contribs`, shap's
-  `TreeExplainer` for other trees.
+- trees: baseline Shapley against the reference applicant stored with the model, as `model.shap.raw_shap`
+  with the training rows as background (shap's interventional `TreeExplainer` with that one background
+  row). Boosted trees are also packed into compiled loops (`model.forest`: the same probabilities and
+  values), used for the calls they answer faster (`_compiled_rows`). Models logged without a reference
+  (and XGBoost with native categorical splits) keep path-dependent TreeSHAP: XGBoost's own
+  `pred_contribs`, shap's `TreeExplainer` for other trees.
 
 Each is linear in the number of rows. Categorical columns arrive as codes into their vocabulary
 (`model.categories`), and their fitted imputer and encoders are replayed on the codes. A pipeline
@@ -25,6 +26,7 @@ which keeps scikit-learn's preprocessing (on the codes turned back into texts) a
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,7 @@ from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
 from creditflow.model.categories import Codes, NotCompilable, category_block, texts_series, vocabulary
+from creditflow.model.forest import Forest, pack
 from creditflow.model.pipeline import OPS, CreditFeatures, is_linear, positive_index
 from creditflow.model.shap import (
     has_categorical_splits,
@@ -53,6 +56,7 @@ from creditflow.model.shap import (
 from creditflow.specs import DatasetSpec
 
 Block = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -250,8 +254,25 @@ def _one_thread(model: Any) -> Any:
     return model
 
 
+def _packed(model: Any, reference: np.ndarray | None) -> Forest | None:
+    """The boosted trees as compiled arrays, or None where the library's own path stays (forests, no reference,
+    categorical splits, several classes)."""
+    if reference is None or has_categorical_splits(model) or positive_index(model) != 1:
+        return None
+    try:
+        forest = pack(model)
+    except NotCompilable as err:
+        log.info("trees keep the library's scoring: %s", err)
+        return None
+    forest.probability(reference[None, :])  # the kernels compiled (or read from numba's disk cache) at load,
+    forest.baseline_shapley(reference[None, :], reference)  # not on the first request
+    return forest
+
+
 def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
-    """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one."""
+    """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one.
+    Packed boosted trees answer the calls they answer faster than the libraries (`_compiled_rows`)."""
+    forest = _packed(model, reference)
     pos = positive_index(model)
     model = _one_thread(model)
     threads = ThreadpoolController()  # HistGradientBoosting has no n_jobs: OpenMP limited for each call, restored
@@ -268,7 +289,24 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
         with threads.limit(limits=1, user_api="openmp"):
             return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
-    return probability, contributions
+    if forest is None:
+        return probability, contributions
+    scored, explained = _compiled_rows(model)
+
+    def fast_probability(Z: np.ndarray) -> np.ndarray:
+        return forest.probability(Z) if len(Z) <= scored else probability(Z)
+
+    def fast_contributions(Z: np.ndarray) -> np.ndarray:
+        return forest.baseline_shapley(Z, reference) if len(Z) <= explained else contributions(Z)
+
+    return fast_probability, fast_contributions
+
+
+def _compiled_rows(model: Any) -> tuple[float, float]:
+    """Up to how many rows the packed trees score and explain a call faster than the libraries (docs/performance.md):
+    XGBoost's predictor costs more a call but less a row than the compiled loop, HistGradientBoosting's more at any
+    size; shap's explainer costs more a call but less a row than the compiled port (one-row XGBoost calls only)."""
+    return (64, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
 
 
 # ---------------------------------------------------------------- the compiled scorer
