@@ -15,8 +15,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
 from creditflow.data.dataset import coerce_columns, split_data
+from creditflow.serving.coalesce import answer_body, predict
 from creditflow.serving.live import Loaded
-from creditflow.serving.online import answer_body, predict
 from creditflow.serving.requests import parse_body
 from creditflow.serving.segments import Routing
 from tests.conftest import SEGMENT_COLUMN, ChampionStore, SegmentStore, tracking_at, with_regions

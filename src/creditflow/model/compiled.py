@@ -224,13 +224,20 @@ def _columns(F: np.ndarray, idx: list[int]) -> np.ndarray:
 # ---------------------------------------------------------------- estimator and explanations
 
 
+def row_products(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """`A @ B` row by row (numpy's einsum loop, not BLAS): a row's answer is the same whichever rows are scored with
+    it, bit for bit (BLAS sums in another order for one row than for several), so requests scored together
+    (serving.coalesce) get the answers they get alone."""
+    return np.einsum("ij,j->i" if B.ndim == 1 else "ij,jk->ik", np.ascontiguousarray(A), B)
+
+
 def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
     if reference is None:
         raise NotCompilable("a linear model needs the SHAP reference row (mean preprocessed training row)")
     coef, intercept = linear_terms(model)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return expit(Z @ coef + intercept)
+        return expit(row_products(Z, coef) + intercept)
 
     def contributions(Z: np.ndarray) -> np.ndarray:
         return (Z - reference) * coef
@@ -298,7 +305,7 @@ class FastScorer:
 
     def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
         """SHAP values of preprocessed rows, summed back onto the raw columns they come from."""
-        return self.contributions_of(Z) @ self.to_raw
+        return row_products(self.contributions_of(Z), self.to_raw)
 
 
 def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> tuple[Block, Block]:
