@@ -56,14 +56,20 @@ def together(coalescer: Coalescer, requests: list[tuple[object, pd.DataFrame]]) 
     return asyncio.run(arrive())
 
 
-def test_requests_queued_together_are_one_call_with_each_body_as_alone(champion) -> None:
-    loaded, X = champion
-    counted, parsed = Counted(loaded), frames(loaded, X.head(8))
+def assert_together_as_alone(loaded: Loaded, parsed: list[pd.DataFrame]) -> None:
+    """Requests arriving together are one model call, each answered with the bytes it gets alone."""
+    counted = Counted(loaded)
     outcomes = together(Coalescer(answered, INLINE_ROWS), [(counted, f) for f in parsed])
-    assert counted.calls == [8]
+    assert counted.calls == [sum(len(f) for f in parsed)]
     for (status, body, columns), frame in zip(outcomes, parsed, strict=True):
         assert status == 200 and (body, columns) == predict(loaded, frame)
-    assert len({body for _, body, _ in outcomes}) == 8  # eight applicants, eight different answers
+
+
+def test_requests_queued_together_are_one_call_with_each_body_as_alone(champion) -> None:
+    loaded, X = champion
+    parsed = frames(loaded, X.head(8))
+    assert_together_as_alone(loaded, parsed)
+    assert len({predict(loaded, f)[0] for f in parsed}) == 8  # eight applicants, eight different answers
 
 
 def test_a_bad_request_gets_its_400_and_the_others_their_answers(champion) -> None:

@@ -2,14 +2,15 @@
 
 A model call costs about the same for one applicant as for eight (docs/performance.md, "Requests that arrive
 together, scored in one call"). With several connections open, several requests are read in one event-loop
-iteration; `Coalescer.score` queues each small request under the `Loaded` version it arrived on and its column list,
-and the first one queued schedules a flush with `loop.call_soon`: every request the loop has already read joins it,
-none waits for company (a request alone is scored in the next iteration, as it would have been). The flush stacks
-the frames of a version and column list into one (one `np.concatenate` when they are all floats, else `pd.concat`),
-makes one `columns` call per `max_rows` applicants, splits the answer columns back per request and writes each body
-as it would be written alone (the model's answer to a row does not depend on the rows beside it: model.compiled's
-`row_products`). If a combined call fails (one request breaks a value rule, a model fault), each request of that
-call is scored alone: its own status and body, the others still answered.
+iteration; `Coalescer.score` queues each small request under the `Loaded` version it arrived on and its column
+labels (`parse_body` shares one Index per column list), and the first one queued schedules a flush with
+`loop.call_soon`: every request the loop has already read joins it, none waits for company (a request alone is
+scored in the next iteration, as it would have been). The flush stacks the frames of a version and column list into
+one (one `np.concatenate` when they are all floats, else `pd.concat`), makes one `columns` call per `max_rows`
+applicants, splits the answer columns back per request and writes each body as it would be written alone (a row's
+answer does not depend on the rows beside it: model.compiled's `row_products`). If a combined call fails (one
+request breaks a value rule, a model fault), each request of that call is scored alone: its own status and body,
+the others still answered.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ class Waiting:
 
 
 def stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Frames of the same columns as one, rows in order: one concatenation of their arrays when all are floats (as
-    `parse_body` builds a numeric request), else pandas' concat."""
-    arrays = [f.to_numpy() for f in frames]
-    if all(a.dtype == np.float64 for a in arrays):
-        return pd.DataFrame(np.concatenate(arrays), columns=frames[0].columns)
+    """Frames of the same columns as one, rows in order: one concatenation of their arrays when they are all floats
+    (as `parse_body` builds a numeric request), else pandas' concat (text columns)."""
+    first = frames[0].to_numpy()
+    if first.dtype == np.float64:
+        arrays = [first, *(f.to_numpy() for f in frames[1:])]
+        if all(a.dtype == np.float64 for a in arrays):
+            return pd.DataFrame(np.concatenate(arrays), columns=frames[0].columns)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -92,7 +95,7 @@ class Coalescer:
     def __init__(self, alone: Callable[[Any, pd.DataFrame], Outcome], max_rows: int,
                  observe: Callable[[int], None] | None = None):
         self.alone, self.max_rows, self.observe = alone, max_rows, observe
-        # by the version each request arrived on and its column Index (`parse_body` shares one per column list)
+        # by the version each request arrived on and its column labels (`parse_body` shares one Index per column list)
         self.queued: dict[tuple[int, int], tuple[Any, list[Waiting]]] = {}
 
     async def score(self, loaded: Any, frame: pd.DataFrame) -> Outcome:
