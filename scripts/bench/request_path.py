@@ -32,9 +32,9 @@ def measure(uri: str, rows_file: str, calls: int) -> dict:
     """Medians of `calls` one-applicant requests through the guard's path, with the code on this process's path."""
     import pandas as pd
 
+    from creditflow.serving.coalesce import predict
     from creditflow.serving.live import fetch
     from creditflow.serving.metrics import Metrics
-    from creditflow.serving.online import predict
     from creditflow.serving.requests import parse_body
     from serving import bodies
 

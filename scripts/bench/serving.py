@@ -17,6 +17,10 @@ memory (RSS of its process tree) every 5 s; it fails (exit 1) on any error or on
 `--segments N` measures a segmented deployment (scripts/bench/segmented.py): N segment models plus the
 global one in one server vs the global model alone: start-up time, RSS, 1-row p50/p99 at concurrency 8.
 
+`--coalesce` serves each champion twice, requests that arrive together scored in one call (the default) and each
+request alone, beside the HTTP floor (scripts/bench/coalesce.py); `--champions-from DIR` takes champions trained
+before.
+
 `--families` serves the champions you deploy (logistic, XGBoost 300x6, HistGradientBoosting as the demo tunes
 it, a categorical spec) side by side with MLServer on the same models and a constant-answer app on the same
 server stack (the HTTP floor); `--by-id` compares scoring by id with full-payload requests on the same server
@@ -29,6 +33,7 @@ server stack (the HTTP floor); `--by-id` compares scoring by id with full-payloa
     .venv/bin/python scripts/bench/serving.py --families --rows 1 --concurrency 1 8 32 --runs 5
     .venv/bin/python scripts/bench/serving.py --by-id --concurrency 1 8
     .venv/bin/python scripts/bench/serving.py --families --quick     # a few hundred requests: does it work
+    .venv/bin/python scripts/bench/serving.py --coalesce --rows 1 --concurrency 1 8 --champions-from /tmp/expwork
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import coalesce  # scripts/bench/coalesce.py, beside this file
 import deployed  # scripts/bench/deployed.py, beside this file
 import requests
 import segmented  # scripts/bench/segmented.py, beside this file
@@ -281,7 +287,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
         return 2
-    if args.families or args.by_id:
+    if args.families or args.by_id or args.coalesce:
         return family_modes(args)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
@@ -333,15 +339,20 @@ def add_family_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inproc-calls", type=int, default=200, help="--families: in-process 1-row calls per round")
     parser.add_argument("--applicants", type=int, default=2000, help="--by-id: applicants in the feature store")
     parser.add_argument("--redis-db", type=int, default=14, help="--by-id: Redis database (emptied first)")
+    parser.add_argument("--coalesce", nargs="?", const="logistic,xgboost,hist_gradient_boosting", default="",
+                        help="requests scored together in one call, on and off side by side, with the HTTP floor "
+                        "(scripts/bench/coalesce.py); optionally which champions")
+    parser.add_argument("--champions-from", default="", help="--coalesce: champions trained before (DIR/uris.json, "
+                        "DIR/<family>.parquet, DIR/mlflow.db) instead of training them")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: does it work (no figures to publish)")
 
 
 def family_modes(args: argparse.Namespace) -> int:
-    """--families / --by-id, in a throwaway store; --quick shrinks everything to a few hundred requests."""
+    """--families / --by-id / --coalesce, in a throwaway store; --quick shrinks everything to a few hundred requests."""
     if args.quick:
         args.train_rows, args.seconds, args.runs, args.inproc_calls, args.applicants = 3000, 1, 1, 20, 200
         args.rows, args.concurrency = [1], [1, 8]
-    names = (args.families or args.by_id).split(",")
+    names = (args.families or args.by_id or args.coalesce).split(",")
     unknown = deployed.champions.unknown(names)
     if unknown:
         print(f"error: unknown champion(s) {', '.join(unknown)} (families: {', '.join(deployed.champions.FAMILIES)}, "
@@ -350,13 +361,16 @@ def family_modes(args: argparse.Namespace) -> int:
     args.families = ",".join(names)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        store = Path(args.champions_from).resolve() if args.champions_from else tmp
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         os.chdir(tmp)
         from creditflow.serving.stack import stack
 
         print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; server stack "
               f"{' + '.join(stack())}", flush=True)
-        code = (deployed.by_id_bench if args.by_id else deployed.families_bench)(args, tmp)
+        bench = (coalesce.coalesce_bench if args.coalesce else deployed.by_id_bench if args.by_id
+                 else deployed.families_bench)
+        code = bench(args, tmp)
         print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
         return code
 

@@ -78,6 +78,22 @@ def test_the_compiled_scorer_answers_one_row_as_it_answers_many(family, fitted_f
     np.testing.assert_allclose([c for _, c in ones], many[1], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("family", ["logistic", "xgboost", "hist_gradient_boosting", "random_forest"])
+def test_a_rows_answer_is_bit_for_bit_the_same_whichever_rows_are_scored_with_it(family, fitted_families,
+                                                                                   small_spec) -> None:
+    pipe, split = fitted_families[family]
+    R = quirky_rows(split.X_test[small_spec.raw_columns].head(120)).to_numpy(dtype="float64")
+    reference = shap_reference(pipe, split.X_train, small_spec)
+    scorer = compile_scorer(pipe, small_spec, None if reference is None else np.asarray(reference))
+    alone = [scorer.score(R[i:i + 1]) for i in range(len(R))]
+    for size in (8, 100):  # requests scored together (serving.coalesce) get the bytes they get alone
+        together = [scorer.score(R[i:i + size]) for i in range(0, len(R), size)]
+        np.testing.assert_array_equal(np.concatenate([s.probability for s in together]),
+                                      np.concatenate([s.probability for s in alone]))
+        np.testing.assert_array_equal(np.concatenate([s.contributions for s in together]),
+                                      np.concatenate([s.contributions for s in alone]))
+
+
 def test_compiled_preprocessing_equals_scikit_learn(fitted_logistic, small_spec) -> None:
     _, pipe, split = fitted_logistic
     R = quirky_rows(split.X_test[small_spec.raw_columns]).to_numpy(dtype="float64")

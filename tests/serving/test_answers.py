@@ -15,11 +15,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
 from creditflow.data.dataset import coerce_columns, split_data
+from creditflow.serving.coalesce import answer_body, predict
 from creditflow.serving.live import Loaded
-from creditflow.serving.online import answer_body, predict
 from creditflow.serving.requests import parse_body
 from creditflow.serving.segments import Routing
 from tests.conftest import SEGMENT_COLUMN, ChampionStore, SegmentStore, tracking_at, with_regions
+from tests.serving.test_coalesce import assert_together_as_alone
 
 JSON, CSV = "application/json", "text/csv"
 
@@ -108,6 +109,9 @@ def test_categorical_answers_are_those_of_mlflows_path(housing_spec, shap_data) 
     X = with_housing(X, y, seed=3)[0][spec.raw_columns].head(80).copy()
     X.iloc[:2, X.columns.get_loc("Housing")] = ["rent", None]
     assert_same_answers(loaded, X)
+    singles = [parse_body(body, JSON, spec, 1) for body, _ in (request_bodies(X.iloc[[i]])[1] for i in range(12))]
+    assert singles[0].columns is singles[1].columns  # text columns too: one Index, so they are scored together
+    assert_together_as_alone(loaded, singles)  # text columns: pandas' concat
     statements = json.loads(predict(loaded, parse_body(request_bodies(X)[0][0], JSON, spec, 100))[0])
     assert any(s.startswith("Housing status: ") for p in statements["predictions"] for s in p["reason_statements"])
     unknown = parse_body(request_bodies(X.head(3).assign(Housing=["own", "boat", None]))[0][0], JSON, spec, 10)

@@ -365,6 +365,21 @@ def test_metrics_count_scoring_requests_rows_and_decisions_but_not_themselves(se
     assert "/metrics" not in requests.get(f"{served.ours}/metrics", timeout=5).text
 
 
+def test_concurrent_requests_get_the_answers_they_get_one_by_one(served) -> None:
+    X = served.X_test.head(48)
+    bodies = [split_body(X.iloc[[i]]) for i in range(len(X))]
+    bodies[7] = split_body(X.iloc[[7]].assign(age=-1.0))  # a bad request among them: its own 400, the others 200
+    bodies[20] = split_body(X.iloc[20:23])  # and one of several applicants
+    before = scraped(served, "creditflow_requests_per_call_sum")
+    alone = [post(served.ours, body) for body in bodies]
+    with ThreadPoolExecutor(8) as pool:  # eight connections at once: requests read together share a model call
+        concurrent = list(pool.map(lambda body: post(served.ours, body), bodies))
+    assert [(r.status_code, r.content) for r in concurrent] == [(r.status_code, r.content) for r in alone]
+    assert [r.status_code for r in alone] == [400 if i == 7 else 200 for i in range(len(bodies))]
+    assert len(alone[20].json()["predictions"]) == 3
+    assert scraped(served, "creditflow_requests_per_call_sum") - before == 2 * len(bodies)  # each in one call
+
+
 def test_plain_mlflow_serve_keeps_rule_errors_safe_but_echoes_its_own_parse_errors(served, matrix) -> None:
     """What plain `mlflow models serve` gives: our model's errors are safe; MLflow's parser repeats the input."""
     body, content_type, _, words = matrix["absurd value"]

@@ -13,7 +13,7 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
 - trees: baseline Shapley against the reference applicant stored with the model, as `model.shap.raw_shap`
   with the training rows as background (shap's interventional `TreeExplainer` with that one background
   row). Boosted trees are also packed into compiled loops (`model.forest`: the same probabilities and
-  values), used for the calls they answer faster (`_compiled_rows`). Models logged without a reference
+  values), used for the calls they answer faster (`forest.compiled_rows`). Models logged without a reference
   (and XGBoost with native categorical splits) keep path-dependent TreeSHAP: XGBoost's own
   `pred_contribs`, shap's `TreeExplainer` for other trees.
 
@@ -43,7 +43,7 @@ from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
 from creditflow.model.categories import Codes, NotCompilable, category_block, texts_series, vocabulary
-from creditflow.model.forest import Forest, pack
+from creditflow.model.forest import Forest, compiled_rows, pack
 from creditflow.model.pipeline import OPS, CreditFeatures, is_linear, positive_index
 from creditflow.model.shap import (
     has_categorical_splits,
@@ -228,13 +228,20 @@ def _columns(F: np.ndarray, idx: list[int]) -> np.ndarray:
 # ---------------------------------------------------------------- estimator and explanations
 
 
+def row_products(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """`A @ B` row by row (numpy's einsum loop, not BLAS): a row's answer is the same whichever rows are scored with
+    it, bit for bit (BLAS sums in another order for one row than for several), so requests scored together
+    (serving.coalesce) get the answers they get alone."""
+    return np.einsum("ij,j->i" if B.ndim == 1 else "ij,jk->ik", np.ascontiguousarray(A), B)
+
+
 def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
     if reference is None:
         raise NotCompilable("a linear model needs the SHAP reference row (mean preprocessed training row)")
     coef, intercept = linear_terms(model)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return expit(Z @ coef + intercept)
+        return expit(row_products(Z, coef) + intercept)
 
     def contributions(Z: np.ndarray) -> np.ndarray:
         return (Z - reference) * coef
@@ -271,7 +278,7 @@ def _packed(model: Any, reference: np.ndarray | None) -> Forest | None:
 
 def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
     """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one.
-    Packed boosted trees answer the calls they answer faster than the libraries (`_compiled_rows`)."""
+    Packed boosted trees answer the calls they answer faster than the libraries (`forest.compiled_rows`)."""
     forest = _packed(model, reference)
     pos = positive_index(model)
     model = _one_thread(model)
@@ -291,7 +298,7 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
 
     if forest is None:
         return probability, contributions
-    scored, explained = _compiled_rows(model)
+    scored, explained = compiled_rows(model)
 
     def fast_probability(Z: np.ndarray) -> np.ndarray:
         return forest.probability(Z) if len(Z) <= scored else probability(Z)
@@ -300,13 +307,6 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
         return forest.baseline_shapley(Z, reference) if len(Z) <= explained else contributions(Z)
 
     return fast_probability, fast_contributions
-
-
-def _compiled_rows(model: Any) -> tuple[float, float]:
-    """Up to how many rows the packed trees score and explain a call faster than the libraries (docs/performance.md):
-    XGBoost's predictor costs more a call but less a row than the compiled loop, HistGradientBoosting's more at any
-    size; shap's explainer costs more a call but less a row than the compiled port (one-row XGBoost calls only)."""
-    return (64, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
 
 
 # ---------------------------------------------------------------- the compiled scorer
@@ -336,7 +336,7 @@ class FastScorer:
 
     def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
         """SHAP values of preprocessed rows, summed back onto the raw columns they come from."""
-        return self.contributions_of(Z) @ self.to_raw
+        return row_products(self.contributions_of(Z), self.to_raw)
 
 
 def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> tuple[Block, Block]:

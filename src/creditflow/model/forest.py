@@ -102,6 +102,13 @@ def pack(model: Any) -> Forest:
     raise NotCompilable(f"no compiled trees for {type(model).__name__}")
 
 
+def compiled_rows(model: Any) -> tuple[float, float]:
+    """Up to how many rows the packed trees score and explain a call faster than the libraries (docs/performance.md):
+    XGBoost's predictor costs more a call but less a row than the compiled loop, HistGradientBoosting's more at any
+    size; shap's explainer costs more a call but less a row than the compiled port (one-row XGBoost calls only)."""
+    return (64, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
+
+
 def _join(trees: list[dict[str, np.ndarray]], value_dtype: str, base: np.floating) -> Forest:
     """Trees with local node ids as one Forest with global ids."""
     sizes = np.array([len(t["feature"]) for t in trees], dtype=np.int64)

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 100)
 DELTA_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -30,6 +31,8 @@ class Metrics:
                                 ["path", "status"], registry=r)
         self.latency = Histogram("creditflow_request_seconds", "Scoring request latency (body read to answer)",
                                  ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.coalesced = Histogram("creditflow_requests_per_call", "Small requests scored together in one model call",
+                                   buckets=BATCH_BUCKETS, registry=r)
         self.rows = Counter("creditflow_rows_scored", "Applicants scored", ["model_version"], registry=r)
         self.decisions = Counter("creditflow_decisions", "Decisions by kind", ["model_version", "decision"],
                                  registry=r)

@@ -7,6 +7,7 @@ same way and build that same app (`scoring_server.init(model)`: /ping, /version)
 - a body-size limit and a row limit (413), the first checked before the body is read;
 - one strict parse (`serving.requests.parse_body`) instead of MLflow's parser, whose errors repeat the
   whole input and which reads `true` as 1.0: a bad request gets a 4xx naming the problem;
+- small requests read together are scored in one model call (`serving.coalesce`; `coalesce: false` turns it off);
 - the typed frame goes straight to our model (its input checks and value rules; MLflow's signature check
   would only repeat the parse's typing) and the answer is written as MLflow's `predictions_to_json` writes it,
   so answers are those of `mlflow models serve`, byte for byte, plus the `model_version` that made them;
@@ -31,7 +32,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from creditflow.errors import BadRequest, CreditflowError
 from creditflow.model.artifact import ERROR_SOURCE
 from creditflow.registry.client import ModelRef, download_model, follows_registry, resolve_model
 from creditflow.scoped import environ
+from creditflow.serving.coalesce import Coalescer, Outcome, predict
 from creditflow.serving.features import FeatureStore, FeatureStoreError, UnknownApplicants, UnreadableRecords
 from creditflow.serving.live import LiveModel, Loaded, load_local
 from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
@@ -95,6 +97,7 @@ class ServingConfig(BaseModel):
     shadow_window_seconds: float = Field(60, gt=0)  # how often the comparison is written to MLflow
     segments: SegmentsConfig | None = None  # a model per segment, the fallback for the rest (serving/segments.yaml)
     access_log: bool = False  # uvicorn's line per request (/metrics counts requests by path, status and latency)
+    coalesce: bool = True  # score requests that arrive together in one model call (serving.coalesce)
 
     @model_validator(mode="after")
     def _segmented(self) -> ServingConfig:
@@ -154,9 +157,10 @@ class RequestGuard:
 
     POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the version the
     `LiveModel` serves when the request arrives; the answer is MLflow's `predictions_to_json` body, each
-    prediction with its `model_version`. Requests of more than INLINE_ROWS applicants run in a worker thread
-    under the request timeout. GET /health reports the served version and the registry polls, GET /metrics the
-    Prometheus figures; every other route is MLflow's.
+    prediction with its `model_version`. Small requests read in one loop iteration share one model call
+    (`Coalescer`); requests of more than INLINE_ROWS applicants run in a worker thread under the request timeout.
+    GET /health reports the served version and the registry polls, GET /metrics the Prometheus figures; every other
+    route is MLflow's.
     """
 
     def __init__(self, app: ASGIApp, live: LiveModel | SegmentRouter, config: ServingConfig,
@@ -165,6 +169,7 @@ class RequestGuard:
         self.app, self.live, self.config, self.features = app, live, config, features
         self.metrics = metrics or live.metrics
         self.shadow, self.segment = shadow, config.segments.column if config.segments else ""  # the routing column
+        self.coalescer = Coalescer(answered, INLINE_ROWS, self.metrics.coalesced.observe) if config.coalesce else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -257,36 +262,28 @@ class RequestGuard:
 
     async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
         """(status, body, answer columns or None) for a parsed request; errors keep their status, never the input."""
-        from mlflow.exceptions import MlflowException
-
+        if len(frame) <= INLINE_ROWS:  # small: a thread hand-off would cost more than it saves
+            if self.coalescer is not None and not self.segment:  # a segmented deployment's rows are scored alone
+                return await self.coalescer.score(loaded, frame)
+            return answered(loaded, frame)
         try:
-            if len(frame) <= INLINE_ROWS:  # small: a thread hand-off would cost more than it saves
-                return 200, *predict(loaded, frame)
-            work = asyncio.to_thread(predict, loaded, frame)
-            return 200, *await asyncio.wait_for(work, timeout=self.config.timeout_seconds)
-        except MlflowException as exc:
-            return *safe_error(exc), None
+            work = asyncio.to_thread(answered, loaded, frame)
+            return await asyncio.wait_for(work, timeout=self.config.timeout_seconds)
         except TimeoutError:
             return 504, error_body(504, "scoring took longer than the request timeout"), None
-        except Exception:
-            logger.exception("internal error while scoring")
-            return 500, error_body(500, WITHHELD[500]), None
 
 
-def predict(loaded: Loaded | Any, frame: Any) -> tuple[bytes, dict[str, list]]:
-    """The answer body and columns, each prediction with its model_version (a `Loaded`, or a segments' `Routing`)."""
-    columns = loaded.columns(frame)
-    return answer_body(columns), columns
+def answered(loaded: Loaded | Any, frame: Any) -> Outcome:
+    """One request scored by itself: (status, body, answer columns or None); every error a status and a safe body."""
+    from mlflow.exceptions import MlflowException
 
-
-def answer_body(columns: Mapping[str, list]) -> bytes:
-    """`{"predictions": [...]}` from an answer's columns, byte for byte as MLflow's `predictions_to_json` writes the
-    answer's frame (which it turns into records with pandas, then encodes with json's pure-Python encoder)."""
-    from mlflow.utils.proto_json_utils import NumpyEncoder
-
-    names = list(columns)
-    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-    return json.dumps({"predictions": rows}, cls=NumpyEncoder).encode()
+    try:
+        return 200, *predict(loaded, frame)
+    except MlflowException as exc:
+        return *safe_error(exc), None
+    except Exception:
+        logger.exception("internal error while scoring")
+        return 500, error_body(500, WITHHELD[500]), None
 
 
 # ---------------------------------------------------------------- the worker app and the server

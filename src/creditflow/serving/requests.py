@@ -117,6 +117,7 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
     for j, column in enumerate(columns):
         if not numeric[j] and column != segment:
             frame.insert(model_columns.index(column), column, pd.Series([row[j] for row in rows], dtype=object))
+    frame.columns = _column_index(tuple(model_columns))  # the shared labels: requests alike are scored together
     if not segment:
         return frame
     at = columns.index(segment)
