@@ -55,3 +55,16 @@ def test_a_csv_segment_cell_left_empty_is_missing(small_spec: DatasetSpec) -> No
 
     assert parsed.segments == ["R03", None] and parsed.frame.columns.tolist() == numbers
     assert parsed.frame.iloc[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_text_columns_between_numbers_give_the_frame_pandas_public_constructors_give(housing_spec: DatasetSpec) -> None:
+    numbers = [c for c in housing_spec.raw_columns if c != "Housing"]
+    columns = [numbers[0], "Housing", *numbers[1:]]
+    rows = [[0.5, "own", *[1.0] * (len(numbers) - 1)], [None, None, *[2.5] * (len(numbers) - 1)],
+            [7.0, "castle", *[None] * (len(numbers) - 1)]]
+
+    frame = parse_body(split_body(columns, rows), "application/json", housing_spec, 10)
+
+    expected = pd.DataFrame(rows, columns=columns, dtype=object).astype(dict.fromkeys(numbers, "float64"))
+    pd.testing.assert_frame_equal(frame, expected)
+    assert frame["Housing"].tolist() == ["own", None, "castle"] and frame._mgr.nblocks == 2  # floats in one block

@@ -73,14 +73,14 @@ class Codes:
         self._codes = {raw: {None: np.nan, **{text: float(i) for i, text in enumerate(t)}}
                        for raw, t in self.texts.items()}
 
-    def of(self, column: str, values: pd.Series | None, rows: int) -> np.ndarray:
-        """Codes of one column's values (None: the column is absent, all missing). Values are read as text, as the
-        training data was (`data.dataset.coerce_columns`): 1 is "1"."""
+    def of(self, column: str, values: pd.Series | np.ndarray | None, rows: int) -> np.ndarray:
+        """Codes of one column's values (None: the column is absent, all missing; an object array: None missing).
+        Values are read as text, as the training data was (`data.dataset.coerce_columns`): 1 is "1"."""
         if values is None:
             return np.full(rows, np.nan)
-        cells = values.to_numpy(dtype=object, na_value=None)  # every kind of missing as None
-        if infer_dtype(cells, skipna=True) not in ("string", "empty"):
-            cells = values.astype("string").to_numpy(dtype=object, na_value=None)
+        cells = values if isinstance(values, np.ndarray) else values.to_numpy(dtype=object, na_value=None)
+        if infer_dtype(cells, skipna=True) not in ("string", "empty"):  # every kind of missing is None by now
+            cells = pd.Series(cells, dtype=object).astype("string").to_numpy(dtype=object, na_value=None)
         # a dict look-up per cell: a fraction of a microsecond, and no pandas call (a one-row request costs little)
         return np.fromiter(map(self._codes[column].get, cells, repeat(UNKNOWN, len(cells))), "float64", len(cells))
 

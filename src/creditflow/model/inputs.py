@@ -21,6 +21,7 @@ from creditflow.model.categories import Codes
 from creditflow.specs import DatasetSpec
 
 MAX_NAME = 40  # column names are echoed (they are not applicant data), but cut short
+SMALL_FRAME = 1_000  # rows up to which a categorical frame is read through one object array
 
 
 def shown_names(names: Sequence[Any], limit: int = 5) -> str:
@@ -90,13 +91,14 @@ def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
 def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str], codes: Codes) -> np.ndarray:
     """Data sets with categorical columns: numbers as floats, categories as codes (NaN missing, -1 unknown)."""
     R = np.empty((len(frame), len(spec.raw_columns)), order="F")
-    for j, c in enumerate(spec.raw_columns):  # column by column: a mixed frame's reindex costs more (one row)
-        values = frame[c] if c in frame.columns else None
+    cells = _cells(frame)
+    for j, c in enumerate(spec.raw_columns):
+        values = cells.get(c)
         if c in categorical:
             R[:, j] = codes.of(c, values, len(frame))
             continue
         try:
-            R[:, j] = np.nan if values is None else values.to_numpy(dtype="float64", na_value=np.nan)
+            R[:, j] = np.nan if values is None else _floats(values)
         except (TypeError, ValueError):
             try:  # the data set's own message, naming the column
                 coerce_columns(frame.reindex(columns=spec.raw_columns), spec, origin="request")
@@ -104,6 +106,22 @@ def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str]
                 raise BadRequest(str(exc)) from None
             raise
     return R
+
+
+def _cells(frame: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
+    """Each column's values: a small frame's through one object array (pandas 3 builds a Series per column read,
+    which costs more than a request's data: docs/performance.md), a large frame's column by column (boxing every
+    number would cost more). Missing values of any kind are None in the object array."""
+    if len(frame) > SMALL_FRAME:
+        return {c: frame[c] for c in frame.columns}
+    block = frame.to_numpy(dtype=object, na_value=None)
+    return {c: block[:, j] for j, c in enumerate(frame.columns)}
+
+
+def _floats(values: np.ndarray | pd.Series) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype("float64")  # None is NaN
+    return values.to_numpy(dtype="float64", na_value=np.nan)
 
 
 def check_rules(R: np.ndarray, rules: RuleCheck) -> None:

@@ -110,18 +110,37 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
     if all(numeric):
         block = np.array(rows, dtype="float64").reshape(len(rows), len(columns))
         return pd.DataFrame(block, columns=_column_index(tuple(columns)))
-    kept = [j for j, num in enumerate(numeric) if num]  # one float block, then the text columns in their places
+    kept = [j for j, num in enumerate(numeric) if num]  # one float block, the text columns in their places
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
-    frame = pd.DataFrame(block, columns=_column_index(tuple(columns[j] for j in kept)))
-    model_columns = [c for c in columns if c != segment]
-    for j, column in enumerate(columns):
-        if not numeric[j] and column != segment:
-            frame.insert(model_columns.index(column), column, pd.Series([row[j] for row in rows], dtype=object))
-    frame.columns = _column_index(tuple(model_columns))  # the shared labels: requests alike are scored together
+    model_columns = tuple(c for c in columns if c != segment)  # the shared labels: requests alike are scored together
+    if len(kept) == len(model_columns):
+        frame = pd.DataFrame(block, columns=_column_index(model_columns))
+    else:
+        frame = _mixed_frame(columns, numeric, block, rows, model_columns)
     if not segment:
         return frame
     at = columns.index(segment)
     return RoutedRows(frame, [row[at] for row in rows])
+
+
+def _mixed_frame(columns: list[str], numeric: list[bool], block: np.ndarray, rows: list[list[Any]],
+                 model_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Numbers (the float block's columns) and texts (object, None for missing) in the request's column order.
+
+    Built by pandas' own constructor from column arrays (`DataFrame._from_arrays`, pandas pinned): the public ones
+    infer pandas 3's string dtype or insert column by column, ten times a one-applicant parse (docs/performance.md);
+    tests/serving/test_requests.py holds it equal to the public construction."""
+    arrays, k = [], 0
+    for j, column in enumerate(columns):
+        if numeric[j]:
+            arrays.append(block[:, k])
+            k += 1
+        elif column in model_columns:  # not the segment column
+            cells = np.empty(len(rows), dtype=object)
+            cells[:] = [row[j] for row in rows]
+            arrays.append(cells)
+    return pd.DataFrame._from_arrays(arrays, columns=_column_index(model_columns), index=pd.RangeIndex(len(rows)),
+                                     verify_integrity=False)
 
 
 @lru_cache(maxsize=64)
