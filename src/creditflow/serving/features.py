@@ -75,6 +75,7 @@ class FeatureStore:
         except ValueError as exc:
             raise FeatureStoreError(f"feature store URL {url!r}: {exc}") from None
         self.url, self.dataset = url, dataset
+        self._async: Any = None  # redis.asyncio client, made on first `get_async`
 
     def key(self, applicant_id: str) -> str:
         return f"{KEY_PREFIX}:{self.dataset}:{applicant_id}"
@@ -86,8 +87,11 @@ class FeatureStore:
         try:
             return fn(*args)
         except redis.RedisError as exc:
-            raise FeatureStoreError(f"feature store {self.url} {what} failed ({type(exc).__name__}: "
-                                    f"{first_line(exc) if str(exc) else 'no detail'})") from None
+            raise self.failed(what, exc) from None
+
+    def failed(self, what: str, exc: Exception) -> FeatureStoreError:
+        return FeatureStoreError(f"feature store {self.url} {what} failed ({type(exc).__name__}: "
+                                 f"{first_line(exc) if str(exc) else 'no detail'})")
 
     def put(self, frame: pd.DataFrame, id_column: str, ttl_seconds: int = 0) -> int:
         """Write each row's columns (all but the id) as one JSON object; returns the rows written."""
@@ -121,11 +125,19 @@ class FeatureStore:
 
     def get(self, ids: list[str]) -> list[dict[str, Any]]:
         """The stored features of each id, in order; UnknownApplicants if any is absent."""
-        records = self.find(ids)
-        unknown = [i for i, record in zip(ids, records, strict=True) if record is None]
-        if unknown:
-            raise UnknownApplicants(unknown)
-        return records  # type: ignore[return-value]
+        return _known(ids, self.find(ids))
+
+    async def get_async(self, ids: list[str]) -> list[dict[str, Any]]:
+        """`get` on redis' asyncio client: the online endpoint's event loop answers other requests meanwhile."""
+        import redis
+
+        if self._async is None:  # created in the loop that uses it (its connections belong to that loop)
+            self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            found = await self._async.mget([self.key(i) for i in ids])
+        except redis.RedisError as exc:
+            raise self.failed("read", exc) from None
+        return _known(ids, self.records(ids, found))
 
     def delete(self, ids: list[str]) -> int:
         """Remove these applicants' records; how many there were."""
@@ -158,6 +170,14 @@ def load_features(path: str | Path, spec: DatasetSpec, store: FeatureStore, ttl_
     removed = store.delete(sorted(set(ids[~ok]) - set(ids[ok])))
     duplicated = int(ids.duplicated(keep=False).groupby(ids).any().sum())
     return LoadResult(len(frame), loaded, int((~ok).sum()), store.url, removed, duplicated)
+
+
+def _known(ids: list[str], records: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The records, or UnknownApplicants naming the ids that have none."""
+    unknown = [i for i, record in zip(ids, records, strict=True) if record is None]
+    if unknown:
+        raise UnknownApplicants(unknown)
+    return records  # type: ignore[return-value]
 
 
 def _record(value: bytes | str) -> dict[str, Any] | None:

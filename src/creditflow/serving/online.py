@@ -226,7 +226,7 @@ class RequestGuard:
         loaded = self.live.current  # this request's version, whatever is swapped in meanwhile
         try:
             if scope["path"] == BY_ID:
-                body, content_type = self.looked_up(body), "application/json"
+                body, content_type = await self.looked_up(body), "application/json"
             frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.segment)
         except BadRequest as exc:
             return await respond(send, exc.status, error_body(exc.status, exc.message))
@@ -246,7 +246,7 @@ class RequestGuard:
                 self.shadow.offer(frame, answer, loaded.label)
         return status
 
-    def looked_up(self, body: bytes) -> bytes:
+    async def looked_up(self, body: bytes) -> bytes:
         """A by-id body (`{"applicant_ids": [...]}`) as the dataframe_records body of their stored features."""
         if self.features is None:
             raise BadRequest(f"this endpoint has no feature store: start it with --feature-store to use {BY_ID}", 404)
@@ -258,7 +258,7 @@ class RequestGuard:
             raise BadRequest('"applicant_ids" must be a non-empty list of ids (text or whole numbers)')
         if len(ids) > self.config.max_rows:
             raise BadRequest(f"too many applicants in one request: {len(ids)} (at most {self.config.max_rows})", 413)
-        return json.dumps({"dataframe_records": self.features.get([str(i) for i in ids])}).encode()
+        return json.dumps({"dataframe_records": await self.features.get_async([str(i) for i in ids])}).encode()
 
     async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
         """(status, body, answer columns or None) for a parsed request; errors keep their status, never the input."""
