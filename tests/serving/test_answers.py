@@ -14,12 +14,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
-from creditflow.data.dataset import coerce_columns, split_data
+from creditflow.data.dataset import coerce_columns
 from creditflow.serving.coalesce import answer_body, predict
 from creditflow.serving.live import Loaded
 from creditflow.serving.requests import parse_body
 from creditflow.serving.segments import Routing
-from tests.conftest import SEGMENT_COLUMN, ChampionStore, SegmentStore, tracking_at, with_regions
+from tests.conftest import SEGMENT_COLUMN, SegmentStore, tracking_at, with_regions
 from tests.serving.test_coalesce import assert_together_as_alone
 
 JSON, CSV = "application/json", "text/csv"
@@ -47,16 +47,6 @@ def assert_same_answers(loaded: Loaded | Routing, X: pd.DataFrame, max_rows: int
         fast, _ = predict(loaded, frame)
         expected = mlflow_body(loaded.answer(frame))  # PyFuncModel.predict: MLflow's signature check first
         assert fast == expected, content_type
-
-
-@pytest.fixture(scope="module")
-def champion(champion_store: ChampionStore, small_data) -> tuple[Loaded, pd.DataFrame]:
-    with tracking_at(champion_store.uri):
-        model = mlflow.pyfunc.load_model(champion_store.outcome.model_uri)
-    version = champion_store.outcome.registered_version
-    loaded = Loaded(model, f"models:/credit-default/{version}", f"credit-default/{version}", str(version))
-    exp = champion_store.exp
-    return loaded, split_data(small_data, exp.test_size, exp.seed).X_test[loaded.spec.raw_columns]
 
 
 def test_numeric_answers_are_those_of_mlflows_path_in_every_format(champion) -> None:

@@ -7,16 +7,12 @@ import asyncio
 import dataclasses
 import json
 
-import mlflow
 import pandas as pd
-import pytest
 
-from creditflow.data.dataset import split_data
 from creditflow.serving.coalesce import Coalescer, predict
 from creditflow.serving.live import Loaded
 from creditflow.serving.online import INLINE_ROWS, answered
 from creditflow.serving.requests import parse_body
-from tests.conftest import ChampionStore, tracking_at
 
 JSON = "application/json"
 
@@ -30,16 +26,6 @@ class Counted:
     def columns(self, frame: pd.DataFrame) -> dict[str, list]:
         self.calls.append(len(frame))
         return self.loaded.columns(frame)
-
-
-@pytest.fixture(scope="module")
-def champion(champion_store: ChampionStore, small_data) -> tuple[Loaded, pd.DataFrame]:
-    with tracking_at(champion_store.uri):
-        model = mlflow.pyfunc.load_model(champion_store.outcome.model_uri)
-    version = champion_store.outcome.registered_version
-    loaded = Loaded(model, f"models:/credit-default/{version}", f"credit-default/{version}", str(version))
-    exp = champion_store.exp
-    return loaded, split_data(small_data, exp.test_size, exp.seed).X_test[loaded.spec.raw_columns]
 
 
 def frames(loaded: Loaded, X: pd.DataFrame, rows: int = 1) -> list[pd.DataFrame]:
