@@ -47,7 +47,7 @@ from creditflow.serving.coalesce import Coalescer, Outcome, predict
 from creditflow.serving.features import FeatureStore, FeatureStoreError, UnknownApplicants, UnreadableRecords
 from creditflow.serving.live import LiveModel, Loaded, load_local
 from creditflow.serving.metrics import MULTIPROC_ENV, Metrics
-from creditflow.serving.requests import parse_body
+from creditflow.serving.requests import parse_body, parse_records
 from creditflow.serving.segments import (
     SegmentRouter,
     SegmentsConfig,
@@ -226,8 +226,9 @@ class RequestGuard:
         loaded = self.live.current  # this request's version, whatever is swapped in meanwhile
         try:
             if scope["path"] == BY_ID:
-                body, content_type = await self.looked_up(body), "application/json"
-            frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.segment)
+                frame = parse_records(await self.looked_up(body), loaded.spec, self.config.max_rows, self.segment)
+            else:
+                frame = parse_body(body, content_type, loaded.spec, self.config.max_rows, self.segment)
         except BadRequest as exc:
             return await respond(send, exc.status, error_body(exc.status, exc.message))
         except UnknownApplicants as exc:
@@ -246,8 +247,8 @@ class RequestGuard:
                 self.shadow.offer(frame, answer, loaded.label)
         return status
 
-    async def looked_up(self, body: bytes) -> bytes:
-        """A by-id body (`{"applicant_ids": [...]}`) as the dataframe_records body of their stored features."""
+    async def looked_up(self, body: bytes) -> list[dict[str, Any]]:
+        """A by-id body's (`{"applicant_ids": [...]}`) applicants as their stored features, in order."""
         if self.features is None:
             raise BadRequest(f"this endpoint has no feature store: start it with --feature-store to use {BY_ID}", 404)
         try:
@@ -258,7 +259,7 @@ class RequestGuard:
             raise BadRequest('"applicant_ids" must be a non-empty list of ids (text or whole numbers)')
         if len(ids) > self.config.max_rows:
             raise BadRequest(f"too many applicants in one request: {len(ids)} (at most {self.config.max_rows})", 413)
-        return json.dumps({"dataframe_records": await self.features.get_async([str(i) for i in ids])}).encode()
+        return await self.features.get_async([str(i) for i in ids])
 
     async def score(self, loaded: Loaded | Any, frame: Any) -> tuple[int, bytes, Any]:
         """(status, body, answer columns or None) for a parsed request; errors keep their status, never the input."""

@@ -86,6 +86,18 @@ def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_row
         raise BadRequest("the body is empty: send applicants as dataframe_split, dataframe_records or CSV")
     csv_text = mime in CSV_TYPES
     columns, rows = _csv_rows(text) if csv_text else _json_rows(text)
+    return _typed(columns, rows, spec, max_rows, segment, csv_text)
+
+
+def parse_records(records: Any, spec: DatasetSpec, max_rows: int, segment: str = "") -> pd.DataFrame | RoutedRows:
+    """Records already decoded (a by-id request's stored features) typed and checked as `parse_body` types a
+    `dataframe_records` body, without writing them as JSON to read them again."""
+    return _typed(*_record_rows(records), spec, max_rows, segment, csv_text=False)
+
+
+def _typed(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, max_rows: int, segment: str,
+           csv_text: bool) -> pd.DataFrame | RoutedRows:
+    """Rows of a request, checked (count, columns, value types) and made the typed frame."""
     if not rows:
         raise BadRequest("the request holds no applicants")
     if len(rows) > max_rows:
