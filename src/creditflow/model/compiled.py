@@ -271,8 +271,6 @@ def _packed(model: Any, reference: np.ndarray | None) -> Forest | None:
     except NotCompilable as err:
         log.info("trees keep the library's scoring: %s", err)
         return None
-    forest.probability(reference[None, :])  # the kernels compiled (or read from numba's disk cache) at load,
-    forest.baseline_shapley(reference[None, :], reference)  # not on the first request
     return forest
 
 
@@ -299,6 +297,9 @@ def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]
     if forest is None:
         return probability, contributions
     scored, explained = compiled_rows(model)
+    forest.probability(reference[None, :])  # the kernels in use compiled (or read from numba's disk cache) at load,
+    if explained:  # not on the first request
+        forest.baseline_shapley(reference[None, :], reference)
 
     def fast_probability(Z: np.ndarray) -> np.ndarray:
         return forest.probability(Z) if len(Z) <= scored else probability(Z)
