@@ -2,7 +2,7 @@
 
 A categorical column enters the raw matrix as codes: the position of the applicant's text in the
 column's vocabulary (the fitted encoder's categories, then the dataset spec's categories it never
-saw), NaN when missing, -1 when the text is in neither. `category_block` replays the fitted
+saw), NaN when missing, -1 when the text is in neither. `category_tables` replays the fitted
 categorical preprocessing (imputation, one-hot or ordinal encoding) on those codes through tables
 of its own answers: a text the encoder never saw is treated as the fitted encoder treats it
 (one-hot `ignore`: all zeros; ordinal: its `unknown_value`), a missing one as the fitted pipeline
@@ -13,7 +13,7 @@ scikit-learn's own preprocessing (the slow path).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -26,7 +26,6 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
 from creditflow.specs import DatasetSpec
 
-Block = Callable[[np.ndarray], np.ndarray]
 UNKNOWN = -1.0  # the code of a text in no vocabulary
 UNSEEN_TEXT = "\x00not in the vocabulary"  # what `decode` gives for UNKNOWN: no encoder has seen it
 
@@ -104,12 +103,10 @@ def _width(encoder: OneHotEncoder | OrdinalEncoder, j: int) -> int:
     return len(encoder.categories_[j]) if isinstance(encoder, OneHotEncoder) else 1
 
 
-def category_block(transformer: object, columns: list[str], vocabs: list[tuple[str, ...]]) -> Block:
-    """A fitted categorical transformer (an encoder, or imputer then encoder) as table look-ups on codes.
-
-    Each column's table is the transformer's own output for each text of its vocabulary, a text it never saw
-    and a missing one (None, as the served frame holds it): exact by construction, and one fancy index per column.
-    """
+def category_tables(transformer: object, columns: list[str], vocabs: list[tuple[str, ...]]) -> list[np.ndarray]:
+    """A fitted categorical transformer (an encoder, or imputer then encoder) as one table per column: row k is the
+    transformer's own output for code k, then for a text it never saw, then for a missing one (None, as the served
+    frame holds it). Exact by construction; `model.program` looks the codes up."""
     steps = [s for _, s in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
     encoder = _encoder(transformer)
     if encoder is None or not all(isinstance(s, SimpleImputer | OneHotEncoder | OrdinalEncoder) for s in steps):
@@ -130,14 +127,4 @@ def category_block(transformer: object, columns: list[str], vocabs: list[tuple[s
     offsets = np.cumsum([0] + [_width(encoder, j) for j in range(len(columns))])
     if out.shape[1] != offsets[-1]:
         raise NotCompilable("the categorical transformer's output is not one block per column")
-    tables = [out[:len(p), offsets[j]:offsets[j + 1]] for j, p in enumerate(probes)]
-
-    def apply(B: np.ndarray) -> np.ndarray:
-        Z = np.empty((len(B), int(offsets[-1])), order="F")
-        for j, table in enumerate(tables):
-            codes = B[:, j]
-            index = np.where(np.isnan(codes), len(table) - 1, np.where(codes < 0, len(table) - 2, codes))
-            Z[:, offsets[j]:offsets[j + 1]] = table[index.astype(np.intp)]
-        return Z
-
-    return apply
+    return [out[:len(p), offsets[j]:offsets[j + 1]] for j, p in enumerate(probes)]

@@ -1,9 +1,10 @@
-"""The request path: the fitted pipeline's preprocessing compiled into vectorised numpy.
+"""The request path: the fitted pipeline's preprocessing compiled into one program of column operations.
 
 scikit-learn's `ColumnTransformer` spends most of a one-row call on pandas selection and validation,
 not arithmetic (docs/performance.md). `compile_scorer` reads the fitted parameters of the
 pipeline (renames, sentinels, derived flags, imputer statistics, Yeo-Johnson lambdas, scaler
-moments) once and replays them as array operations on a float matrix of the raw columns. The final
+moments, categorical encoders) once and replays them as chains of column operations on a float matrix of the raw
+columns, run in one compiled loop (`model.program`). The final
 estimator is called as fitted, on the same preprocessed matrix, so probabilities equal the
 pipeline's (tests check 1e-9 for every family). Explanations are computed on that same matrix:
 
@@ -35,16 +36,29 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.special import expit
-from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
+from numba import njit
 from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
-from creditflow.model.categories import Codes, NotCompilable, category_block, texts_series, vocabulary
+from creditflow.model.categories import Codes, NotCompilable, category_tables, texts_series, vocabulary
 from creditflow.model.forest import Forest, compiled_rows, pack
-from creditflow.model.pipeline import OPS, CreditFeatures, is_linear, positive_index
+from creditflow.model.pipeline import CreditFeatures, is_linear, positive_index
+from creditflow.model.program import (
+    CAP,
+    COMPARISONS,
+    DIV,
+    FILL,
+    ISNAN,
+    SENTINEL,
+    SUB,
+    YEO_JOHNSON,
+    Chain,
+    Program,
+    Tables,
+)
 from creditflow.model.shap import (
     has_categorical_splits,
     linear_terms,
@@ -67,11 +81,13 @@ class Scored:
     contributions: np.ndarray
 
 
-# ---------------------------------------------------------------- preprocessing
+# ---------------------------------------------------------------- preprocessing, as a program of column chains
+
+Step = Callable[[list[Chain]], list[Chain]]
 
 
-def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], Block]:
-    """CreditFeatures as array code (rename, sentinels, derived flags, caps): names and the block."""
+def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], list[Chain]]:
+    """CreditFeatures as chains (sentinels, derived flags, caps): the model columns' names and chains."""
     known = {"renames", "sentinels", "derived", "caps"}
     if set(step.get_params()) != known:
         raise NotCompilable(f"the features step has parameters beyond {sorted(known)}")
@@ -79,109 +95,67 @@ def _features(step: CreditFeatures, raw_columns: list[str]) -> tuple[list[str], 
     if list(renames) != raw_columns:
         raise NotCompilable("the features step does not read the raw columns in signature order")
     names = list(renames.values())
-    sentinels = [(names.index(col), np.asarray(values, dtype="float64"))
-                 for col, values in (step.sentinels or {}).items() if values]
-    derived = [(names.index(col), op, value) for col, op, value in (step.derived or {}).values()]
-    caps = [(names.index(col), float(ceiling)) for col, ceiling in (step.caps or {}).items()]
-
-    def apply(R: np.ndarray) -> np.ndarray:
-        F = np.empty((len(R), len(names) + len(derived)), order="F")  # column-major: every step works by column
-        F[:, :len(names)] = R  # a copy: sentinels are written in place
-        for j, values in sentinels:
-            F[np.isin(F[:, j], values), j] = np.nan
-        for i, (j, op, value) in enumerate(derived, start=len(names)):
-            F[:, i] = np.isnan(F[:, j]) if op == "isnull" else OPS[op](F[:, j], value)
-        for j, ceiling in caps:  # after the indicators, which see the uncapped values
-            np.minimum(F[:, j], ceiling, out=F[:, j])
-        return F
-
-    return names + list(step.derived or {}), apply
+    chains = [Chain(j) for j in range(len(names))]
+    for col, values in (step.sentinels or {}).items():
+        j = names.index(col)
+        for value in values or ():
+            chains[j] = chains[j].then(SENTINEL, value)
+    derived = [chains[names.index(col)].then(ISNAN) if op == "isnull" else chains[names.index(col)].then(
+        COMPARISONS[op], value) for col, op, value in (step.derived or {}).values()]  # they see the sentinels' missing
+    for col, ceiling in (step.caps or {}).items():  # after the indicators, which see the uncapped values
+        chains[names.index(col)] = chains[names.index(col)].then(CAP, ceiling)
+    return names + list(step.derived or {}), chains + derived
 
 
-def _imputer(step: SimpleImputer) -> Block:
+def _imputer(step: SimpleImputer) -> Step:
     if np.asarray(step.statistics_).dtype.kind not in "fiub":
         raise NotCompilable("imputer of text columns")
     stats = np.asarray(step.statistics_, dtype="float64")
     keep = np.ones(len(stats), bool) if step.keep_empty_features else ~np.isnan(stats)
     if not (isinstance(step.missing_values, float) and np.isnan(step.missing_values)):
         raise NotCompilable("imputer with a missing-value marker other than NaN")
-    flagged = None if step.indicator_ is None else np.asarray(step.indicator_.features_)
-
+    flags = [] if step.indicator_ is None else list(np.asarray(step.indicator_.features_))
     kept = np.flatnonzero(keep)
-    flags = [] if flagged is None else list(flagged)
-
-    def apply(B: np.ndarray) -> np.ndarray:
-        out = np.empty((len(B), len(kept) + len(flags)), order="F")
-        for o, c in enumerate(kept):
-            out[:, o] = B[:, c]
-            np.copyto(out[:, o], stats[c], where=np.isnan(B[:, c]))
-        for o, c in enumerate(flags, start=len(kept)):
-            out[:, o] = np.isnan(B[:, c])
-        return out
-
-    return apply
+    return lambda chains: [chains[c].then(FILL, stats[c]) for c in kept] + [chains[c].then(ISNAN) for c in flags]
 
 
-def _yeo_johnson(x: np.ndarray, lmbda: float) -> np.ndarray:
-    """scipy.stats.yeojohnson with a fixed lambda, written out (same operations, same numbers)."""
-    eps = np.finfo(np.float64).eps
-    pos = x >= 0
-    if abs(lmbda) >= eps and pos.all():  # the usual case here (amounts and ratios): no masks, no gathers
-        out = np.log1p(x)
-        out *= lmbda
-        np.expm1(out, out=out)
-        out /= lmbda
-        return out
-    out = np.zeros_like(x)
-    out[pos] = np.log1p(x[pos]) if abs(lmbda) < eps else np.expm1(lmbda * np.log1p(x[pos])) / lmbda
-    neg = ~pos
-    if abs(lmbda - 2) > eps:
-        out[neg] = -np.expm1((2 - lmbda) * np.log1p(-x[neg])) / (2 - lmbda)
-    else:
-        out[neg] = -np.log1p(-x[neg])
-    return out
-
-
-def _scaler(step: StandardScaler) -> Block:
+def _scaler(step: StandardScaler) -> Step:
+    """scikit-learn's order: subtract the mean, then divide by the scale."""
     mean = step.mean_ if step.with_mean else None
     scale = step.scale_ if step.with_std else None
 
-    def apply(B: np.ndarray) -> np.ndarray:
-        B = B - mean if mean is not None else np.array(B)
-        if scale is not None:
-            B /= scale
-        return B
+    def apply(chains: list[Chain]) -> list[Chain]:
+        chains = [c.then(SUB, mean[i]) for i, c in enumerate(chains)] if mean is not None else chains
+        return [c.then(DIV, scale[i]) for i, c in enumerate(chains)] if scale is not None else chains
 
     return apply
 
 
-def _power(step: PowerTransformer) -> Block:
+def _power(step: PowerTransformer) -> Step:
     if step.method != "yeo-johnson":
         raise NotCompilable(f"power transform '{step.method}'")
     lambdas = np.asarray(step.lambdas_, dtype="float64")
     standardize = _scaler(step._scaler) if step.standardize else None
 
-    def apply(B: np.ndarray) -> np.ndarray:
-        out = np.empty(B.shape, order="F")
-        for i, lam in enumerate(lambdas):
-            out[:, i] = _yeo_johnson(B[:, i], lam)
+    def apply(chains: list[Chain]) -> list[Chain]:
+        out = [c.then(YEO_JOHNSON, lambdas[i]) for i, c in enumerate(chains)]
         return standardize(out) if standardize else out
 
     return apply
 
 
-def _step(step: Any) -> Block:
+def _step(step: Any) -> Step:
     if isinstance(step, str) and step == "passthrough":
-        return lambda B: B
+        return lambda chains: chains
     if isinstance(step, FunctionTransformer) and step.func is None:  # how ColumnTransformer stores passthrough
-        return lambda B: B
+        return lambda chains: chains
     if isinstance(step, Pipeline):
-        blocks = [_step(s) for _, s in step.steps]
+        steps = [_step(s) for _, s in step.steps]
 
-        def chain(B: np.ndarray) -> np.ndarray:
-            for block in blocks:
-                B = block(B)
-            return B
+        def chain(chains: list[Chain]) -> list[Chain]:
+            for apply in steps:
+                chains = apply(chains)
+            return chains
 
         return chain
     if isinstance(step, SimpleImputer):
@@ -193,36 +167,25 @@ def _step(step: Any) -> Block:
     raise NotCompilable(f"no fast path for {type(step).__name__}")
 
 
-def _preprocessor(pre: ColumnTransformer, names: list[str], spec: DatasetSpec, codes: Codes) -> Block:
+def _program(pipe: Pipeline, spec: DatasetSpec, codes: Codes) -> Program:
+    """The features and preprocess steps as one program: raw matrix in, preprocessed matrix out."""
+    names, features = _features(pipe.named_steps["features"], spec.raw_columns)
     categorical = set(spec.model_columns("categorical"))
-    parts = []
-    for group, transformer, cols in pre.transformers_:
+    chains, tables = [], Tables()
+    for group, transformer, cols in pipe.named_steps["preprocess"].transformers_:
         if transformer == "drop" or (group == "remainder" and len(cols) == 0):
             continue
         if group == "remainder":
             raise NotCompilable("the column transformer passes remainder columns through")
+        inputs = [features[names.index(c)] for c in cols]
         if categorical.isdisjoint(cols):
-            block = _step(transformer)
-        elif categorical.issuperset(cols):  # codes into each column's vocabulary
-            block = category_block(transformer, list(cols), [codes.texts[spec.raw_name_of(c)] for c in cols])
+            chains += _step(transformer)(inputs)
+        elif categorical.issuperset(cols):  # codes into each column's vocabulary, looked up in the encoder's tables
+            found = category_tables(transformer, list(cols), [codes.texts[spec.raw_name_of(c)] for c in cols])
+            chains += [out for chain, table in zip(inputs, found, strict=True) for out in tables.lookups(chain, table)]
         else:
             raise NotCompilable("a transformer mixes categorical and numeric columns")
-        parts.append(([names.index(c) for c in cols], block))
-
-    def apply(F: np.ndarray) -> np.ndarray:
-        blocks = [block(_columns(F, idx)) for idx, block in parts]
-        Z = np.empty((len(F), sum(b.shape[1] for b in blocks)), order="F")  # np.hstack would make it row-major
-        return np.concatenate(blocks, axis=1, out=Z)
-
-    return apply
-
-
-def _columns(F: np.ndarray, idx: list[int]) -> np.ndarray:
-    """Columns of F, column-major as every step works (fancy indexing returns them row-major)."""
-    out = np.empty((len(F), len(idx)), order="F")
-    for o, c in enumerate(idx):
-        out[:, o] = F[:, c]
-    return out
+    return Program.of(chains, tables.flat)
 
 
 # ---------------------------------------------------------------- estimator and explanations
@@ -318,15 +281,14 @@ class FastScorer:
     """The compiled pipeline: raw float matrix (signature column order) → probability and raw-space SHAP."""
 
     raw_columns: list[str]
-    features: Block
-    preprocess: Block
+    preprocess: Block  # raw matrix -> preprocessed matrix (a `Program`'s run, or scikit-learn's own transform)
     probability_of: Callable[[np.ndarray], np.ndarray]
     contributions_of: Callable[[np.ndarray], np.ndarray]
     to_raw: np.ndarray  # preprocessed columns x raw columns, 1 where the column comes from the raw one
     codes: Codes  # categorical columns enter the raw matrix as codes into their vocabulary
 
     def transform(self, R: np.ndarray) -> np.ndarray:
-        return self.preprocess(self.features(R))
+        return self.preprocess(R)
 
     def probability(self, R: np.ndarray) -> np.ndarray:
         return self.probability_of(self.transform(R))
@@ -340,7 +302,7 @@ class FastScorer:
         return row_products(self.contributions_of(Z), self.to_raw)
 
 
-def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> tuple[Block, Block]:
+def _pipeline_transform(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> Block:
     """The slow path: scikit-learn's own transform on a DataFrame of the raw matrix (categories as texts)."""
 
     def transform(R: np.ndarray) -> np.ndarray:
@@ -349,7 +311,7 @@ def _pipeline_blocks(pipe: Pipeline, raw_columns: list[str], codes: Codes) -> tu
         Z = pipe[:-1].transform(frame)
         return Z.toarray() if sparse.issparse(Z) else np.asarray(Z, dtype="float64")
 
-    return transform, lambda Z: Z
+    return transform
 
 
 def compile_scorer(
@@ -365,14 +327,59 @@ def compile_scorer(
     if fast:
         if [name for name, _ in pipe.steps] != ["features", "preprocess", "model"]:
             raise NotCompilable("expected the steps features, preprocess, model")
-        names, features = _features(pipe.named_steps["features"], spec.raw_columns)
-        preprocess = _preprocessor(pipe.named_steps["preprocess"], names, spec, codes)
+        preprocess = _program(pipe, spec, codes).run
     else:
-        features, preprocess = _pipeline_blocks(pipe, spec.raw_columns, codes)
+        preprocess = _pipeline_transform(pipe, spec.raw_columns, codes)
     model = pipe.named_steps["model"]
     probability, contributions = _linear(model, reference) if is_linear(model) else _tree(model, reference)
-    return FastScorer(spec.raw_columns, features, preprocess, probability, contributions, raw_projection(pipe, spec),
-                      codes)
+    return FastScorer(spec.raw_columns, preprocess, probability, contributions, raw_projection(pipe, spec), codes)
+
+
+@njit(cache=True)
+def _raising(contributions: np.ndarray, k: int) -> np.ndarray:
+    """Per row, column + 1 of the i-th largest positive value (ties: the first column), 0 past the last one."""
+    n, m = contributions.shape
+    digits = np.zeros((n, k), dtype=np.int64)
+    for i in range(n):
+        for d in range(k):
+            best, at = 0.0, -1
+            for j in range(m):
+                v = contributions[i, j]
+                if v > best and not _taken(digits[i], d, j + 1):  # NaN is never greater
+                    best, at = v, j
+            if at < 0:
+                break
+            digits[i, d] = at + 1
+    return digits
+
+
+@njit(cache=True, inline="always")
+def _taken(row: np.ndarray, d: int, digit: int) -> bool:
+    for e in range(d):
+        if row[e] == digit:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _groups(digits: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(keys, return_index=True, return_inverse=True)`'s index and inverse for each row's digits read as
+    one number in `base`: the distinct rows in key order, where each first appears and which one each row is."""
+    n, k = digits.shape
+    keys = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        for d in range(k - 1, -1, -1):
+            keys[i] = keys[i] * base + digits[i, d]
+    order = np.argsort(keys, kind="mergesort")  # stable: a group's first row is where it first appears
+    first, which = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    groups = 0
+    for at in range(n):
+        row = order[at]
+        if at == 0 or keys[row] != keys[order[at - 1]]:
+            first[groups] = row
+            groups += 1
+        which[row] = groups - 1
+    return first[:groups], which
 
 
 def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
@@ -383,17 +390,10 @@ def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]
     """
     n, m = contributions.shape
     k = min(k, m)
-    work = np.where(np.isnan(contributions), -np.inf, contributions)
-    rows = np.arange(n)
-    digits = np.zeros((n, k), dtype=np.int64)  # column + 1 of the i-th largest raising value; 0: none
-    for i in range(k):  # k argmax passes: cheaper than sorting every row, same order (ties: first column)
-        j = work.argmax(axis=1) if m else np.zeros(n, dtype=np.int64)
-        digits[:, i] = np.where(work[rows, j] > 0, j + 1, 0)
-        work[rows, j] = -np.inf
-    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D unique is far cheaper than a row-wise one
-        keys = digits @ ((m + 1) ** np.arange(k, dtype=np.int64))
-        _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+    digits = _raising(np.ascontiguousarray(contributions, dtype=np.float64), k)
+    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D grouping is far cheaper than a row-wise unique
+        first, which = _groups(digits, m + 1)
         sets = digits[first]
     else:
         sets, which = np.unique(digits, axis=0, return_inverse=True)
-    return [tuple(int(d) - 1 for d in row if d) for row in sets], which.reshape(-1)
+    return [tuple(d - 1 for d in row if d) for row in sets.tolist()], which.reshape(-1)
