@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,19 @@ def predict(loaded: Any, frame: Any) -> tuple[bytes, dict[str, list]]:
 
 def answer_body(columns: Mapping[str, list]) -> bytes:
     """`{"predictions": [...]}` from an answer's columns, byte for byte as MLflow's `predictions_to_json` writes the
-    answer's frame (which it turns into records with pandas, then encodes with json's pure-Python encoder)."""
-    from mlflow.utils.proto_json_utils import NumpyEncoder
-
+    answer's frame (which it turns into records with pandas, then encodes with MLflow's `NumpyEncoder`)."""
     names = list(columns)
     rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-    return json.dumps({"predictions": rows}, cls=NumpyEncoder).encode()
+    return _encoder().encode({"predictions": rows}).encode()
+
+
+@lru_cache(maxsize=1)
+def _encoder() -> json.JSONEncoder:
+    """MLflow's encoder with json.dumps' defaults, made once (json.dumps makes one per call: half a small body's
+    cost)."""
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    return NumpyEncoder()
 
 
 @dataclass(frozen=True)

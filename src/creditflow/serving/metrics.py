@@ -54,6 +54,20 @@ class Metrics:
                                       buckets=DELTA_BUCKETS, registry=r)
         self.shadow_dropped = Counter("creditflow_shadow_dropped", "Requests not compared: the shadow queue was full",
                                       registry=r)
+        self._children: dict[tuple, Any] = {}  # labelled children by their labels: `labels()` costs a lock and checks
+
+    def child(self, collector: Counter | Histogram, *labels: str) -> Any:
+        """`collector.labels(*labels)`, looked up once per label set."""
+        key = (id(collector), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = collector.labels(*labels)
+        return found
+
+    def request(self, path: str, status: int, seconds: float) -> None:
+        """A scoring request answered: counted by path and status, its latency observed."""
+        self.child(self.requests, path, str(status)).inc()
+        self.child(self.latency, path).observe(seconds)
 
     def served(self, role: str, old: str | None, new: str) -> None:
         """`role` ("champion" or "shadow") now answers with version `new` (`old` before, if any)."""
@@ -67,8 +81,8 @@ class Metrics:
         for decision in decisions:
             counts[decision] = counts.get(decision, 0) + 1
         for decision, n in counts.items():
-            self.decisions.labels(model_version, decision).inc(n)
-        self.rows.labels(model_version).inc(sum(counts.values()))
+            self.child(self.decisions, model_version, decision).inc(n)
+        self.child(self.rows, model_version).inc(sum(counts.values()))
 
     def answered(self, answer: Mapping[str, Sequence[Any]]) -> None:
         """An answer's rows and decisions (its columns, or its frame), by each row's model_version (one model, or a

@@ -182,8 +182,7 @@ class RequestGuard:
         else:
             start = time.perf_counter()
             status = await self.invocation(scope, receive, send)
-            self.metrics.requests.labels(scope["path"], str(status)).inc()
-            self.metrics.latency.labels(scope["path"]).observe(time.perf_counter() - start)
+            self.metrics.request(scope["path"], status, time.perf_counter() - start)
 
     def on_shutdown(self, receive: Receive) -> Receive:
         """`receive` for the lifespan protocol that also stops the followers and the shadow at shutdown."""
