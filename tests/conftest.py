@@ -80,6 +80,19 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def wait_for_lines(log: Path, text: str, count: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Poll a process's log until `text` appears on `count` lines (e.g. each worker's start); fail early if the
+    process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {count} lines of '{text}'")
+        if log.exists() and sum(text in line for line in log.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"'{text}' did not appear {count} times in {log} within {timeout} s")
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for CLI subprocesses: the venv's bin first on PATH (mlflow serve needs uvicorn)."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -26,7 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from creditflow.data.dataset import split_data
 from creditflow.model.shap import raw_shap, reason_codes
-from tests.conftest import FIXTURES, VENV_BIN, ChampionStore, free_port, subprocess_env, tracking_at, wait_for_http
+from tests.conftest import (
+    FIXTURES,
+    VENV_BIN,
+    ChampionStore,
+    free_port,
+    subprocess_env,
+    tracking_at,
+    wait_for_http,
+    wait_for_lines,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -430,12 +439,13 @@ def test_two_workers_answer_keep_alive_connections_with_tcp_nodelay(champion_sto
                                                                      tmp_path: Path) -> None:
     """uvicorn's shared listener for -w N loses TCP_NODELAY (each keep-alive answer then waits ~40 ms for
     a delayed ACK; the figures are in serving/README.md): every worker's connection must have it set."""
-    port = free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "creditflow"), "serve", "-m", "models:/credit-default@champion", "-w", "2",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
-                            env=subprocess_env(MLFLOW_TRACKING_URI=champion_store.uri))
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(VENV_BIN / "creditflow"), "serve", "-m", "models:/credit-default@champion", "-w",
+                                 "2", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,
+                                env=subprocess_env(MLFLOW_TRACKING_URI=champion_store.uri))
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", proc, timeout=120)
+        wait_for_lines(log, "Application startup complete", 2, proc, timeout=120)  # both workers accept connections
         options: dict[int, int] = {}
         for _ in range(40):  # new connections until both workers have answered one
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

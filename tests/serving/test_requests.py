@@ -8,8 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import RoutedRows, parse_body
+from creditflow.serving.requests import RoutedRows, float_frame, parse_body
 from creditflow.specs import DatasetSpec
+
+
+def labels(columns: list[str]) -> pd.Index:
+    """Column labels as the parser gives them: object dtype (pandas 3 would infer its string dtype)."""
+    return pd.Index(columns, dtype=object)
 
 
 def split_body(columns: list[str], rows: list[list]) -> bytes:
@@ -40,7 +45,7 @@ def test_a_categorical_column_keeps_its_place_beside_the_segment_column(housing_
 
     parsed = parse_body(split_body(columns, rows), "application/json", housing_spec, 10, segment="Region")
 
-    expected = pd.DataFrame([r[1:] for r in rows], columns=columns[1:], dtype=object).astype(
+    expected = pd.DataFrame([r[1:] for r in rows], columns=labels(columns[1:]), dtype=object).astype(
         dict.fromkeys(numbers, "float64"))
     pd.testing.assert_frame_equal(parsed.frame, expected)
     assert parsed.segments == ["R02", None] and parsed.frame["Housing"].tolist() == ["rent", None]
@@ -65,6 +70,27 @@ def test_text_columns_between_numbers_give_the_frame_pandas_public_constructors_
 
     frame = parse_body(split_body(columns, rows), "application/json", housing_spec, 10)
 
-    expected = pd.DataFrame(rows, columns=columns, dtype=object).astype(dict.fromkeys(numbers, "float64"))
+    expected = pd.DataFrame(rows, columns=labels(columns), dtype=object).astype(dict.fromkeys(numbers, "float64"))
     pd.testing.assert_frame_equal(frame, expected)
     assert frame["Housing"].tolist() == ["own", None, "castle"] and frame._mgr.nblocks == 2  # floats in one block
+
+
+def test_a_float_frame_is_the_frame_the_public_constructor_gives_of_the_same_block(small_spec: DatasetSpec) -> None:
+    block = np.array([[0.5, np.nan, 3.0], [1.0, 2.0, -4.25]])
+    columns = labels(small_spec.raw_columns[:3])
+
+    frame = float_frame(block, columns)
+
+    pd.testing.assert_frame_equal(frame, pd.DataFrame(block, columns=columns), check_exact=True)
+    assert frame._mgr.nblocks == 1 and frame.columns is columns and frame.index.equals(pd.RangeIndex(2))
+    assert frame.to_numpy().tolist()[1] == [1.0, 2.0, -4.25]
+
+
+def test_a_parsed_frame_has_object_labels_shared_by_requests_alike(small_spec: DatasetSpec) -> None:
+    body = split_body(small_spec.raw_columns, [[1.0] * len(small_spec.raw_columns)])
+
+    first = parse_body(body, "application/json", small_spec, 10)
+    second = parse_body(body, "application/json", small_spec, 10)
+
+    assert first.columns.dtype == object and first.columns is second.columns  # the coalescer groups requests by it
+    assert first.columns.tolist() == small_spec.raw_columns

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from creditflow.serving.requests import float_frame
+
 logger = logging.getLogger(__name__)
 
 Outcome = tuple[int, bytes, dict[str, list] | None]  # (status, body, answer columns or None)
@@ -69,7 +71,7 @@ def stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if first.dtype == np.float64:
         arrays = [first, *(f.to_numpy() for f in frames[1:])]
         if all(a.dtype == np.float64 for a in arrays):
-            return pd.DataFrame(np.concatenate(arrays), columns=frames[0].columns)
+            return float_frame(np.concatenate(arrays), frames[0].columns)
     return pd.concat(frames, ignore_index=True)
 
 

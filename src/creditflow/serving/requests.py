@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas._libs.internals import BlockPlacement
+from pandas.core.internals.blocks import new_block_2d
+from pandas.core.internals.managers import BlockManager
 
 from creditflow.errors import BadRequest
 from creditflow.model.inputs import MAX_NAME, shown_names
@@ -27,6 +30,7 @@ from creditflow.specs import DatasetSpec
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
 FORMATS = ("dataframe_split", "dataframe_records")
+PLAIN_NUMBERS = {float, type(None)}  # JSON values a numeric cell may hold without a closer look (ints: their range)
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,12 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
     numeric = [not _is_text(spec, c, segment) for c in columns]
     if all(numeric):
         block = np.array(rows, dtype="float64").reshape(len(rows), len(columns))
-        return pd.DataFrame(block, columns=_column_index(tuple(columns)))
+        return float_frame(block, _column_index(tuple(columns)))
     kept = [j for j, num in enumerate(numeric) if num]  # one float block, the text columns in their places
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
     model_columns = tuple(c for c in columns if c != segment)  # the shared labels: requests alike are scored together
     if len(kept) == len(model_columns):
-        frame = pd.DataFrame(block, columns=_column_index(model_columns))
+        frame = float_frame(block, _column_index(model_columns))
     else:
         frame = _mixed_frame(columns, numeric, block, rows, model_columns)
     if not segment:
@@ -155,11 +159,22 @@ def _mixed_frame(columns: list[str], numeric: list[bool], block: np.ndarray, row
                                      verify_integrity=False)
 
 
+def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
+    """A frame of one float64 block (rows x columns), a view of it, built by pandas' own block manager (pandas
+    pinned): the public constructor re-checks and re-infers what the parse settled, more than twice a one-applicant
+    frame's cost (docs/performance.md); tests/serving/test_requests.py holds it equal to the public construction."""
+    rows, width = block.shape
+    manager = BlockManager((new_block_2d(block.T, BlockPlacement(slice(0, width))),), [columns, pd.RangeIndex(rows)],
+                           verify_integrity=False)
+    return pd.DataFrame._from_mgr(manager, axes=manager.axes)
+
+
 @lru_cache(maxsize=64)
 def _column_index(columns: tuple[str, ...]) -> pd.Index:
     """The frame's column labels, built once per column list (an Index of text costs more than a small frame's
-    data; Indexes are immutable, so frames may share one)."""
-    return pd.Index(columns)
+    data; Indexes are immutable, so frames may share one). Object dtype: pandas 3's inferred string Index costs
+    ~7 us to list its labels, as the model does on every call."""
+    return pd.Index(columns, dtype=object)
 
 
 def _no_constants(name: str) -> None:
@@ -247,8 +262,8 @@ def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
 
 
 def _check_columns(columns: list[str], spec: DatasetSpec, segment: str = "") -> None:
-    dupes = sorted({c for c in columns if columns.count(c) > 1})
-    if dupes:
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
         raise BadRequest(f"column(s) given twice: {shown_names(dupes)}")
     if segment and segment not in columns:
         raise BadRequest(f"missing the segment column {segment[:MAX_NAME]}: this deployment routes each applicant "
@@ -265,6 +280,8 @@ def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, 
                   segment: str = "") -> None:
     numeric = [(j, c) for j, c in enumerate(columns) if not _is_text(spec, c, segment)]
     categorical = [(j, c) for j, c in enumerate(columns) if _is_text(spec, c, segment)]
+    if not text_cells and not categorical and all(_plain_numbers(row) for row in rows):
+        return
     for i, row in enumerate(rows):
         for j, name in numeric:
             value = row[j]
@@ -275,6 +292,11 @@ def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, 
         for j, name in categorical:
             if not (row[j] is None or isinstance(row[j], str)):
                 raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
+
+
+def _plain_numbers(row: list[Any]) -> bool:
+    """A JSON row of floats and nulls (the usual request) at a glance; anything else gets the cell-by-cell checks."""
+    return set(map(type, row)) <= PLAIN_NUMBERS
 
 
 def _numeric_json(value: Any) -> bool:
