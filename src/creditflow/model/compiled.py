@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy import sparse
 from scipy.special import expit
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
-from numba import njit
 from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
@@ -355,7 +355,8 @@ def _raising(contributions: np.ndarray, k: int) -> np.ndarray:
 
 @njit(cache=True, inline="always")
 def _taken(row: np.ndarray, d: int, digit: int) -> bool:
-    for e in range(d):
+    """Whether `digit` is among the row's first d (a loop numba compiles, not a generator)."""
+    for e in range(d):  # noqa: SIM110
         if row[e] == digit:
             return True
     return False

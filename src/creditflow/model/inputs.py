@@ -8,10 +8,12 @@ and batch scoring refuse the same rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_object_dtype
 
 from creditflow.data.dataset import coerce_columns
@@ -21,7 +23,6 @@ from creditflow.model.categories import Codes
 from creditflow.specs import DatasetSpec
 
 MAX_NAME = 40  # column names are echoed (they are not applicant data), but cut short
-SMALL_FRAME = 1_000  # rows up to which a categorical frame is read through one object array
 
 
 def shown_names(names: Sequence[Any], limit: int = 5) -> str:
@@ -51,10 +52,9 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec, codes: Codes | None
     numbers = _numbers_only(frame, names, spec)
     if numbers is not None:
         return numbers
-    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+    dtypes = dict(zip(names, frame._mgr.get_dtypes(), strict=True))  # `frame.dtypes` builds a Series: ~25 us
     numeric = [c for c, col in spec.columns.items() if col.group != "categorical" and c in dtypes]
-    wrong = [c for c in numeric if is_bool_dtype(dtypes[c]) or not (is_numeric_dtype(dtypes[c])
-                                                                     or is_object_dtype(dtypes[c]))]
+    wrong = [c for c in numeric if not _holds_numbers(dtypes[c])]
     if wrong:
         raise BadRequest(f"column(s) must hold numbers or null: {shown_names(wrong)}")
     categorical = [c for c, col in spec.columns.items() if col.group == "categorical"]
@@ -108,20 +108,37 @@ def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str]
     return R
 
 
-def _cells(frame: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
-    """Each column's values: a small frame's through one object array (pandas 3 builds a Series per column read,
-    which costs more than a request's data: docs/performance.md), a large frame's column by column (boxing every
-    number would cost more). Missing values of any kind are None in the object array."""
-    if len(frame) > SMALL_FRAME:
-        return {c: frame[c] for c in frame.columns}
-    block = frame.to_numpy(dtype=object, na_value=None)
-    return {c: block[:, j] for j, c in enumerate(frame.columns)}
+def _cells(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each column's values as pandas holds them, read without a Series (pandas 3 builds one per column read, which
+    costs more than a request's data: docs/performance.md; `_mgr.iget_values`, pandas pinned): numbers as their
+    arrays, nullable numbers as floats (NaN missing), anything else as an object array with None for missing."""
+    return {c: _plain(frame._mgr.iget_values(j)) for j, c in enumerate(frame.columns)}
 
 
-def _floats(values: np.ndarray | pd.Series) -> np.ndarray:
+def cells_of(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """One column's values as `_cells` reads them."""
+    return _plain(frame._mgr.iget_values(frame.columns.get_loc(column)))
+
+
+def _plain(values: np.ndarray | ExtensionArray) -> np.ndarray:
     if isinstance(values, np.ndarray):
-        return values.astype("float64")  # None is NaN
-    return values.to_numpy(dtype="float64", na_value=np.nan)
+        if values.dtype != object:
+            return values
+        missing = pd.isna(values)
+        return np.where(missing, None, values) if missing.any() else values  # NaN, pd.NA, NaT: None
+    if values.dtype.kind in "iuf":
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    return values.to_numpy(dtype=object, na_value=None)
+
+
+@lru_cache(maxsize=64)
+def _holds_numbers(dtype: Any) -> bool:
+    """Numbers, or objects (checked cell by cell when read as floats); never booleans."""
+    return not is_bool_dtype(dtype) and (is_numeric_dtype(dtype) or is_object_dtype(dtype))
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    return values.astype("float64")  # None is NaN
 
 
 def check_rules(R: np.ndarray, rules: RuleCheck) -> None:

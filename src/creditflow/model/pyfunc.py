@@ -29,7 +29,7 @@ from creditflow.model.artifact import DECISIONS, ERROR_SOURCE, PIPELINE_ARTIFACT
 from creditflow.model.calibration import Calibration, calibrated
 from creditflow.model.categories import NotCompilable
 from creditflow.model.compiled import FastScorer, compile_scorer, reason_sets
-from creditflow.model.inputs import applicant_matrix, check_rules
+from creditflow.model.inputs import applicant_matrix, cells_of, check_rules
 from creditflow.specs import DatasetSpec, spec_from_config
 
 logger = logging.getLogger(__name__)
@@ -114,12 +114,15 @@ class Scoring:
         shared = self._codes(sets, per_row, self.statements)
         raw = self.spec.raw_columns
         kinds = [self.spec.columns[c].group for c in raw]
+        texts: dict[str, np.ndarray] = {}  # the applicants' categories, read once per column
         for index, columns in enumerate(sets, start=1):
             categorical = [(i, raw[j]) for i, j in enumerate(columns) if kinds[j] == "categorical"]
             for row in np.flatnonzero(per_row == index) if categorical else ():
                 items = [self.statements[j] for j in columns]
                 for i, column in categorical:
-                    items[i] = f"{items[i]}: {category_text(frame, column, row)}"
+                    if column not in texts:
+                        texts[column] = category_texts(frame, column)
+                    items[i] = f"{items[i]}: {texts[column][row]}"
                 shared[row] = json.dumps(items) if self.codes_as_json else items
         return shared
 
@@ -134,10 +137,11 @@ def scorable(probability: np.ndarray) -> np.ndarray:
     return probability
 
 
-def category_text(frame: pd.DataFrame, column: str, row: int) -> str:
-    """The applicant's category as sent (a nullable column may be absent: not given)."""
-    value = frame[column].iat[row] if column in frame.columns else None
-    return "not given" if value is None or value != value else str(value)
+def category_texts(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The applicants' categories as sent, as statements name them (a nullable column may be absent: not given)."""
+    if column not in frame.columns:
+        return np.full(len(frame), "not given", dtype=object)
+    return np.asarray(["not given" if v is None or v != v else str(v) for v in cells_of(frame, column)], dtype=object)
 
 
 class ServingError(MlflowException):

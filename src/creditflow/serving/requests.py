@@ -31,6 +31,7 @@ JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
 FORMATS = ("dataframe_split", "dataframe_records")
 PLAIN_NUMBERS = {float, type(None)}  # JSON values a numeric cell may hold without a closer look (ints: their range)
+PLAIN_TEXTS = {str, type(None)}  # and a categorical (or segment) cell
 
 
 @dataclass(frozen=True)
@@ -141,31 +142,28 @@ def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_tex
 
 def _mixed_frame(columns: list[str], numeric: list[bool], block: np.ndarray, rows: list[list[Any]],
                  model_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Numbers (the float block's columns) and texts (object, None for missing) in the request's column order.
-
-    Built by pandas' own constructor from column arrays (`DataFrame._from_arrays`, pandas pinned): the public ones
-    infer pandas 3's string dtype or insert column by column, ten times a one-applicant parse (docs/performance.md);
-    tests/serving/test_requests.py holds it equal to the public construction."""
-    arrays, k = [], 0
-    for j, column in enumerate(columns):
-        if numeric[j]:
-            arrays.append(block[:, k])
-            k += 1
-        elif column in model_columns:  # not the segment column
-            cells = np.empty(len(rows), dtype=object)
-            cells[:] = [row[j] for row in rows]
-            arrays.append(cells)
-    return pd.DataFrame._from_arrays(arrays, columns=_column_index(model_columns), index=pd.RangeIndex(len(rows)),
-                                     verify_integrity=False)
+    """Numbers (the float block's columns) and texts (object, None for missing) in the request's column order: one
+    float block and one object block, as pandas' constructors consolidate them (`blocks_frame`)."""
+    texts = [j for j, column in enumerate(columns) if not numeric[j] and column in model_columns]  # not the segment
+    cells = np.empty((len(rows), len(texts)), dtype=object)
+    cells[:] = [[row[j] for j in texts] for row in rows]
+    places = {j: model_columns.index(c) for j, c in enumerate(columns) if c in model_columns}  # request -> frame
+    at_numbers = [places[j] for j, num in enumerate(numeric) if num]
+    return blocks_frame([(block, at_numbers), (cells, [places[j] for j in texts])], _column_index(model_columns))
 
 
 def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
-    """A frame of one float64 block (rows x columns), a view of it, built by pandas' own block manager (pandas
-    pinned): the public constructor re-checks and re-infers what the parse settled, more than twice a one-applicant
-    frame's cost (docs/performance.md); tests/serving/test_requests.py holds it equal to the public construction."""
-    rows, width = block.shape
-    manager = BlockManager((new_block_2d(block.T, BlockPlacement(slice(0, width))),), [columns, pd.RangeIndex(rows)],
-                           verify_integrity=False)
+    """A frame of one float64 block (rows x columns), a view of it."""
+    return blocks_frame([(block, slice(0, block.shape[1]))], columns)
+
+
+def blocks_frame(parts: list[tuple[np.ndarray, list[int] | slice]], columns: pd.Index) -> pd.DataFrame:
+    """A frame of 2-D arrays (rows x their columns), each column placed where its position says, built by pandas'
+    own block manager (pandas pinned): the public constructors re-check and re-infer what the parse settled (the
+    dict ones infer pandas 3's string dtype for texts), two to ten times a one-applicant parse (docs/performance.md);
+    tests/serving/test_requests.py holds the frames equal to the public construction."""
+    blocks = tuple(new_block_2d(values.T, BlockPlacement(at)) for values, at in parts)
+    manager = BlockManager(blocks, [columns, pd.RangeIndex(len(parts[0][0]))], verify_integrity=False)
     return pd.DataFrame._from_mgr(manager, axes=manager.axes)
 
 
@@ -280,7 +278,7 @@ def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, 
                   segment: str = "") -> None:
     numeric = [(j, c) for j, c in enumerate(columns) if not _is_text(spec, c, segment)]
     categorical = [(j, c) for j, c in enumerate(columns) if _is_text(spec, c, segment)]
-    if not text_cells and not categorical and all(_plain_numbers(row) for row in rows):
+    if not text_cells and _plain_json(rows, [j for j, _ in numeric], [j for j, _ in categorical]):
         return
     for i, row in enumerate(rows):
         for j, name in numeric:
@@ -294,9 +292,11 @@ def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, 
                 raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
 
 
-def _plain_numbers(row: list[Any]) -> bool:
-    """A JSON row of floats and nulls (the usual request) at a glance; anything else gets the cell-by-cell checks."""
-    return set(map(type, row)) <= PLAIN_NUMBERS
+def _plain_json(rows: list[list[Any]], numbers: list[int], texts: list[int]) -> bool:
+    """JSON rows of floats or nulls and texts or nulls where each belongs (the usual request), at a glance; anything
+    else gets the cell-by-cell checks."""
+    return all({type(row[j]) for j in numbers} <= PLAIN_NUMBERS and {type(row[j]) for j in texts} <= PLAIN_TEXTS
+               for row in rows)
 
 
 def _numeric_json(value: Any) -> bool:
