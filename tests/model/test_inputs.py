@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from creditflow.errors import BadRequest
@@ -34,3 +35,26 @@ def test_a_frame_of_numbers_gives_the_matrix_of_the_column_by_column_path(small_
         assert R.dtype == np.float64 and np.array_equal(R, expected, equal_nan=True)
         R[:] = -7.0
         assert not (frame.to_numpy(dtype="float64", na_value=np.nan) == -7.0).any()
+
+
+def test_a_categorical_frame_gives_the_same_matrix_whatever_dtypes_pandas_holds(housing_spec) -> None:
+    """Texts as object or pandas' string dtype, missing as None, NaN or pd.NA, numbers as floats, nullable integers
+    or objects: each column read as it is held gives the matrix the plain object frame gives."""
+    raw = housing_spec.raw_columns
+    numbers = [c for c in raw if c != "Housing"]
+    rows = [[float(i + j) for j in range(len(numbers))] for i in range(4)]
+    plain = pd.DataFrame(rows, columns=pd.Index(numbers, dtype=object), dtype="float64")
+    plain["Housing"] = pd.Series(["own", None, "rent", "castle"], dtype=object)
+    plain.loc[1, numbers[0]] = np.nan
+    expected = applicant_matrix(plain, housing_spec)
+    variants = [
+        plain.assign(Housing=pd.Series(["own", None, "rent", "castle"], dtype="str")),
+        plain.assign(Housing=pd.Series(["own", np.nan, "rent", "castle"], dtype=object)),
+        plain.assign(Housing=pd.Series(["own", pd.NA, "rent", "castle"], dtype=object)),
+        plain.astype({numbers[1]: "Int64"}),
+        plain.astype({numbers[2]: object}),
+    ]
+    for frame in variants:
+        assert np.array_equal(applicant_matrix(frame, housing_spec), expected, equal_nan=True), frame.dtypes
+    codes = expected[:, raw.index("Housing")]
+    assert np.isnan(codes[1]) and codes[3] == -1 and codes[0] != codes[2]  # missing, unknown, two known
