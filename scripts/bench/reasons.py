@@ -131,8 +131,9 @@ def latency(rows: int, calls: int) -> None:
 
 
 def reasons(rows: int, repeats: int) -> None:
-    from creditflow.model.compiled import compile_scorer, reason_sets
+    from creditflow.model.compiled import compile_scorer
     from creditflow.model.inputs import applicant_matrix
+    from creditflow.model.reasons import reason_sets
 
     numeric, categorical = specs()
     X_train, y_train, X_test, _ = data(numeric, categorical, rows)

@@ -10,9 +10,10 @@ import pytest
 
 from creditflow.data.dataset import coerce_columns, split_data
 from creditflow.model.categories import UNSEEN_TEXT
-from creditflow.model.compiled import compile_scorer, reason_sets
+from creditflow.model.compiled import compile_scorer
 from creditflow.model.inputs import applicant_matrix
 from creditflow.model.pipeline import build_pipeline, tree_features
+from creditflow.model.reasons import reason_sets
 from creditflow.model.shap import raw_shap, reason_codes
 from creditflow.specs import DatasetSpec, GroupSpec
 from creditflow.train.log_model import shap_reference

@@ -28,8 +28,9 @@ from creditflow.errors import BadRequest
 from creditflow.model.artifact import DECISIONS, ERROR_SOURCE, PIPELINE_ARTIFACT, check_config_keys, load_pipeline
 from creditflow.model.calibration import Calibration, calibrated
 from creditflow.model.categories import NotCompilable
-from creditflow.model.compiled import FastScorer, compile_scorer, reason_sets
+from creditflow.model.compiled import FastScorer, compile_scorer
 from creditflow.model.inputs import applicant_matrix, cells_of, check_rules
+from creditflow.model.reasons import reason_sets
 from creditflow.specs import DatasetSpec, spec_from_config
 
 logger = logging.getLogger(__name__)
