@@ -9,8 +9,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer, StandardScaler
 
 from creditflow.model.categories import UNSEEN_TEXT, category_tables
+from creditflow.model.pipeline import OPS
 from creditflow.model.program import (
     CAP,
+    COMPARISONS,
     DIV,
     FILL,
     GE,
@@ -97,3 +99,8 @@ def test_a_row_gets_the_same_values_alone_and_among_others() -> None:
     alone = np.vstack([program.run(x[i:i + 1]) for i in range(len(x))])
     np.testing.assert_array_equal(together, alone)
     assert together.shape == (len(x), 3) and together.flags.c_contiguous
+
+
+def test_the_comparisons_are_those_the_features_step_knows() -> None:
+    """The features step's derived indicators (`model.pipeline.OPS`, and "isnull") each have an operation."""
+    assert set(COMPARISONS) == set(OPS)

@@ -51,7 +51,7 @@ class Program:
     starts: np.ndarray  # intp per output column + 1: where its operations begin in codes/args
     codes: np.ndarray  # int64 per operation
     args: np.ndarray  # float64 (operations, 2)
-    tables: np.ndarray = field(default_factory=lambda: np.zeros(1))  # float64, every lookup table flattened
+    tables: np.ndarray  # float64, every lookup table flattened (one unused value when there are none)
 
     @classmethod
     def of(cls, chains: list[Chain], tables: list[np.ndarray] | None = None) -> Program:

@@ -30,8 +30,8 @@ from creditflow.specs import DatasetSpec
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
 FORMATS = ("dataframe_split", "dataframe_records")
-PLAIN_NUMBERS = {float, type(None)}  # JSON values a numeric cell may hold without a closer look (ints: their range)
-PLAIN_TEXTS = {str, type(None)}  # and a categorical (or segment) cell
+PLAIN_NUMBERS = {float, type(None)}  # the JSON values a numeric cell holds, ints in range apart (`_numeric_json`)
+PLAIN_TEXTS = {str, type(None)}  # the JSON values a categorical (or segment) cell holds
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, 
                 shown = "text" if text_cells else _kind(value)
                 raise BadRequest(f"column {name[:MAX_NAME]} must hold numbers or null; row {i} holds {shown}")
         for j, name in categorical:
-            if not (row[j] is None or isinstance(row[j], str)):
+            if type(row[j]) not in PLAIN_TEXTS:
                 raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
 
 
@@ -300,9 +300,9 @@ def _plain_json(rows: list[list[Any]], numbers: list[int], texts: list[int]) -> 
 
 
 def _numeric_json(value: Any) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is int:  # not bool
         return abs(value) < 2**63  # larger integers overflow pandas' parser
-    return value is None or isinstance(value, float)
+    return type(value) in PLAIN_NUMBERS
 
 
 def _numeric_cell(value: str) -> bool:
