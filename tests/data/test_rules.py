@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from creditflow.data.rules import RuleCheck, rule_violations
+from creditflow.data.rules import Rule, RuleCheck, broken, rule_violations
 from creditflow.data.synthetic import generate_credit_data
 from creditflow.specs import DatasetSpec
 
@@ -47,3 +47,30 @@ def test_value_rules_name_the_rule(small_spec: DatasetSpec, raw_frame: pd.DataFr
     reasons = rule_violations(X, small_spec).tolist()
     assert reasons == ["age below 0", "RevolvingUtilizationOfUnsecuredLines is missing", "",
                        "NumberOfDependents is not a whole number", "", ""]
+
+
+EDGES = np.array([np.nan, np.inf, -np.inf, -1.0, 0.0, 0.5, 1.0, 2.5, 96.0, 98.0, 100.0, 1e6, -0.0])
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    (Rule("x", "missing", ""), np.isnan(EDGES)),
+    (Rule("x", "category", "", allowed=(0.0, 1.0)), ~np.isnan(EDGES) & ~np.isin(EDGES, [0.0, 1.0])),
+    (Rule("x", "below", "", 0.0), EDGES < 0),
+    (Rule("x", "above", "", 90.0, (96.0, 98.0)), (EDGES > 90) & ~np.isin(EDGES, [96.0, 98.0])),
+    (Rule("x", "whole", ""), ~np.isnan(EDGES) & ~np.isin(EDGES, np.trunc(EDGES[np.isfinite(EDGES)]))),
+    (Rule("x", "infinite", ""), np.isinf(EDGES)),
+])
+def test_each_check_breaks_where_its_numpy_statement_says(rule: Rule, expected: np.ndarray) -> None:
+    assert broken(rule, EDGES).tolist() == expected.tolist()
+    assert broken(rule, EDGES[::-2]).tolist() == expected[::-2].tolist()  # a strided column, as R[:, j] is
+
+
+def test_the_matrix_check_reports_each_rows_first_rule_and_stops_at_the_first_broken_row() -> None:
+    rules = RuleCheck((Rule("a", "missing", "a is missing"), Rule("a", "below", "a below 0", 0.0),
+                       Rule("b", "above", "b above 1", 1.0)), (0, 0, 1),
+                      np.asarray(["a is missing", "a below 0", "b above 1"], dtype=object))
+    R = np.array([[1.0, 0.0], [np.nan, 5.0], [-1.0, 5.0], [0.5, 2.0], [0.5, 1.0]])
+    assert rules.reasons(R).tolist() == ["", "a is missing", "a below 0", "b above 1", ""]
+    assert [rules.any_broken(R[i:]) for i in range(len(R))] == [True, True, True, True, False]
+    assert not rules.any_broken(R[:0]) and rules.reasons(R[:0]).tolist() == []
+    assert RuleCheck((), (), np.asarray([], dtype=object)).reasons(R).tolist() == [""] * 5

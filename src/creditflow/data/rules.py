@@ -6,6 +6,9 @@ the message every checker uses. `rule_violations` checks a DataFrame (training, 
 feature store), `RuleCheck` the raw float matrix the served model scores; the batch job turns the
 same table into Spark conditions (`serving.batch.columns.rule_checks`). Per row, the first broken
 rule is reported. Tests check the three agree.
+
+What breaks a rule on a float value is written once, `_breaks`, compiled by numba: the column check (`broken`) and
+the matrix checks (`RuleCheck`) loop over it, so a served request's rules cost one call, not one numpy pass per kind.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from creditflow.specs import DatasetSpec
 
 Check = Literal["missing", "category", "below", "above", "whole", "infinite"]
+CHECKS: tuple[Check, ...] = ("missing", "category", "below", "above", "whole", "infinite")  # the kernels' codes
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,57 @@ def value_rules(spec: DatasetSpec) -> list[Rule]:
     return rules
 
 
+@njit(cache=True, inline="always")
+def _breaks(v: float, check: int, bound: float, allowed: np.ndarray) -> bool:
+    """Whether one value (NaN for missing; a categorical column's code) breaks a rule (`CHECKS[check]`).
+
+    missing: NaN; category: not NaN and not an allowed code; below/above: beyond the bound and not an allowed
+    sentinel (NaN is neither); whole: not NaN and with a fraction (infinities have no whole value); infinite: ±inf.
+    """
+    if check == 0:
+        return np.isnan(v)
+    if check == 1 or check == 2 or check == 3:
+        if check == 1:
+            if np.isnan(v):
+                return False
+        elif not (v < bound if check == 2 else v > bound):
+            return False
+        for a in allowed:  # noqa: SIM110 (a loop numba compiles, not a generator)
+            if v == a:
+                return False
+        return True
+    if check == 4:
+        return not np.isnan(v) and v % 1.0 != 0.0
+    return np.isinf(v)
+
+
+@njit(cache=True)
+def _broken_column(values: np.ndarray, check: int, bound: float, allowed: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.bool_)
+    for i in range(len(values)):
+        out[i] = _breaks(values[i], check, bound, allowed)
+    return out
+
+
+@njit(cache=True)
+def _first_broken(R: np.ndarray, checks: np.ndarray, positions: np.ndarray, bounds: np.ndarray, allowed: np.ndarray,
+                  starts: np.ndarray, any_only: bool) -> np.ndarray:
+    """Per row, the index of the first rule it breaks (-1: none); `any_only`: stop at the first broken row."""
+    out = np.full(len(R), -1, dtype=np.int64)
+    for i in range(len(R)):
+        for r in range(len(checks)):
+            if _breaks(R[i, positions[r]], checks[r], bounds[r], allowed[starts[r]:starts[r + 1]]):
+                out[i] = r
+                break
+        if any_only and out[i] >= 0:
+            return out[:i + 1]
+    return out
+
+
 def broken(rule: Rule, values: np.ndarray) -> np.ndarray:
     """Where a column of the float matrix (NaN for missing; a categorical one holds codes) breaks the rule."""
-    with np.errstate(invalid="ignore"):
-        if rule.check == "missing":
-            return np.isnan(values)
-        if rule.check == "category":  # allowed: the known categories' codes
-            return ~np.isnan(values) & ~np.isin(values, rule.allowed)
-        if rule.check in ("below", "above"):
-            outside = values < rule.bound if rule.check == "below" else values > rule.bound
-            return outside & ~np.isin(values, rule.allowed) if rule.allowed else outside
-        if rule.check == "whole":
-            return ~np.isnan(values) & (np.remainder(values, 1) != 0)
-        return np.isinf(values)
+    allowed = np.asarray(rule.allowed, dtype="float64")
+    return _broken_column(np.asarray(values, dtype="float64"), CHECKS.index(rule.check), float(rule.bound), allowed)
 
 
 def _broken_category(rule: Rule, values: pd.Series) -> np.ndarray:
@@ -112,43 +155,24 @@ class RuleCheck:
         positions = tuple(spec.raw_columns.index(r.column) for r in rules)
         return cls(rules, positions, np.asarray([r.message for r in rules], dtype=object))
 
+    @cached_property
+    def _table(self) -> tuple[np.ndarray, ...]:
+        """The rules as the kernel reads them: check codes, columns, bounds, allowed values (flat) and their starts."""
+        allowed = [np.asarray(r.allowed, dtype="float64") for r in self.rules]
+        return (np.asarray([CHECKS.index(r.check) for r in self.rules], dtype=np.int64),
+                np.asarray(self.positions, dtype=np.int64),
+                np.asarray([r.bound for r in self.rules], dtype="float64"),
+                np.concatenate([np.empty(0), *allowed]),
+                np.cumsum([0, *(len(a) for a in allowed)], dtype=np.int64))
+
+    def _first(self, R: np.ndarray, any_only: bool) -> np.ndarray:
+        return _first_broken(np.asarray(R, dtype="float64"), *self._table, any_only)
+
     def reasons(self, R: np.ndarray) -> np.ndarray:
         """Per row, the first rule it breaks ("" when none)."""
-        if not self.rules:
-            return np.full(len(R), "", dtype=object)
-        masks = np.column_stack([broken(r, R[:, j]) for r, j in zip(self.rules, self.positions, strict=True)])
-        return np.where(masks.any(axis=1), self.messages[masks.argmax(axis=1)], "")
-
-    @cached_property
-    def _by_check(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per kind of check: (rule indices, their columns, their bounds), for `any_broken`'s column reductions."""
-        out = {}
-        for check in ("missing", "category", "below", "above", "whole", "infinite"):
-            which = [i for i, r in enumerate(self.rules) if r.check == check]
-            out[check] = (np.asarray(which, dtype=np.intp), np.asarray([self.positions[i] for i in which], np.intp),
-                          np.asarray([self.rules[i].bound for i in which], dtype="float64"))
-        return out
+        first = self._first(R, any_only=False)
+        return np.where(first >= 0, self.messages[first] if len(self.rules) else "", "")
 
     def any_broken(self, R: np.ndarray) -> bool:
-        """Whether any row breaks a rule, with no per-row text (the common, clean case).
-
-        Column reductions first, one array operation per kind of rule (no copy of the whole batch, no loop over
-        rules): they flag every rule a row breaks, and maybe more (they ignore the sentinels' exemption). Only the
-        flagged rules get the exact checks.
-        """
-        if not len(R) or not self.rules:
-            return False
-        smallest, largest = np.fmin.reduce(R, axis=0), np.fmax.reduce(R, axis=0)  # NaN skipped; ±inf kept
-        flagged = np.zeros(len(self.rules), dtype=bool)
-        by = self._by_check
-        flagged[by["missing"][0]] = np.isnan(R.sum(axis=0))[by["missing"][1]]
-        flagged[by["category"][0]] = True  # codes: checked exactly (one isin per column)
-        flagged[by["below"][0]] = smallest[by["below"][1]] < by["below"][2]
-        flagged[by["above"][0]] = largest[by["above"][1]] > by["above"][2]
-        rules, columns, _ = by["infinite"]
-        flagged[rules] = np.isinf(smallest[columns]) | np.isinf(largest[columns])
-        rules, columns, _ = by["whole"]
-        if len(rules):
-            W = R[:, columns]
-            flagged[rules] = ((np.trunc(W) != W) & ~np.isnan(W)).any(axis=0)
-        return any(broken(self.rules[i], R[:, self.positions[i]]).any() for i in np.flatnonzero(flagged))
+        """Whether any row breaks a rule (it stops at the first that does)."""
+        return bool(len(R)) and bool(self.rules) and self._first(R, any_only=True)[-1] >= 0
