@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import RoutedRows, float_frame, parse_body
+from creditflow.serving.requests import RoutedRows, float_block, float_frame, parse_body
 from creditflow.specs import DatasetSpec
 
 
@@ -84,6 +84,22 @@ def test_a_float_frame_is_the_frame_the_public_constructor_gives_of_the_same_blo
     pd.testing.assert_frame_equal(frame, pd.DataFrame(block, columns=columns), check_exact=True)
     assert frame._mgr.nblocks == 1 and frame.columns is columns and frame.index.equals(pd.RangeIndex(2))
     assert frame.to_numpy().tolist()[1] == [1.0, 2.0, -4.25]
+
+
+def test_a_float_frames_block_is_its_numbers_and_other_frames_have_none(housing_spec: DatasetSpec) -> None:
+    block = np.array([[0.5, np.nan, 3.0], [1.0, 2.0, -4.25]])
+    frame = float_frame(block, labels(["a", "b", "c"]))
+
+    assert float_block(frame) is not None and np.shares_memory(float_block(frame), block)
+    np.testing.assert_array_equal(float_block(frame), frame.to_numpy())
+    reordered = frame[["c", "a", "b"]]  # a new block of its own, in its column order
+    np.testing.assert_array_equal(float_block(reordered), reordered.to_numpy())
+    assert float_block(pd.DataFrame({"a": [1.0], "b": [2]})) is None  # a float and an integer block
+    assert float_block(pd.DataFrame({"a": ["x"], "b": [2.0]})) is None
+    mixed = parse_body(split_body(housing_spec.raw_columns, [[1.0 if c != "Housing" else "own"
+                                                              for c in housing_spec.raw_columns]]),
+                       "application/json", housing_spec, 10)
+    assert float_block(mixed) is None
 
 
 def test_a_parsed_frame_has_object_labels_shared_by_requests_alike(small_spec: DatasetSpec) -> None:

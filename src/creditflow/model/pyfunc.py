@@ -51,6 +51,7 @@ class Scoring:
     codes_as_json: bool = False  # model config reason_codes_as: "json" (spark_udf moves text far cheaper than lists)
     decisions: np.ndarray = field(default_factory=lambda: np.asarray(DECISIONS, dtype=object))  # config decisions
     calibration: Calibration | None = None  # the served probability is the calibrated one (model.calibration)
+    categorical: frozenset[int] = frozenset()  # the raw columns (positions) that are categorical
 
     @classmethod
     def build(cls, pipe: Pipeline, ds: DatasetSpec, config: dict[str, Any]) -> Scoring:
@@ -66,7 +67,8 @@ class Scoring:
                    ds.reason_statements(), config.get("reason_codes_for") == "declined",
                    config.get("reason_codes_as") == "json",
                    np.asarray(config.get("decisions", DECISIONS), dtype=object),
-                   Calibration.from_config(config.get("calibration_map")))
+                   Calibration.from_config(config.get("calibration_map")),
+                   frozenset(j for j, c in enumerate(ds.raw_columns) if ds.columns[c].group == "categorical"))
 
     def probability(self, frame: pd.DataFrame) -> np.ndarray:
         """The served P(default) alone, without the reasons' cost (gate (f) scores tens of thousands of rows)."""
@@ -113,11 +115,12 @@ class Scoring:
     def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, frame: pd.DataFrame) -> list | np.ndarray:
         """Each row's adverse-action statements; a categorical reason names the applicant's own category."""
         shared = self._codes(sets, per_row, self.statements)
+        if not self.categorical:
+            return shared
         raw = self.spec.raw_columns
-        kinds = [self.spec.columns[c].group for c in raw]
         texts: dict[str, np.ndarray] = {}  # the applicants' categories, read once per column
         for index, columns in enumerate(sets, start=1):
-            categorical = [(i, raw[j]) for i, j in enumerate(columns) if kinds[j] == "categorical"]
+            categorical = [(i, raw[j]) for i, j in enumerate(columns) if j in self.categorical]
             for row in np.flatnonzero(per_row == index) if categorical else ():
                 items = [self.statements[j] for j in columns]
                 for i, column in categorical:

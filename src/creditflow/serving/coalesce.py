@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import float_frame
+from creditflow.serving.requests import float_block, float_frame
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,11 @@ class Waiting:
 
 
 def stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Frames of the same columns as one, rows in order: one concatenation of their arrays when they are all floats
-    (as `parse_body` builds a numeric request), else pandas' concat (text columns)."""
-    first = frames[0].to_numpy()
-    if first.dtype == np.float64:
-        arrays = [first, *(f.to_numpy() for f in frames[1:])]
-        if all(a.dtype == np.float64 for a in arrays):
-            return float_frame(np.concatenate(arrays), frames[0].columns)
+    """Frames of the same columns as one, rows in order: one concatenation of their arrays when they are all one float
+    block (as `parse_body` builds a numeric request), else pandas' concat (text columns)."""
+    blocks = [float_block(f) for f in frames]
+    if all(b is not None for b in blocks):
+        return float_frame(np.concatenate(blocks), frames[0].columns)
     return pd.concat(frames, ignore_index=True)
 
 

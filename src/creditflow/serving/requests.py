@@ -107,54 +107,91 @@ def _typed(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, max_row
         raise BadRequest("the request holds no applicants")
     if len(rows) > max_rows:
         raise BadRequest(f"too many applicants in one request: {len(rows)} (at most {max_rows})", 413)
-    _check_columns(columns, spec, segment)
-    _check_values(columns, rows, spec, text_cells=csv_text, segment=segment)
-    return _frame(columns, rows, spec, csv_text, segment)
+    layout = _layout(tuple(columns), _Same(spec), segment)
+    if layout.problem:
+        raise BadRequest(layout.problem)
+    _check_values(layout, rows, text_cells=csv_text)
+    return _frame(layout, rows, csv_text)
 
 
-def _is_text(spec: DatasetSpec, column: str, segment: str) -> bool:
-    """Whether a request column holds text: a categorical column, or the segment column."""
-    return column == segment or spec.columns[column].group == "categorical"
+@dataclass(frozen=True)
+class _Same:
+    """A spec as a cache key by identity (specs hold dicts: no hash); the key keeps it alive, so its id is its own."""
+
+    spec: DatasetSpec
+
+    def __hash__(self) -> int:
+        return id(self.spec)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.spec is self.spec
 
 
-def _frame(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, csv_text: bool,
-           segment: str = "") -> pd.DataFrame | RoutedRows:
+@dataclass(frozen=True)
+class Layout:
+    """What a request's column list is for a spec, worked out once per column list: what is wrong with it, where its
+    numbers and texts are, and the labels of the frame it makes."""
+
+    columns: tuple[str, ...]
+    problem: str  # why the columns do not fit the spec ("" when they do)
+    numbers: list[int]  # the request's positions of numeric columns
+    texts: list[int]  # ... of text columns (categorical, and the segment column)
+    model_columns: tuple[str, ...]  # the frame's columns: the request's, without the segment column
+    segment_at: int  # the segment column's position (-1: no segment column)
+
+
+@lru_cache(maxsize=64)
+def _layout(columns: tuple[str, ...], spec: _Same, segment: str) -> Layout:
+    text = [c == segment or c in spec.spec.columns and spec.spec.columns[c].group == "categorical" for c in columns]
+    return Layout(columns, _column_problem(list(columns), spec.spec, segment),
+                  [j for j, t in enumerate(text) if not t], [j for j, t in enumerate(text) if t],
+                  tuple(c for c in columns if c != segment), columns.index(segment) if segment in columns else -1)
+
+
+def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFrame | RoutedRows:
     """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None; the
     segment column's values apart (`RoutedRows`)."""
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
-    numeric = [not _is_text(spec, c, segment) for c in columns]
-    if all(numeric):
-        block = np.array(rows, dtype="float64").reshape(len(rows), len(columns))
-        return float_frame(block, _column_index(tuple(columns)))
-    kept = [j for j, num in enumerate(numeric) if num]  # one float block, the text columns in their places
+    width, kept = len(layout.columns), layout.numbers
+    if len(kept) == width:
+        block = np.array(rows, dtype="float64").reshape(len(rows), width)
+        return float_frame(block, _column_index(layout.columns))
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
-    model_columns = tuple(c for c in columns if c != segment)  # the shared labels: requests alike are scored together
-    if len(kept) == len(model_columns):
-        frame = float_frame(block, _column_index(model_columns))
+    if len(kept) == len(layout.model_columns):  # the shared labels: requests alike are scored together
+        frame = float_frame(block, _column_index(layout.model_columns))
     else:
-        frame = _mixed_frame(columns, numeric, block, rows, model_columns)
-    if not segment:
+        frame = _mixed_frame(layout, block, rows)
+    if layout.segment_at < 0:
         return frame
-    at = columns.index(segment)
-    return RoutedRows(frame, [row[at] for row in rows])
+    return RoutedRows(frame, [row[layout.segment_at] for row in rows])
 
 
-def _mixed_frame(columns: list[str], numeric: list[bool], block: np.ndarray, rows: list[list[Any]],
-                 model_columns: tuple[str, ...]) -> pd.DataFrame:
+def _mixed_frame(layout: Layout, block: np.ndarray, rows: list[list[Any]]) -> pd.DataFrame:
     """Numbers (the float block's columns) and texts (object, None for missing) in the request's column order: one
     float block and one object block, as pandas' constructors consolidate them (`blocks_frame`)."""
-    texts = [j for j, column in enumerate(columns) if not numeric[j] and column in model_columns]  # not the segment
+    texts = [j for j in layout.texts if j != layout.segment_at]
     cells = np.empty((len(rows), len(texts)), dtype=object)
     cells[:] = [[row[j] for j in texts] for row in rows]
-    places = {j: model_columns.index(c) for j, c in enumerate(columns) if c in model_columns}  # request -> frame
-    at_numbers = [places[j] for j, num in enumerate(numeric) if num]
-    return blocks_frame([(block, at_numbers), (cells, [places[j] for j in texts])], _column_index(model_columns))
+    model_columns = layout.model_columns
+    places = {j: model_columns.index(c) for j, c in enumerate(layout.columns) if j != layout.segment_at}
+    return blocks_frame([(block, [places[j] for j in layout.numbers]), (cells, [places[j] for j in texts])],
+                        _column_index(model_columns))
 
 
 def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
     """A frame of one float64 block (rows x columns), a view of it."""
     return blocks_frame([(block, slice(0, block.shape[1]))], columns)
+
+
+def float_block(frame: pd.DataFrame) -> np.ndarray | None:
+    """A frame's values as the rows x columns float64 array it holds, no copy, when it is one float block in column
+    order (as `float_frame` builds it); else None. `DataFrame.to_numpy` checks and dispatches: 15x the cost."""
+    blocks = frame._mgr.blocks
+    if len(blocks) != 1 or blocks[0].dtype != np.float64 or not blocks[0].mgr_locs.is_slice_like:
+        return None
+    where = blocks[0].mgr_locs.as_slice
+    return blocks[0].values.T if where.start == 0 and where.step == 1 else None
 
 
 def blocks_frame(parts: list[tuple[np.ndarray, list[int] | slice]], columns: pd.Index) -> pd.DataFrame:
@@ -163,8 +200,14 @@ def blocks_frame(parts: list[tuple[np.ndarray, list[int] | slice]], columns: pd.
     dict ones infer pandas 3's string dtype for texts), two to ten times a one-applicant parse (docs/performance.md);
     tests/serving/test_requests.py holds the frames equal to the public construction."""
     blocks = tuple(new_block_2d(values.T, BlockPlacement(at)) for values, at in parts)
-    manager = BlockManager(blocks, [columns, pd.RangeIndex(len(parts[0][0]))], verify_integrity=False)
+    manager = BlockManager(blocks, [columns, _row_index(len(parts[0][0]))], verify_integrity=False)
     return pd.DataFrame._from_mgr(manager, axes=manager.axes)
+
+
+@lru_cache(maxsize=256)
+def _row_index(rows: int) -> pd.RangeIndex:
+    """Row labels 0..rows-1, made once per length (immutable, so frames may share one)."""
+    return pd.RangeIndex(rows)
 
 
 @lru_cache(maxsize=64)
@@ -184,11 +227,12 @@ def _no_constants(name: str) -> None:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        keys = [k for k, _ in pairs]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         raise BadRequest(f"a JSON object gives the same key twice: {shown_names(dupes)}")
-    return dict(pairs)
+    return out
 
 
 def _json_rows(text: str) -> tuple[list[str], list[list[Any]]]:
@@ -259,37 +303,38 @@ def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def _check_columns(columns: list[str], spec: DatasetSpec, segment: str = "") -> None:
+def _column_problem(columns: list[str], spec: DatasetSpec, segment: str = "") -> str:
+    """What is wrong with a request's column list ("" when nothing)."""
     if len(set(columns)) != len(columns):
         dupes = sorted({c for c in columns if columns.count(c) > 1})
-        raise BadRequest(f"column(s) given twice: {shown_names(dupes)}")
+        return f"column(s) given twice: {shown_names(dupes)}"
     if segment and segment not in columns:
-        raise BadRequest(f"missing the segment column {segment[:MAX_NAME]}: this deployment routes each applicant "
-                         "by it (null sends the applicant to the global model)")
+        return (f"missing the segment column {segment[:MAX_NAME]}: this deployment routes each applicant "
+                "by it (null sends the applicant to the global model)")
     unknown = [c for c in columns if c not in spec.columns and c != segment]
     if unknown:
-        raise BadRequest(f"unknown column(s): {shown_names(unknown)} (the model takes the raw applicant columns)")
+        return f"unknown column(s): {shown_names(unknown)} (the model takes the raw applicant columns)"
     missing = [c for c, col in spec.columns.items() if c not in columns and not col.nullable]
     if missing:
-        raise BadRequest(f"missing column(s): {shown_names(missing)}")
+        return f"missing column(s): {shown_names(missing)}"
+    return ""
 
 
-def _check_values(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, text_cells: bool,
-                  segment: str = "") -> None:
-    numeric = [(j, c) for j, c in enumerate(columns) if not _is_text(spec, c, segment)]
-    categorical = [(j, c) for j, c in enumerate(columns) if _is_text(spec, c, segment)]
-    if not text_cells and _plain_json(rows, [j for j, _ in numeric], [j for j, _ in categorical]):
+def _check_values(layout: Layout, rows: list[list[Any]], text_cells: bool) -> None:
+    numbers, texts, names = layout.numbers, layout.texts, layout.columns
+    if not text_cells and _plain_json(rows, numbers, texts):
         return
     for i, row in enumerate(rows):
-        for j, name in numeric:
+        for j in numbers:
             value = row[j]
             ok = _numeric_cell(value) if text_cells else _numeric_json(value)
             if not ok:
                 shown = "text" if text_cells else _kind(value)
-                raise BadRequest(f"column {name[:MAX_NAME]} must hold numbers or null; row {i} holds {shown}")
-        for j, name in categorical:
+                raise BadRequest(f"column {names[j][:MAX_NAME]} must hold numbers or null; row {i} holds {shown}")
+        for j in texts:
             if type(row[j]) not in PLAIN_TEXTS:
-                raise BadRequest(f"column {name[:MAX_NAME]} must hold text or null; row {i} holds {_kind(row[j])}")
+                raise BadRequest(f"column {names[j][:MAX_NAME]} must hold text or null; row {i} holds "
+                                 f"{_kind(row[j])}")
 
 
 def _plain_json(rows: list[list[Any]], numbers: list[int], texts: list[int]) -> bool:
