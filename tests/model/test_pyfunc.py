@@ -17,6 +17,7 @@ from mlflow.pyfunc import scoring_server
 
 from creditflow.data.dataset import split_data
 from creditflow.model.artifact import OUTPUT_COLUMNS
+from creditflow.model.inputs import applicant_matrix
 from creditflow.model.pyfunc import Scoring, ServingError
 from creditflow.model.shap import raw_shap, reason_codes
 from creditflow.specs import DatasetSpec
@@ -236,6 +237,10 @@ def test_statements_are_specific_adverse_and_at_most_four(family: str, housing_s
     for row, codes in enumerate(out.reason_codes[:50]):  # each named column raised this applicant's risk
         positions = [spec.reason_labels().index(code) for code in codes]
         assert (adverse.iloc[row, positions] > 0).all()
+    three = X.head(3).assign(Housing=np.array([None, X["Housing"].dropna().iat[0], "houseboat"], dtype=object))
+    R, j = applicant_matrix(three, spec, scoring.scorer.codes), spec.raw_columns.index("Housing")
+    stated = [scoring._stated(R, three, row, j) for row in range(3)]  # missing, known, never seen
+    assert stated == ["not given", three["Housing"].iat[1], "houseboat"]
 
 
 def _experiment(family: str):

@@ -91,7 +91,7 @@ def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
 def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str], codes: Codes) -> np.ndarray:
     """Data sets with categorical columns: numbers as floats, categories as codes (NaN missing, -1 unknown)."""
     R = np.empty((len(frame), len(spec.raw_columns)), order="F")
-    cells = _cells(frame)
+    cells, categorical = _cells(frame), set(categorical)
     for j, c in enumerate(spec.raw_columns):
         values = cells.get(c)
         if c in categorical:
@@ -110,9 +110,19 @@ def _coded_matrix(frame: pd.DataFrame, spec: DatasetSpec, categorical: list[str]
 
 def _cells(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each column's values as pandas holds them, read without a Series (pandas 3 builds one per column read, which
-    costs more than a request's data: docs/performance.md; `_mgr.iget_values`, pandas pinned): numbers as their
-    arrays, nullable numbers as floats (NaN missing), anything else as an object array with None for missing."""
-    return {c: _plain(frame._mgr.iget_values(j)) for j, c in enumerate(frame.columns)}
+    costs more than a request's data: docs/performance.md; pandas' blocks, pandas pinned): numbers as their arrays,
+    nullable numbers as floats (NaN missing), anything else as an object array with None for missing. A 2-D block
+    (a parsed request's numbers, its texts) is read whole, its missing values found in one pass."""
+    names, out = frame.columns.tolist(), {}
+    for block in frame._mgr.blocks:
+        values = block.values
+        if isinstance(values, np.ndarray) and values.ndim == 2:
+            for column, at in zip(_plain(values), block.mgr_locs, strict=True):
+                out[names[at]] = column
+        else:
+            for at in block.mgr_locs:
+                out[names[at]] = _plain(frame._mgr.iget_values(at))
+    return out
 
 
 def cells_of(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -138,7 +148,7 @@ def _holds_numbers(dtype: Any) -> bool:
 
 
 def _floats(values: np.ndarray) -> np.ndarray:
-    return values.astype("float64")  # None is NaN
+    return values if values.dtype == np.float64 else values.astype("float64")  # None is NaN
 
 
 def check_rules(R: np.ndarray, rules: RuleCheck) -> None:

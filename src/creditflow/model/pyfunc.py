@@ -101,7 +101,7 @@ class Scoring:
         declined = (probability >= self.threshold).astype(np.int32)  # the index into decisions
         return {"probability": probability, "decision": self.decisions[declined],
                 "reason_codes": self._codes(sets, per_row, self.labels),
-                "reason_statements": self._statements(sets, per_row, frame)}
+                "reason_statements": self._statements(sets, per_row, R, frame)}
 
     def _codes(self, sets: list[tuple[int, ...]], per_row: np.ndarray, texts: list[str]) -> list | np.ndarray:
         """Each row's reasons as `texts` name them, formatted once per distinct set (object columns: MLflow casts
@@ -112,23 +112,29 @@ class Scoring:
         pool = [[], *named]  # rows with the same reasons share one list: no per-row allocation (and GC passes)
         return [pool[i] for i in per_row.tolist()]
 
-    def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, frame: pd.DataFrame) -> list | np.ndarray:
+    def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, R: np.ndarray,
+                    frame: pd.DataFrame) -> list | np.ndarray:
         """Each row's adverse-action statements; a categorical reason names the applicant's own category."""
         shared = self._codes(sets, per_row, self.statements)
         if not self.categorical:
             return shared
-        raw = self.spec.raw_columns
-        texts: dict[str, np.ndarray] = {}  # the applicants' categories, read once per column
         for index, columns in enumerate(sets, start=1):
-            categorical = [(i, raw[j]) for i, j in enumerate(columns) if j in self.categorical]
-            for row in np.flatnonzero(per_row == index) if categorical else ():
+            categorical = [(i, j) for i, j in enumerate(columns) if j in self.categorical]
+            for row in np.flatnonzero(per_row == index).tolist() if categorical else ():
                 items = [self.statements[j] for j in columns]
-                for i, column in categorical:
-                    if column not in texts:
-                        texts[column] = category_texts(frame, column)
-                    items[i] = f"{items[i]}: {texts[column][row]}"
+                for i, j in categorical:
+                    items[i] = f"{items[i]}: {self._stated(R, frame, row, j)}"
                 shared[row] = json.dumps(items) if self.codes_as_json else items
         return shared
+
+    def _stated(self, R: np.ndarray, frame: pd.DataFrame, row: int, j: int) -> str:
+        """An applicant's category in raw column j as statements name it: "not given" when missing, else the text as
+        sent, read back from its code (a code's vocabulary text is the text that was coded), or from the frame for a
+        text the model never saw."""
+        column, code = self.spec.raw_columns[j], R[row, j]
+        if code != code:
+            return "not given"
+        return category_texts(frame, column)[row] if code < 0 else self.scorer.codes.texts[column][int(code)]
 
 
 def scorable(probability: np.ndarray) -> np.ndarray:
