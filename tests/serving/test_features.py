@@ -6,6 +6,7 @@ each test uses its own dataset name, so its keys are its own, and removes them a
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import uuid
@@ -87,6 +88,42 @@ def test_an_unreachable_store_is_one_line() -> None:
         FeatureStore(CLOSED, "x").get(["1"])
     with pytest.raises(FeatureStoreError, match="feature store URL 'http://x'"):
         FeatureStore("http://x", "x")
+
+
+@pytest.mark.integration  # Redis
+def test_lookups_read_together_share_one_mget_and_keep_their_own_answers(store_name: str,
+                                                                          small_data: CreditData) -> None:
+    store = FeatureStore(REDIS, store_name)
+    store.put(small_data.X.head(3).assign(Id=["a", "b", "c"]), "Id")
+    calls: list[int] = []
+
+    async def lookups() -> list:
+        await store.get_async(["a"])  # the asyncio client made, and counted from here
+        real = store._async.mget
+
+        async def counted(keys: list[str]) -> list:
+            calls.append(len(keys))
+            return await real(keys)
+
+        store._async.mget = counted
+        return await asyncio.gather(store.get_async(["c", "a"]), store.get_async(["x9", "b"]),
+                                    store.get_async(["b"]), return_exceptions=True)
+
+    first, unknown, third = asyncio.run(lookups())
+    assert calls == [5]  # one MGET for the three requests
+    assert first == store.get(["c", "a"]) and third == store.get(["b"])
+    assert isinstance(unknown, UnknownApplicants) and unknown.ids == ["x9"]
+
+
+def test_an_unreachable_store_fails_each_gathered_lookup_in_one_line() -> None:
+    store = FeatureStore(CLOSED, "x")
+
+    async def lookups() -> list:
+        return await asyncio.gather(store.get_async(["1"]), store.get_async(["2"]), return_exceptions=True)
+
+    failures = asyncio.run(lookups())
+    assert [type(f) for f in failures] == [FeatureStoreError, FeatureStoreError]
+    assert all(str(f).startswith(f"feature store {CLOSED} read failed (ConnectionError") for f in failures)
 
 
 @pytest.mark.integration  # Redis

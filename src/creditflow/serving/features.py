@@ -9,6 +9,7 @@ exactly as POST /invocations would score the same records. redis is imported whe
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +77,8 @@ class FeatureStore:
             raise FeatureStoreError(f"feature store URL {url!r}: {exc}") from None
         self.url, self.dataset = url, dataset
         self._async: Any = None  # redis.asyncio client, made on first `get_async`
+        self._queued: list[tuple[list[str], asyncio.Future]] = []  # lookups waiting for the next MGET
+        self._fetching: set[asyncio.Task] = set()
 
     def key(self, applicant_id: str) -> str:
         return f"{KEY_PREFIX}:{self.dataset}:{applicant_id}"
@@ -128,16 +131,40 @@ class FeatureStore:
         return _known(ids, self.find(ids))
 
     async def get_async(self, ids: list[str]) -> list[dict[str, Any]]:
-        """`get` on redis' asyncio client: the online endpoint's event loop answers other requests meanwhile."""
+        """`get` on redis' asyncio client: the online endpoint's event loop answers other requests meanwhile, and
+        the lookups of requests read in the same loop iteration share one MGET (`_fetch_queued`; each request still
+        gets its own records and its own errors)."""
+        loop = asyncio.get_running_loop()
+        if not self._queued:
+            loop.call_soon(self._fetch_queued)
+        future: asyncio.Future = loop.create_future()
+        self._queued.append((ids, future))
+        return _known(ids, self.records(ids, await future))
+
+    def _fetch_queued(self) -> None:
+        """One MGET for every lookup queued so far, its answer cut back per lookup (a task: the MGET is awaited)."""
+        queued, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._fetch(queued))
+        self._fetching.add(task)  # a reference until it is done (the loop keeps only a weak one)
+        task.add_done_callback(self._fetching.discard)
+
+    async def _fetch(self, queued: list[tuple[list[str], asyncio.Future]]) -> None:
         import redis
 
         if self._async is None:  # created in the loop that uses it (its connections belong to that loop)
             self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
         try:
-            found = await self._async.mget([self.key(i) for i in ids])
+            found = await self._async.mget([self.key(i) for ids, _ in queued for i in ids])
         except redis.RedisError as exc:
-            raise self.failed("read", exc) from None
-        return _known(ids, self.records(ids, found))
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(self.failed("read", exc))
+            return
+        start = 0
+        for ids, future in queued:
+            if not future.done():  # a request cancelled meanwhile (client gone)
+                future.set_result(found[start:start + len(ids)])
+            start += len(ids)
 
     def delete(self, ids: list[str]) -> int:
         """Remove these applicants' records; how many there were."""
