@@ -17,6 +17,7 @@ declined applicants) for batch. The store is the caller's (a SQLite file in its 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,35 @@ def applicants(spec, rows: int, seed: int, ids: bool = False) -> pd.DataFrame:
     numeric = [c for c in spec.raw_columns if c not in CATEGORIES]
     out = gen[spec.raw_columns].astype({c: "float64" for c in numeric})
     return pd.concat([gen[ID_COLUMN].astype(str), out], axis=1) if ids else out
+
+
+def trained_before(folder: Path, names: list[str]) -> dict[str, Champion]:
+    """The champions an earlier run trained (FOLDER/uris.json {name: models:/...}, FOLDER/<name>.parquet held-out
+    rows), in the store MLFLOW_TRACKING_URI names; `names` in that order."""
+    from creditflow.serving.live import fetch
+
+    uris = json.loads((folder / "uris.json").read_text())
+    missing = [n for n in names if n not in uris]
+    if missing:
+        raise SystemExit(f"error: {folder / 'uris.json'} has no champion {', '.join(missing)}")
+    return {n: Champion(n, uris[n], fetch(uris[n]).spec, pd.read_parquet(folder / f"{n}.parquet")) for n in names}
+
+
+def chosen(args, names: list[str], work: Path, reasons_for: str) -> dict[str, Champion]:
+    """The bench's champions: those of `--champions-from DIR`, or trained now (and saved in `--save-champions DIR`)."""
+    if args.champions_from:
+        return trained_before(Path(args.champions_from), names)
+    champs = train(names, args.train_rows, work, reasons_for, quick=args.quick)
+    if getattr(args, "save_champions", ""):
+        save(champs, Path(args.save_champions))
+    return champs
+
+
+def save(champs: dict[str, Champion], folder: Path) -> None:
+    """What `trained_before` reads: uris.json and each champion's held-out rows."""
+    for name, champ in champs.items():
+        champ.held_out.to_parquet(folder / f"{name}.parquet")
+    (folder / "uris.json").write_text(json.dumps({n: c.uri for n, c in champs.items()}))
 
 
 def _tuned_params(run_id: str) -> dict:

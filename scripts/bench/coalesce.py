@@ -30,12 +30,6 @@ import requests
 MODES = ("on", "off")
 
 
-def champions_from(folder: Path) -> dict[str, tuple[str, pd.DataFrame]]:
-    """{family: (models:/ URI, held-out rows)} of champions trained before (DIR/uris.json, DIR/<family>.parquet)."""
-    uris = json.loads((folder / "uris.json").read_text())
-    return {name: (uri, pd.read_parquet(folder / f"{name}.parquet")) for name, uri in uris.items()}
-
-
 def per_call(url: str) -> tuple[float, float]:
     """(requests, model calls) counted by an endpoint's creditflow_requests_per_call histogram."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -78,11 +72,7 @@ def coalesce_bench(args: argparse.Namespace, tmp: Path) -> int:
     from serving import BIN, LUA, Endpoint, bodies, free_port, run_wrk, start, stop, wait_ready
 
     names = [n for n in args.families.split(",") if n]  # serving.py checked them
-    if args.champions_from:
-        champs = {name: c for name, c in champions_from(Path(args.champions_from)).items() if name in names}
-    else:
-        trained = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
-        champs = {name: (c.uri, c.held_out) for name, c in trained.items()}
+    champs = {name: (c.uri, c.held_out) for name, c in champions.chosen(args, names, tmp, "all").items()}
     off = tmp / "coalesce-off.yaml"
     off.write_text("coalesce: false\n")
     procs: list[Endpoint] = []

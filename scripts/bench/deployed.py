@@ -86,7 +86,7 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
     from serving import BIN, Endpoint, bodies, free_port, run_wrk, start, stop, wait_ready
 
     names = [n for n in args.families.split(",") if n]
-    champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
+    champs = champions.chosen(args, names, tmp, "all")
     print("\nchampions: " + ", ".join(f"{n} {c.uri}" for n, c in champs.items()), flush=True)
     procs: list[Endpoint] = []
     targets: dict[str, dict[str, tuple[str, str]]] = {}  # champion -> endpoint -> (url, path)
@@ -195,7 +195,7 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
     from serving import BIN, bodies, free_port, run_wrk, start, stop, wait_ready
 
     names = [n for n in args.families.split(",") if n]
-    champs = champions.train(names, args.train_rows, tmp, "all", quick=args.quick)
+    champs = champions.chosen(args, names, tmp, "all")
     store = f"redis://127.0.0.1:6379/{args.redis_db}"
     redis.Redis.from_url(store).flushdb()
     procs, scripts, champ_rows = [], {}, {}

@@ -18,8 +18,8 @@ memory (RSS of its process tree) every 5 s; it fails (exit 1) on any error or on
 global one in one server vs the global model alone: start-up time, RSS, 1-row p50/p99 at concurrency 8.
 
 `--coalesce` serves each champion twice, requests that arrive together scored in one call (the default) and each
-request alone, beside the HTTP floor (scripts/bench/coalesce.py); `--champions-from DIR` takes champions trained
-before.
+request alone, beside the HTTP floor (scripts/bench/coalesce.py). `--save-champions DIR` trains the champions into a
+store of their own in DIR; `--champions-from DIR` takes them from there instead of training them again.
 
 `--families` serves the champions you deploy (logistic, XGBoost 300x6, HistGradientBoosting as the demo tunes
 it, a categorical spec) side by side with MLServer on the same models and a constant-answer app on the same
@@ -33,7 +33,8 @@ server stack (the HTTP floor); `--by-id` compares scoring by id with full-payloa
     .venv/bin/python scripts/bench/serving.py --families --rows 1 --concurrency 1 8 32 --runs 5
     .venv/bin/python scripts/bench/serving.py --by-id --concurrency 1 8
     .venv/bin/python scripts/bench/serving.py --families --quick     # a few hundred requests: does it work
-    .venv/bin/python scripts/bench/serving.py --coalesce --rows 1 --concurrency 1 8 --champions-from /tmp/expwork
+    .venv/bin/python scripts/bench/serving.py --families --save-champions /tmp/champions   # trains, keeps them
+    .venv/bin/python scripts/bench/serving.py --coalesce --rows 1 --concurrency 1 8 --champions-from /tmp/champions
 """
 
 from __future__ import annotations
@@ -342,8 +343,10 @@ def add_family_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coalesce", nargs="?", const="logistic,xgboost,hist_gradient_boosting", default="",
                         help="requests scored together in one call, on and off side by side, with the HTTP floor "
                         "(scripts/bench/coalesce.py); optionally which champions")
-    parser.add_argument("--champions-from", default="", help="--coalesce: champions trained before (DIR/uris.json, "
-                        "DIR/<family>.parquet, DIR/mlflow.db) instead of training them")
+    parser.add_argument("--champions-from", default="", help="--families/--by-id/--coalesce: champions trained "
+                        "before (DIR/uris.json, DIR/<family>.parquet, DIR/mlflow.db) instead of training them")
+    parser.add_argument("--save-champions", default="", help="--families/--by-id/--coalesce: train the champions "
+                        "into DIR (its own store) for later runs' --champions-from DIR")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: does it work (no figures to publish)")
 
 
@@ -361,9 +364,10 @@ def family_modes(args: argparse.Namespace) -> int:
     args.families = ",".join(names)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
-        store = Path(args.champions_from).resolve() if args.champions_from else tmp
+        store = Path(args.champions_from or args.save_champions or tmp).resolve()
+        store.mkdir(parents=True, exist_ok=True)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
-        os.chdir(tmp)
+        os.chdir(store if args.save_champions else tmp)  # a saved store keeps its artifacts (./mlruns) beside it
         from creditflow.serving.stack import stack
 
         print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; server stack "
