@@ -110,7 +110,16 @@ def trained_before(folder: Path, names: list[str]) -> dict[str, Champion]:
     missing = [n for n in names if n not in uris]
     if missing:
         raise SystemExit(f"error: {folder / 'uris.json'} has no champion {', '.join(missing)}")
-    return {n: Champion(n, uris[n], fetch(uris[n]).spec, pd.read_parquet(folder / f"{n}.parquet")) for n in names}
+    return {n: Champion(n, uris[n], fetch(uris[n]).spec, _as_trained(pd.read_parquet(folder / f"{n}.parquet")))
+            for n in names}
+
+
+def _as_trained(frame: pd.DataFrame) -> pd.DataFrame:
+    """Held-out rows read back from Parquet as training held them: text columns object, None for missing (pandas 3
+    reads its string dtype, NaN for missing, which MLServer's V2 codec refuses)."""
+    texts = {c: frame[c].astype(object).where(frame[c].notna(), None) for c in frame.columns
+             if not pd.api.types.is_numeric_dtype(frame[c])}
+    return frame.assign(**texts)
 
 
 def chosen(args, names: list[str], work: Path, reasons_for: str) -> dict[str, Champion]:
