@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
     if unmarked:
         raise pytest.UsageError("tests needing a service must carry its marker:\n  " + "\n  ".join(unmarked))
-    if config.getvalue("loadgroup"):  # a pytest-xdist worker under --dist loadgroup
+    if getattr(config.option, "loadgroup", False):  # a pytest-xdist worker under --dist loadgroup (not set without -n)
         group_by_xdist_mark(items)
 
 
