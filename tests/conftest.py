@@ -57,6 +57,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
     if unmarked:
         raise pytest.UsageError("tests needing a service must carry its marker:\n  " + "\n  ".join(unmarked))
+    if getattr(config.option, "loadgroup", False):  # a pytest-xdist worker under --dist loadgroup (not set without -n)
+        group_by_xdist_mark(items)
+
+
+def group_by_xdist_mark(items: list[pytest.Item]) -> None:
+    """Suffix each `xdist_group` test's node id with its group, which the scheduler sends to one worker whole.
+
+    pytest-xdist 3.8 does this by setting `item._nodeid`, which pytest 9 no longer reads (the id lives in
+    `item._id`): every group was silently ignored, the Redis modules ran side by side and module fixtures were
+    set up on both workers. The same suffix, set where pytest 9 reads it (xdist's own setting stays a no-op).
+    """
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        if names and "@" not in item.nodeid.rpartition("]")[2]:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
 def free_port() -> int:

@@ -40,7 +40,8 @@ from tests.conftest import (
     wait_for_http,
 )
 
-pytestmark = pytest.mark.integration
+# one worker runs the module: its servers, buckets and trained models are module fixtures, set up once
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tracking-server")]
 
 SCRIPT = ROOT / "scripts" / "start_tracking_server.sh"
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-for-tests"

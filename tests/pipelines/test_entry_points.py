@@ -9,7 +9,9 @@ from mlflow import MlflowClient
 from creditflow.data.synthetic import generate_credit_data, write_kaggle_csv
 from tests.conftest import ROOT, VENV_BIN, subprocess_env
 
-pytestmark = pytest.mark.integration
+# one worker runs the module: the tests share its server (session fixture) and its runs, so the explain and
+# drift tests find what the train and main tests logged instead of training again
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("entry-points")]
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DRIVER = REGISTRY_DRIVER
 TAG = AUDIT_TAG
 LEASE_SECONDS = 12  # the short lease of the expiry test: long enough to be refused by it first
+# each backend's tests on one pytest-xdist worker: the module's `models` (a server and two trainings) set up once
+SQLITE = pytest.param("sqlite", marks=pytest.mark.xdist_group("promote-sqlite"))
+POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.xdist_group("promote-postgresql"))
+
+SQLITE_ONLY = pytest.mark.parametrize("models", [SQLITE], indirect=True)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Models:
     better: str  # XGBoost with 60 trees: far higher AUC on the same rows
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=[SQLITE, POSTGRESQL])
 def models(request: pytest.FixtureRequest, small_spec, small_data) -> Models:
     """Two versions of a model registered by real training runs on a server with each backend store."""
     url = request.getfixturevalue("mlflow_server" if request.param == "sqlite" else "mlflow_server_on_postgres")
@@ -211,7 +216,7 @@ def test_promotion_story(client, models, policy, capsys) -> None:
     assert lines[-1] == f"now: @champion = v{models.better} (Production); stages in step with aliases"
 
 
-@pytest.mark.parametrize("models", ["sqlite"], indirect=True)  # the script is the CLI; the backend is not the point
+@SQLITE_ONLY  # the script is the CLI; the backend is not the point
 def test_refusal_through_the_script(client, models, policy) -> None:
     """scripts/promote_model.py: exit 3 and the failed gates with their figures; a dry run changes nothing."""
     reset(client, models, champion=models.better)
@@ -227,7 +232,7 @@ def test_refusal_through_the_script(client, models, policy) -> None:
     assert snapshot(client, models.name) == before and len(audits(client, models.name)) == n_audits
 
 
-@pytest.mark.parametrize("models", ["sqlite"], indirect=True)  # gate (b)'s margin; the backend is not the point
+@SQLITE_ONLY  # gate (b)'s margin; the backend is not the point
 def test_an_exact_copy_of_the_champion_is_refused(client, models, policy, capsys) -> None:
     """The champion's own model registered again gains nothing: refused (exit 3), audited, @champion unchanged."""
     reset(client, models, champion=models.better)
@@ -279,6 +284,10 @@ def steps_of(req: PromotionRequest, policy: PromotionPolicy) -> list[str]:
     return list(dict.fromkeys(steps))
 
 
+# The kill loops run on the SQLite server only: a kill falls between two registry calls, each one a whole request the
+# server has committed, so what is left and what repairs it is the same with either backend store; PostgreSQL's
+# part (atomic lease, search and history queries) is test_promotion_story's, the races' and bad input's.
+@SQLITE_ONLY
 def test_a_promotion_killed_at_any_step_is_safe_and_the_next_one_repairs_it(client, models, policy, capsys) -> None:
     """A real kill (no `finally` runs: the lease stays taken, the audit run RUNNING) at every step."""
     reset(client, models, champion=models.weak, challenger=models.better)
@@ -300,6 +309,7 @@ def test_a_promotion_killed_at_any_step_is_safe_and_the_next_one_repairs_it(clie
             assert_in_step(client, models.name, models.better)
 
 
+@SQLITE_ONLY  # as the promotion's kill loop
 def test_a_rollback_killed_at_any_step_is_safe_and_the_next_promotion_repairs_it(client, models, policy,
                                                                                   capsys) -> None:
     """Before the alias moves, rerunning the rollback completes it; after, promoting its target repairs."""
@@ -328,7 +338,7 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("models", ["sqlite"], indirect=True)
+@SQLITE_ONLY
 def test_an_expired_lease_is_taken_over_and_its_stalled_holder_moves_nothing(client, models, policy,
                                                                              tmp_path, capsys) -> None:
     """A live holder blocks others until its lease expires by time; then it is taken over, and the holder,
@@ -407,7 +417,7 @@ def test_a_rollback_racing_a_promotion_one_wins_the_other_changes_nothing(client
         [("forced" if winner == third else "rolled_back", winner)]
 
 
-@pytest.mark.parametrize("models", ["sqlite"], indirect=True)
+@SQLITE_ONLY
 def test_main_pipeline_promotes_the_best_version_that_passes(client, models, policy, caplog) -> None:
     """`creditflow main` ends with promote_best: a refused best is shown, then the next best is tried."""
     reset(client, models, champion=models.better)

@@ -37,7 +37,8 @@ from tests.conftest import (
     wait_for_lines,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# one worker runs the module: its endpoints are module fixtures, started once
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("online")]
 
 MAX_BODY = 120_000
 MAX_ROWS = 500

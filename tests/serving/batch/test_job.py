@@ -386,44 +386,61 @@ def test_a_job_killed_while_publishing_leaves_whole_batches_and_its_rerun_repair
     rows = {(name, kind): len(ids) for kind, named in batches.items() for name, ids in named.items()}
     (tmp_path / "job.yaml").write_text("master: local[1]\ndriver_memory: 1g\n")
     env, table = subprocess_env(MLFLOW_TRACKING_URI=store[0]), PredictionTable(default_table_url(out))
-    score_batch(spark, CHAMPION, tmp_path / "a.parquet", out, batch_id="k")
-    before, killed = "a", "b"
+    steps, jobs = list(KILL_STEPS), []
 
-    for step, (expected, left) in KILL_STEPS.items():
-        (before_time,) = readers_see(out, "k")["sql"][1]
-        log = tmp_path / f"{step}.log"
+    def job_at(step: str, name: str) -> tuple[subprocess.Popen, Path, Path]:
+        """The job to kill at `step`, on input `name`: it starts Spark now, then waits at its gate (it reads nothing
+        of the batch before): its start-up overlaps the test's work, the kill happens as the gate opens."""
+        log, gate = tmp_path / f"{step}.log", tmp_path / f"{step}.go"
         with log.open("w") as sink:
-            proc = subprocess.Popen([sys.executable, str(BATCH_DRIVER), "--die-at", step, "--", "--model-uri",
-                                     CHAMPION, "--input", str(tmp_path / f"{killed}.parquet"), "--output", str(out),
-                                     "--batch-id", "k", "--config", str(tmp_path / "job.yaml")],
-                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        try:
-            code = proc.wait(timeout=300)
-        finally:
-            kill_session(proc.pid)  # its JVM and Python workers outlive it
-        assert code == KILLED, f"the job did not stop at {step} (exit {code}):\n{log.read_text()[-3000:]}"
+            jobs.append(subprocess.Popen(
+                [sys.executable, str(BATCH_DRIVER), "--die-at", step, "--go", str(gate), "--", "--model-uri",
+                 CHAMPION, "--input", str(tmp_path / f"{name}.parquet"), "--output", str(out), "--batch-id", "k",
+                 "--config", str(tmp_path / "job.yaml")],
+                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env))
+        return jobs[-1], gate, log
 
-        seen, named = readers_see(out, "k"), {"before": before, "killed": killed}
-        role = {name: r for r, name in named.items()}
-        found = tuple(role[whole_batch(f"killed at {step}: {reader}", seen[reader][0], batches[kind])]
-                      for reader, kind in (("sql", "scored"), ("scored", "scored"), ("quarantine", "quarantine")))
-        assert found == expected, f"killed at {step}: SQL, scored, quarantine hold {found}"
-        (killed_time,) = seen["sql"][1]  # the killed job's: its SQL rows are committed at every step
-        assert killed_time != before_time and table.count("k") == rows[killed, "scored"]
-        assert seen["scored"][1] == {killed_time if found[1] == "killed" else before_time}  # that job's rows
-        assert parquet_rows(out / "_staging") == sum(rows[named[batch], kind] for batch, kind in left), \
-            f"killed at {step}: {sorted(str(f) for f in (out / '_staging').rglob('*.parquet'))}"
-
-        result = score_batch(spark, CHAMPION, tmp_path / f"{killed}.parquet", out, batch_id="k")  # the rerun
-        seen = readers_see(out, "k")
-        assert seen["sql"][0] == seen["scored"][0] == batches["scored"][killed], f"rerun after {step}"
-        assert seen["quarantine"][0] == batches["quarantine"][killed], f"rerun after {step}"
-        assert len(seen["sql"][1]) == 1 and seen["sql"][1] == seen["scored"][1] != {killed_time}  # the rerun's
-        assert (result.rows_scored, result.rows_quarantined) == (rows[killed, "scored"], rows[killed, "quarantine"])
-        assert table.count("k") == table.count() == parquet_rows(out / "scored" / "batch_id=k") == result.rows_scored
-        assert parquet_rows(out / "quarantine" / "batch_id=k") == result.rows_quarantined
-        assert not list((out / "_staging").iterdir()), f"rerun after {step}"
-        before, killed = killed, before
+    before, killed = "a", "b"
+    job = job_at(steps[0], killed)
+    try:
+        score_batch(spark, CHAMPION, tmp_path / "a.parquet", out, batch_id="k")
+        for n, (step, (expected, left)) in enumerate(KILL_STEPS.items()):
+            (before_time,) = readers_see(out, "k")["sql"][1]
+            proc, gate, log = job
+            gate.touch()
+            try:
+                code = proc.wait(timeout=300)
+            finally:
+                kill_session(proc.pid)  # its JVM and Python workers outlive it
+            assert code == KILLED, f"the job did not stop at {step} (exit {code}):\n{log.read_text()[-3000:]}"
+            seen, named = readers_see(out, "k"), {"before": before, "killed": killed}
+            role = {name: r for r, name in named.items()}
+            readers = (("sql", "scored"), ("scored", "scored"), ("quarantine", "quarantine"))
+            found = tuple(role[whole_batch(f"killed at {step}: {reader}", seen[reader][0], batches[kind])]
+                          for reader, kind in readers)
+            assert found == expected, f"killed at {step}: SQL, scored, quarantine hold {found}"
+            (killed_time,) = seen["sql"][1]  # the killed job's: its SQL rows are committed at every step
+            assert killed_time != before_time and table.count("k") == rows[killed, "scored"]
+            assert seen["scored"][1] == {killed_time if found[1] == "killed" else before_time}  # that job's rows
+            assert parquet_rows(out / "_staging") == sum(rows[named[batch], kind] for batch, kind in left), \
+                f"killed at {step}: {sorted(str(f) for f in (out / '_staging').rglob('*.parquet'))}"
+            if n + 1 < len(steps):  # the next kill's job (on the other input) starts up while this batch is rerun
+                job = job_at(steps[n + 1], before)
+            result = score_batch(spark, CHAMPION, tmp_path / f"{killed}.parquet", out, batch_id="k")  # the rerun
+            seen = readers_see(out, "k")
+            assert seen["sql"][0] == seen["scored"][0] == batches["scored"][killed], f"rerun after {step}"
+            assert seen["quarantine"][0] == batches["quarantine"][killed], f"rerun after {step}"
+            assert len(seen["sql"][1]) == 1 and seen["sql"][1] == seen["scored"][1] != {killed_time}  # the rerun's
+            assert (result.rows_scored, result.rows_quarantined) == \
+                (rows[killed, "scored"], rows[killed, "quarantine"])
+            assert table.count("k") == table.count() == parquet_rows(out / "scored" / "batch_id=k") == \
+                result.rows_scored
+            assert parquet_rows(out / "quarantine" / "batch_id=k") == result.rows_quarantined
+            assert not list((out / "_staging").iterdir()), f"rerun after {step}"
+            before, killed = killed, before
+    finally:
+        for proc in jobs:
+            kill_session(proc.pid)
 
 
 # ---------------------------------------------------------------- a segmented deployment
