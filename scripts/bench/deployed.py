@@ -230,6 +230,7 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
                         path = "/invocations" if kind == "full" else "/invocations/by-id"
                         results.setdefault((name, conc, kind), []).append(
                             run_wrk(ep.url, scripts[name, kind], conc, args.seconds, path))
+        round_trip = _mget_round_trips(store, champs, champ_rows)
     finally:
         stop(procs)
         redis.Redis.from_url(store).flushdb()  # the applicants' features were the bench's own
@@ -245,4 +246,38 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
                          f"p50 x{m['p50_ms'] / med['full']['p50_ms']:.2f}") if kind == "by-id" else ""
                 print(f"{name:<36} {conc:>4} {kind:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
                       f"{errors:>6}{ratio}")
+    p50, p99 = round_trip
+    print(f"\nthe floor of a lookup: one MGET of one applicant's key on redis' asyncio client (uvloop), alone, "
+          f"{MGETS} calls: p50 {p50:.3f} ms, p99 {p99:.3f} ms; at concurrency 1, by-id p99 can be no lower than the "
+          f"full request's p99 plus that round trip's:")
+    for name in champs:
+        if (name, 1, "full") in results:
+            full = _median(results[name, 1, "full"])["p99_ms"]
+            print(f"{name:<36} floor by-id/full p99 x{(full + p99) / full:.2f}")
     return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
+
+
+MGETS = 3_000
+
+
+def _mget_round_trips(store: str, champs: dict, rows: dict) -> tuple[float, float]:
+    """(p50, p99) ms of one-key MGETs of stored applicants, one at a time, as the endpoint's client sends them."""
+    import redis.asyncio
+    import uvloop
+
+    from creditflow.serving.features import FeatureStore
+
+    keys = [FeatureStore(store, champ.spec.name).key(str(i)) for name, champ in champs.items()
+            for i in rows[name]["Id"].head(100)]
+
+    async def timed() -> list[float]:
+        client, out = redis.asyncio.Redis.from_url(store), []
+        for i in range(MGETS + 100):
+            start = time.perf_counter()
+            await client.mget([keys[i % len(keys)]])
+            out.append(time.perf_counter() - start)
+        await client.aclose()
+        return out[100:]  # the connection's first calls are not timed
+
+    ms = sorted(t * 1e3 for t in uvloop.run(timed()))
+    return statistics.median(ms), ms[int(0.99 * len(ms))]
