@@ -82,6 +82,7 @@ def _agree(url: str, mlserver_url: str | None, X) -> str:
 
 def families_bench(args: argparse.Namespace, tmp: Path) -> int:
     import mlflow
+    from proctree import tree_cpu_seconds
 
     from serving import BIN, Endpoint, bodies, free_port, run_wrk, start, stop, wait_ready
 
@@ -114,6 +115,7 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
                                ports[0], tmp / f"mlserver-{name}.log"))
             targets[name]["mlserver"] = (procs[-1].url, mlserver_env.PATH)
         wait_ready(procs)
+        pids = {ep.url: ep.proc.pid for ep in procs}  # each endpoint's process tree: its CPU per request
         for name, champ in champs.items():
             ms = targets[name].get("mlserver")
             print(f"{name}: {_agree(targets[name]['ours'][0], ms[0] if ms else None, champ.held_out)}")
@@ -135,8 +137,10 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
                               *[(name, e, url, path) for name in champs for e, (url, path) in targets[name].items()]]
                     for name, endpoint, url, path in (visits if run % 2 == 0 else visits[::-1]):
                         script = (scripts[first, rows, "ours"] if name == "floor" else scripts[name, rows, endpoint])
-                        results.setdefault((name, rows, conc, endpoint), []).append(
-                            run_wrk(url, script, conc, args.seconds, path))
+                        pid, cpu = pids[url], tree_cpu_seconds(pids[url])
+                        result = run_wrk(url, script, conc, args.seconds, path)
+                        result["cpu_us"] = (tree_cpu_seconds(pid) - cpu) / max(result["requests"], 1) * 1e6
+                        results.setdefault((name, rows, conc, endpoint), []).append(result)
             print(f"run {run + 1}/{args.runs} done", flush=True)
         in_process = _in_process(champs, calls=args.inproc_calls, rounds=4)
     finally:
@@ -146,7 +150,7 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
 
 
 def _median(rs: list[dict]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
+    return {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us") if k in rs[0]}
 
 
 def report(champs: dict, results: dict, in_process: dict[str, float], args: argparse.Namespace) -> None:
@@ -154,11 +158,11 @@ def report(champs: dict, results: dict, in_process: dict[str, float], args: argp
     print(f"\n{args.runs} run(s) x {args.seconds} s per endpoint and combination, endpoints in turn within each run; "
           f"medians; {args.workers} worker(s) each; load from wrk")
     print(f"{'family':<36} {'rows':>4} {'conc':>4} {'endpoint':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6}  ratios")
+          f"{'errors':>6} {'CPU us':>7}  ratios (CPU us: the endpoint's processes' user + system CPU per request)")
     for (rows, conc), m in sorted(floor.items()):
         errors = sum(r["errors"] for k, rs in results.items() if k[1:] == (rows, conc, "floor") for r in rs)
         print(f"{'(HTTP floor: constant answer)':<36} {rows:>4} {conc:>4} {'floor':<8} {m['rps']:>8.1f} "
-              f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {errors:>6}")
+              f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {errors:>6} {m['cpu_us']:>7.0f}")
     for name in champs:
         for rows in args.rows:
             for conc in args.concurrency:
@@ -168,12 +172,13 @@ def report(champs: dict, results: dict, in_process: dict[str, float], args: argp
                     errors = sum(r["errors"] for r in results[name, rows, conc, endpoint])
                     ratios = ""
                     if endpoint == "ours":
-                        ratios = f"{100 * m['rps'] / floor[rows, conc]['rps']:.1f}% of the floor's req/s"
+                        ratios = (f"{100 * m['rps'] / floor[rows, conc]['rps']:.1f}% of the floor's req/s, CPU a "
+                                  f"request x{m['cpu_us'] / floor[rows, conc]['cpu_us']:.1f} the floor's")
                         if "mlserver" in med:
                             ratios += (f"; ours/mlserver req/s x{m['rps'] / med['mlserver']['rps']:.2f}, "
                                        f"p50 x{m['p50_ms'] / med['mlserver']['p50_ms']:.2f}")
                     print(f"{name:<36} {rows:>4} {conc:>4} {endpoint:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} "
-                          f"{m['p99_ms']:>8.2f} {errors:>6}  {ratios}")
+                          f"{m['p99_ms']:>8.2f} {errors:>6} {m['cpu_us']:>7.0f}  {ratios}")
     print(f"\nin process: the loaded pyfunc's predict on one applicant (reason codes included), median ms of "
           f"{args.inproc_calls} calls x 4 rounds, champions alternating")
     for name, ms in in_process.items():

@@ -57,6 +57,7 @@ import deployed  # scripts/bench/deployed.py, beside this file
 import requests
 import segmented  # scripts/bench/segmented.py, beside this file
 import swap  # scripts/bench/swap.py, beside this file
+from proctree import tree_rss_mb  # scripts/bench/proctree.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -179,21 +180,6 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: int, path: str = 
     result = json.loads(line[len("RESULT "):])
     result["rps"] = result["requests"] / result["seconds"]
     return result
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += int(next(line for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                              if line.startswith("VmRSS:")).split()[1])
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except (OSError, StopIteration):
-            continue
-        todo += [int(c) for c in children]
-    return total / 1024
 
 
 def check_agreement(endpoints: list[Endpoint], body: str) -> None:
