@@ -114,6 +114,16 @@ def test_lookups_read_together_share_one_mget_and_keep_their_own_answers(store_n
     assert first == store.get(["c", "a"]) and third == store.get(["b"])
     assert isinstance(unknown, UnknownApplicants) and unknown.ids == ["x9"]
 
+    async def broken_client() -> list:  # a fault that is not Redis's: each request gets it, none waits forever
+        async def fails(keys: list[str]) -> list:
+            raise ValueError("not a redis error")
+
+        store._async.mget = fails
+        both = asyncio.gather(store.get_async(["a"]), store.get_async(["b"]), return_exceptions=True)
+        return await asyncio.wait_for(both, timeout=10)  # a lookup left waiting would time out here
+
+    assert [str(f) for f in asyncio.run(broken_client())] == ["not a redis error"] * 2
+
 
 def test_an_unreachable_store_fails_each_gathered_lookup_in_one_line() -> None:
     store = FeatureStore(CLOSED, "x")

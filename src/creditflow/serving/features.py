@@ -155,10 +155,10 @@ class FeatureStore:
             self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
         try:
             found = await self._async.mget([self.key(i) for ids, _ in queued for i in ids])
-        except redis.RedisError as exc:
+        except Exception as exc:  # every waiting request gets the failure: none is left waiting for an answer
             for _, future in queued:
                 if not future.done():
-                    future.set_exception(self.failed("read", exc))
+                    future.set_exception(self.failed("read", exc) if isinstance(exc, redis.RedisError) else exc)
             return
         start = 0
         for ids, future in queued:
