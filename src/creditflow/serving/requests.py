@@ -136,16 +136,22 @@ class Layout:
     problem: str  # why the columns do not fit the spec ("" when they do)
     numbers: list[int]  # the request's positions of numeric columns
     texts: list[int]  # ... of text columns (categorical, and the segment column)
-    model_columns: tuple[str, ...]  # the frame's columns: the request's, without the segment column
+    labels: pd.Index  # the frame's columns: the request's without the segment column (one Index per list: `Coalescer`)
     segment_at: int  # the segment column's position (-1: no segment column)
+    categories: list[int]  # the request's positions of categorical columns (the texts but the segment column)
+
+    def frame_places(self, positions: list[int]) -> list[int]:
+        """Where request columns (positions) sit in the frame: after the segment column, one place earlier."""
+        return [j - (0 <= self.segment_at < j) for j in positions]
 
 
 @lru_cache(maxsize=64)
 def _layout(columns: tuple[str, ...], spec: _Same, segment: str) -> Layout:
     text = [c == segment or c in spec.spec.columns and spec.spec.columns[c].group == "categorical" for c in columns]
-    return Layout(columns, _column_problem(list(columns), spec.spec, segment),
-                  [j for j, t in enumerate(text) if not t], [j for j, t in enumerate(text) if t],
-                  tuple(c for c in columns if c != segment), columns.index(segment) if segment in columns else -1)
+    at = columns.index(segment) if segment in columns else -1
+    texts = [j for j, t in enumerate(text) if t]
+    return Layout(columns, _column_problem(list(columns), spec.spec, segment), [j for j, t in enumerate(text) if not t],
+                  texts, _column_index(tuple(c for c in columns if c != segment)), at, [j for j in texts if j != at])
 
 
 def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFrame | RoutedRows:
@@ -153,15 +159,11 @@ def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFram
     segment column's values apart (`RoutedRows`)."""
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
-    width, kept = len(layout.columns), layout.numbers
-    if len(kept) == width:
-        block = np.array(rows, dtype="float64").reshape(len(rows), width)
-        return float_frame(block, _column_index(layout.columns))
+    kept = layout.numbers
+    if len(kept) == len(layout.columns):
+        return float_frame(np.array(rows, dtype="float64").reshape(len(rows), len(kept)), layout.labels)
     block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
-    if len(kept) == len(layout.model_columns):  # the shared labels: requests alike are scored together
-        frame = float_frame(block, _column_index(layout.model_columns))
-    else:
-        frame = _mixed_frame(layout, block, rows)
+    frame = float_frame(block, layout.labels) if len(kept) == len(layout.labels) else _mixed_frame(layout, block, rows)
     if layout.segment_at < 0:
         return frame
     return RoutedRows(frame, [row[layout.segment_at] for row in rows])
@@ -170,13 +172,10 @@ def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFram
 def _mixed_frame(layout: Layout, block: np.ndarray, rows: list[list[Any]]) -> pd.DataFrame:
     """Numbers (the float block's columns) and texts (object, None for missing) in the request's column order: one
     float block and one object block, as pandas' constructors consolidate them (`blocks_frame`)."""
-    texts = [j for j in layout.texts if j != layout.segment_at]
-    cells = np.empty((len(rows), len(texts)), dtype=object)
-    cells[:] = [[row[j] for j in texts] for row in rows]
-    model_columns = layout.model_columns
-    places = {j: model_columns.index(c) for j, c in enumerate(layout.columns) if j != layout.segment_at}
-    return blocks_frame([(block, [places[j] for j in layout.numbers]), (cells, [places[j] for j in texts])],
-                        _column_index(model_columns))
+    cells = np.empty((len(rows), len(layout.categories)), dtype=object)
+    cells[:] = [[row[j] for j in layout.categories] for row in rows]
+    return blocks_frame([(block, layout.frame_places(layout.numbers)), (cells, layout.frame_places(layout.categories))],
+                        layout.labels)
 
 
 def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
