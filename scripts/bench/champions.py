@@ -127,7 +127,7 @@ def chosen(args, names: list[str], work: Path, reasons_for: str) -> dict[str, Ch
     if args.champions_from:
         return trained_before(Path(args.champions_from), names)
     champs = train(names, args.train_rows, work, reasons_for, quick=args.quick)
-    if getattr(args, "save_champions", ""):
+    if args.save_champions:
         save(champs, Path(args.save_champions))
     return champs
 
