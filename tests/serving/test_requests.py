@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import RoutedRows, float_block, float_frame, parse_body
+from creditflow.model.inputs import float_block
+from creditflow.serving.requests import RoutedRows, float_frame, parse_body
 from creditflow.specs import DatasetSpec
 
 
@@ -110,3 +111,22 @@ def test_a_parsed_frame_has_object_labels_shared_by_requests_alike(small_spec: D
 
     assert first.columns.dtype == object and first.columns is second.columns  # the coalescer groups requests by it
     assert first.columns.tolist() == small_spec.raw_columns
+
+
+def test_numbers_are_typed_in_the_models_order_an_absent_nullable_column_missing(small_spec: DatasetSpec) -> None:
+    from creditflow.model.inputs import applicant_matrix
+
+    raw = small_spec.raw_columns
+    absent = next(c for c in raw if small_spec.columns[c].nullable)
+    sent = [c for c in reversed(raw) if c != absent]
+    rows = [[float(raw.index(c)) + 0.5 for c in sent], [None] * len(sent)]
+
+    frame = parse_body(split_body(sent, rows), "application/json", small_spec, 10)
+
+    assert frame.columns.tolist() == raw and float_block(frame) is not None  # the model reads the block as it is
+    expected = pd.DataFrame(rows, columns=labels(sent)).reindex(columns=labels(raw)).astype("float64")
+    pd.testing.assert_frame_equal(frame, expected)
+    assert np.isnan(frame[absent]).all() and frame.loc[0, raw[1]] == 1.5
+    np.testing.assert_array_equal(applicant_matrix(frame, small_spec), expected.to_numpy())
+    in_order = parse_body(split_body(raw, [[1.0] * len(raw)]), "application/json", small_spec, 10)
+    assert in_order.columns is frame.columns  # one Index per spec: requests in any column order are scored together

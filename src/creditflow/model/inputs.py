@@ -42,6 +42,10 @@ def applicant_matrix(frame: pd.DataFrame, spec: DatasetSpec, codes: Codes | None
     if len(frame) == 0:
         raise BadRequest("the request holds no applicants")
     names = frame.columns.tolist()
+    if names == spec.raw_columns:  # the model's columns in its order: a parsed numeric request is its float block
+        block = float_block(frame)
+        if block is not None:
+            return block.copy()
     if len(set(names)) != len(names):
         twice = sorted({c for c in names if names.count(c) > 1})
         raise BadRequest(f"column(s) given twice: {shown_names(twice)}")
@@ -81,6 +85,17 @@ def _numbers_only(frame: pd.DataFrame, names: list[str], spec: DatasetSpec) -> n
     R = np.full((len(frame), len(raw)), np.nan, order="F")
     R[:, [raw.index(c) for c in names]] = values
     return R
+
+
+def float_block(frame: pd.DataFrame) -> np.ndarray | None:
+    """A frame's values as the rows x columns float64 array it holds, no copy, when it is one float block in column
+    order (as `serving.requests` builds a numeric request); else None. `DataFrame.to_numpy` checks and dispatches:
+    15x the cost."""
+    blocks = frame._mgr.blocks
+    if len(blocks) != 1 or blocks[0].dtype != np.float64 or not blocks[0].mgr_locs.is_slice_like:
+        return None
+    where = blocks[0].mgr_locs.as_slice
+    return blocks[0].values.T if where.start == 0 and where.step == 1 else None
 
 
 def spec_vocabulary(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from creditflow.serving.requests import float_block, float_frame
+from creditflow.model.inputs import float_block
+from creditflow.serving.requests import float_frame
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -114,11 +115,13 @@ def _typed(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, max_row
     return _frame(layout, rows, csv_text)
 
 
-@dataclass(frozen=True)
 class _Same:
     """A spec as a cache key by identity (specs hold dicts: no hash); the key keeps it alive, so its id is its own."""
 
-    spec: DatasetSpec
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: DatasetSpec):
+        self.spec = spec
 
     def __hash__(self) -> int:
         return id(self.spec)
@@ -139,6 +142,10 @@ class Layout:
     labels: pd.Index  # the frame's columns: the request's without the segment column (one Index per list: `Coalescer`)
     segment_at: int  # the segment column's position (-1: no segment column)
     categories: list[int]  # the request's positions of categorical columns (the texts but the segment column)
+    raw_labels: pd.Index  # the spec's raw columns (one Index per spec: a numeric request's frame, in the model's order)
+    raw_taken: np.ndarray  # the raw columns (positions) the request gives; the others are absent (nullable: missing)
+    raw_from: np.ndarray  # ... and the request positions they are read from
+    in_raw_order: bool  # the request gives the spec's raw columns in its order, nothing else
 
     def frame_places(self, positions: list[int]) -> list[int]:
         """Where request columns (positions) sit in the frame: after the segment column, one place earlier."""
@@ -150,8 +157,12 @@ def _layout(columns: tuple[str, ...], spec: _Same, segment: str) -> Layout:
     text = [c == segment or c in spec.spec.columns and spec.spec.columns[c].group == "categorical" for c in columns]
     at = columns.index(segment) if segment in columns else -1
     texts = [j for j, t in enumerate(text) if t]
+    raw = spec.spec.raw_columns
+    taken = [i for i, c in enumerate(raw) if c in columns]
     return Layout(columns, _column_problem(list(columns), spec.spec, segment), [j for j, t in enumerate(text) if not t],
-                  texts, _column_index(tuple(c for c in columns if c != segment)), at, [j for j in texts if j != at])
+                  texts, _column_index(tuple(c for c in columns if c != segment)), at, [j for j in texts if j != at],
+                  _column_index(tuple(raw)), np.asarray(taken, dtype=np.intp),
+                  np.asarray([columns.index(raw[i]) for i in taken], dtype=np.intp), list(columns) == raw)
 
 
 def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFrame | RoutedRows:
@@ -160,13 +171,25 @@ def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFram
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
     kept = layout.numbers
-    if len(kept) == len(layout.columns):
-        return float_frame(np.array(rows, dtype="float64").reshape(len(rows), len(kept)), layout.labels)
-    block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
-    frame = float_frame(block, layout.labels) if len(kept) == len(layout.labels) else _mixed_frame(layout, block, rows)
+    if len(kept) == len(layout.labels):  # numbers only (and the segment column): the frame in the model's order
+        frame = float_frame(_raw_block(layout, rows), layout.raw_labels)
+    else:
+        block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
+        frame = _mixed_frame(layout, block, rows)
     if layout.segment_at < 0:
         return frame
     return RoutedRows(frame, [row[layout.segment_at] for row in rows])
+
+
+def _raw_block(layout: Layout, rows: list[list[Any]]) -> np.ndarray:
+    """Numeric rows as the model's raw matrix: the spec's columns in its order, an absent (nullable) column missing.
+    `model.inputs.applicant_matrix` then reads the frame's block as it is."""
+    given = np.array(rows, dtype="float64" if layout.segment_at < 0 else object).reshape(len(rows), -1)
+    if layout.in_raw_order:
+        return given
+    block = np.full((len(rows), len(layout.raw_labels)), np.nan)
+    block[:, layout.raw_taken] = given[:, layout.raw_from]
+    return block
 
 
 def _mixed_frame(layout: Layout, block: np.ndarray, rows: list[list[Any]]) -> pd.DataFrame:
@@ -181,16 +204,6 @@ def _mixed_frame(layout: Layout, block: np.ndarray, rows: list[list[Any]]) -> pd
 def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
     """A frame of one float64 block (rows x columns), a view of it."""
     return blocks_frame([(block, slice(0, block.shape[1]))], columns)
-
-
-def float_block(frame: pd.DataFrame) -> np.ndarray | None:
-    """A frame's values as the rows x columns float64 array it holds, no copy, when it is one float block in column
-    order (as `float_frame` builds it); else None. `DataFrame.to_numpy` checks and dispatches: 15x the cost."""
-    blocks = frame._mgr.blocks
-    if len(blocks) != 1 or blocks[0].dtype != np.float64 or not blocks[0].mgr_locs.is_slice_like:
-        return None
-    where = blocks[0].mgr_locs.as_slice
-    return blocks[0].values.T if where.start == 0 and where.step == 1 else None
 
 
 def blocks_frame(parts: list[tuple[np.ndarray, list[int] | slice]], columns: pd.Index) -> pd.DataFrame:
@@ -236,7 +249,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _json_rows(text: str) -> tuple[list[str], list[list[Any]]]:
     try:
-        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+        doc = _decoder().decode(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
@@ -256,6 +269,12 @@ def _json_rows(text: str) -> tuple[list[str], list[list[Any]]]:
     return _record_rows(doc["dataframe_records"])
 
 
+@lru_cache(maxsize=1)
+def _decoder() -> json.JSONDecoder:
+    """The strict decoder, built once (`json.loads` with hooks builds one per call)."""
+    return json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+
+
 def _split_rows(split: Any) -> tuple[list[str], list[list[Any]]]:
     if not isinstance(split, dict):
         raise BadRequest(f"dataframe_split must be an object with 'columns' and 'data'; got {_kind(split)}")
@@ -263,7 +282,7 @@ def _split_rows(split: Any) -> tuple[list[str], list[list[Any]]]:
     if extra:
         raise BadRequest(f"dataframe_split has unknown field(s): {shown_names(extra)}")
     columns, data = split.get("columns"), split.get("data")
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+    if not isinstance(columns, list) or not all(map(isinstance, columns, repeat(str))):
         raise BadRequest("dataframe_split needs 'columns': a list of column names")
     if not isinstance(data, list):
         raise BadRequest("dataframe_split needs 'data': a list of rows")
