@@ -44,6 +44,7 @@ from xgboost import XGBClassifier
 
 from creditflow.model.categories import Codes, NotCompilable, category_tables, texts_series, vocabulary
 from creditflow.model.forest import Forest, compiled_rows, pack
+from creditflow.model.linear import LinearScorer
 from creditflow.model.pipeline import CreditFeatures, is_linear, positive_index
 from creditflow.model.program import (
     CAP,
@@ -197,18 +198,19 @@ def row_products(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i" if B.ndim == 1 else "ij,jk->ik", np.ascontiguousarray(A), B)
 
 
-def _linear(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
+def _linear(model: Any, reference: np.ndarray | None, to_raw: np.ndarray) -> tuple[Callable, Callable, LinearScorer]:
     if reference is None:
         raise NotCompilable("a linear model needs the SHAP reference row (mean preprocessed training row)")
     coef, intercept = linear_terms(model)
+    terms = LinearScorer.of(coef, intercept, reference, to_raw)
 
     def probability(Z: np.ndarray) -> np.ndarray:
-        return expit(row_products(Z, coef) + intercept)
+        return expit(terms.margins(Z))
 
     def contributions(Z: np.ndarray) -> np.ndarray:
         return (Z - reference) * coef
 
-    return probability, contributions
+    return probability, contributions, terms
 
 
 def _one_thread(model: Any) -> Any:
@@ -285,6 +287,8 @@ class FastScorer:
     contributions_of: Callable[[np.ndarray], np.ndarray]
     to_raw: np.ndarray  # preprocessed columns x raw columns, 1 where the column comes from the raw one
     codes: Codes  # categorical columns enter the raw matrix as codes into their vocabulary
+    program: Program | None = None  # the compiled preprocessing (None: scikit-learn's own)
+    linear: LinearScorer | None = None  # a linear model's terms, scored in one pass with the program
 
     def transform(self, R: np.ndarray) -> np.ndarray:
         return self.preprocess(R)
@@ -293,11 +297,16 @@ class FastScorer:
         return self.probability_of(self.transform(R))
 
     def score(self, R: np.ndarray) -> Scored:
+        if self.linear is not None and self.program is not None:  # one compiled call (model.linear): same values
+            margin, raw = self.linear.score(self.program, R)
+            return Scored(expit(margin), raw)
         Z = self.transform(R)
         return Scored(self.probability_of(Z), self.raw_contributions(Z))
 
     def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
         """SHAP values of preprocessed rows, summed back onto the raw columns they come from."""
+        if self.linear is not None:
+            return self.linear.raw_contributions(Z)
         return row_products(self.contributions_of(Z), self.to_raw)
 
 
@@ -323,12 +332,17 @@ def compile_scorer(
     if [name for name, _ in pipe.steps][-1:] != ["model"]:
         raise NotCompilable("expected the last step to be named 'model'")
     codes = Codes(vocabulary(pipe, spec))
+    program = None
     if fast:
         if [name for name, _ in pipe.steps] != ["features", "preprocess", "model"]:
             raise NotCompilable("expected the steps features, preprocess, model")
-        preprocess = _program(pipe, spec, codes).run
+        program = _program(pipe, spec, codes)
+        preprocess = program.run
     else:
         preprocess = _pipeline_transform(pipe, spec.raw_columns, codes)
-    model = pipe.named_steps["model"]
-    probability, contributions = _linear(model, reference) if is_linear(model) else _tree(model, reference)
-    return FastScorer(spec.raw_columns, preprocess, probability, contributions, raw_projection(pipe, spec), codes)
+    model, to_raw = pipe.named_steps["model"], raw_projection(pipe, spec)
+    if is_linear(model):
+        probability, contributions, linear = _linear(model, reference, to_raw)
+        return FastScorer(spec.raw_columns, preprocess, probability, contributions, to_raw, codes, program, linear)
+    probability, contributions = _tree(model, reference)
+    return FastScorer(spec.raw_columns, preprocess, probability, contributions, to_raw, codes, program)

@@ -130,6 +130,16 @@ def _apply(code: int, x: float, a: float, b: float, tables: np.ndarray) -> float
     return tables[int(a) + index]
 
 
+@njit(cache=True, inline="always")
+def chain_value(R: np.ndarray, i: int, o: int, source: np.ndarray, starts: np.ndarray, codes: np.ndarray,
+                args: np.ndarray, tables: np.ndarray) -> float:
+    """Output column o of raw row i: its chain of operations on its raw value (also inlined by `model.linear`)."""
+    x = R[i, source[o]]
+    for k in range(starts[o], starts[o + 1]):
+        x = _apply(codes[k], x, args[k, 0], args[k, 1], tables)
+    return x
+
+
 @njit(cache=True)
 def _run(R: np.ndarray, source: np.ndarray, starts: np.ndarray, codes: np.ndarray, args: np.ndarray,
          tables: np.ndarray) -> np.ndarray:
@@ -137,8 +147,5 @@ def _run(R: np.ndarray, source: np.ndarray, starts: np.ndarray, codes: np.ndarra
     Z = np.empty((n, m))
     for i in range(n):
         for o in range(m):
-            x = R[i, source[o]]
-            for k in range(starts[o], starts[o + 1]):
-                x = _apply(codes[k], x, args[k, 0], args[k, 1], tables)
-            Z[i, o] = x
+            Z[i, o] = chain_value(R, i, o, source, starts, codes, args, tables)
     return Z

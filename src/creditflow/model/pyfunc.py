@@ -83,7 +83,11 @@ class Scoring:
     def columns(self, frame: pd.DataFrame) -> dict[str, Any]:
         """The answer's columns (`OUTPUT_COLUMNS`): probabilities as floats, the others one item per row, as lists or
         object arrays; what `__call__`'s frame is made of, and what the online endpoint writes as JSON."""
-        R = applicant_matrix(frame, self.spec, self.scorer.codes)
+        return self.answer(applicant_matrix(frame, self.spec, self.scorer.codes), frame)
+
+    def answer(self, R: np.ndarray, frame: pd.DataFrame | None = None) -> dict[str, Any]:
+        """`columns` of the raw matrix `R` (`applicant_matrix`'s); `frame`, the rows as sent, is read only for a
+        category the model never saw (None: a spec without categorical columns)."""
         check_rules(R, self.rules)
         if self.declined_only:  # SHAP only where a decline owes reasons: the costly part
             Z = self.scorer.transform(R)  # once: the declined rows' explanations reuse it
@@ -113,7 +117,7 @@ class Scoring:
         return [pool[i] for i in per_row.tolist()]
 
     def _statements(self, sets: list[tuple[int, ...]], per_row: np.ndarray, R: np.ndarray,
-                    frame: pd.DataFrame) -> list | np.ndarray:
+                    frame: pd.DataFrame | None) -> list | np.ndarray:
         """Each row's adverse-action statements; a categorical reason names the applicant's own category."""
         shared = self._codes(sets, per_row, self.statements)
         if not self.categorical:
@@ -127,7 +131,7 @@ class Scoring:
                 shared[row] = json.dumps(items) if self.codes_as_json else items
         return shared
 
-    def _stated(self, R: np.ndarray, frame: pd.DataFrame, row: int, j: int) -> str:
+    def _stated(self, R: np.ndarray, frame: pd.DataFrame | None, row: int, j: int) -> str:
         """An applicant's category in raw column j as statements name it: "not given" when missing, else the text as
         sent, read back from its code (a code's vocabulary text is the text that was coded), or from the frame for a
         text the model never saw."""
@@ -140,11 +144,11 @@ class Scoring:
 def scorable(probability: np.ndarray) -> np.ndarray:
     """The probabilities, unless the model could not score a row (a linear model given an ordinal category it never
     saw: scikit-learn refuses the NaN it encodes it as)."""
+    if not np.isnan(probability).any():
+        return probability
     bad = np.flatnonzero(np.isnan(probability))
-    if len(bad):
-        raise BadRequest(f"{len(bad)} applicant(s) hold a value this model cannot score (a category it never saw); "
-                         f"first: row {int(bad[0])}")
-    return probability
+    raise BadRequest(f"{len(bad)} applicant(s) hold a value this model cannot score (a category it never saw); "
+                     f"first: row {int(bad[0])}")
 
 
 def category_texts(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -195,6 +199,13 @@ class CreditModel(mlflow.pyfunc.PythonModel):
     def answer_columns(self, model_input: pd.DataFrame) -> dict[str, Any]:
         """`predict`'s answer as columns, without its frame (the online endpoint writes them straight to JSON)."""
         return self._answered(self.scoring.columns, model_input)
+
+    def answer_matrix(self, R: np.ndarray) -> dict[str, Any]:
+        """`answer_columns` of rows already typed as the raw matrix, for a spec without categorical columns (the
+        online endpoint's parse checks what `applicant_matrix` checks)."""
+        if self.scoring.categorical:
+            raise TypeError("a spec with categorical columns is answered from its frame (answer_columns)")
+        return self._answered(self.scoring.answer, R)
 
     def _answered(self, score: Callable[[pd.DataFrame], Any], model_input: pd.DataFrame) -> Any:
         """`score(model_input)`, its errors as `ServingError`s that never repeat the input."""
