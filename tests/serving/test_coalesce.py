@@ -13,6 +13,7 @@ from creditflow.serving.coalesce import Coalescer, predict
 from creditflow.serving.live import Loaded
 from creditflow.serving.online import INLINE_ROWS, answered
 from creditflow.serving.requests import parse_body
+from creditflow.serving.typed import frame_of
 
 JSON = "application/json"
 
@@ -77,12 +78,12 @@ def test_a_model_fault_is_a_500_for_the_requests_it_hits_only(champion) -> None:
 
     class FailsOnAge(Counted):
         def columns(self, frame: pd.DataFrame) -> dict[str, list]:
-            if (frame["age"] == 77.0).any():
+            if (frame_of(frame)["age"] == 77.0).any():
                 raise RuntimeError("a model bug")
             return super().columns(frame)
 
     counted, parsed = FailsOnAge(loaded), frames(loaded, X.head(3))
-    parsed[1] = parsed[1].assign(age=77.0)
+    parsed[1].matrix[:, loaded.spec.raw_columns.index("age")] = 77.0
     outcomes = together(Coalescer(answered, INLINE_ROWS), [(counted, f) for f in parsed])
     assert [status for status, _, _ in outcomes] == [200, 500, 200]
     assert b"internal error" in outcomes[1][1] and outcomes[0][1] == predict(loaded, parsed[0])[0]

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from creditflow.model.inputs import float_block
-from creditflow.serving.requests import RoutedRows, float_frame, parse_body
+from creditflow.serving.requests import parse_body
+from creditflow.serving.typed import Applicants, RoutedRows, float_frame, frame_of
 from creditflow.specs import DatasetSpec
 
 
@@ -32,7 +33,7 @@ def test_the_segment_column_comes_apart_and_the_frame_is_the_numbers_alone(small
 
     assert isinstance(parsed, RoutedRows) and len(parsed) == 2 and parsed.segments == ["R07", None]
     plain = parse_body(split_body(numbers, data), "application/json", small_spec, 10)
-    pd.testing.assert_frame_equal(parsed.frame, plain)
+    pd.testing.assert_frame_equal(parsed.frame, plain.frame)
     assert parsed.frame.columns.tolist() == numbers and parsed.frame.dtypes.eq(np.float64).all()
     assert parsed.frame._mgr.nblocks == 1  # one float block: what a single-model request gives the model
     assert parsed.frame.loc[0, numbers[4]] == 4.5 and parsed.frame.loc[1, numbers].isna().all()
@@ -121,12 +122,20 @@ def test_numbers_are_typed_in_the_models_order_an_absent_nullable_column_missing
     sent = [c for c in reversed(raw) if c != absent]
     rows = [[float(raw.index(c)) + 0.5 for c in sent], [None] * len(sent)]
 
-    frame = parse_body(split_body(sent, rows), "application/json", small_spec, 10)
+    parsed = parse_body(split_body(sent, rows), "application/json", small_spec, 10)
 
-    assert frame.columns.tolist() == raw and float_block(frame) is not None  # the model reads the block as it is
+    assert isinstance(parsed, Applicants) and len(parsed) == 2 and parsed.columns.tolist() == raw
     expected = pd.DataFrame(rows, columns=labels(sent)).reindex(columns=labels(raw)).astype("float64")
-    pd.testing.assert_frame_equal(frame, expected)
-    assert np.isnan(frame[absent]).all() and frame.loc[0, raw[1]] == 1.5
-    np.testing.assert_array_equal(applicant_matrix(frame, small_spec), expected.to_numpy())
+    np.testing.assert_array_equal(parsed.matrix, applicant_matrix(expected, small_spec))  # what the model reads
+    assert np.isnan(parsed.matrix[:, raw.index(absent)]).all() and parsed.matrix[0, 1] == 1.5
+    pd.testing.assert_frame_equal(parsed.frame, expected)
+    assert float_block(parsed.frame) is not None and frame_of(parsed.frame) is not None
     in_order = parse_body(split_body(raw, [[1.0] * len(raw)]), "application/json", small_spec, 10)
-    assert in_order.columns is frame.columns  # one Index per spec: requests in any column order are scored together
+    assert in_order.columns is parsed.columns  # one Index per spec: requests in any column order are scored together
+
+
+def test_numbers_for_a_spec_with_categorical_columns_stay_a_frame(housing_spec: DatasetSpec) -> None:
+    numbers = [c for c in housing_spec.raw_columns if c != "Housing"]  # Housing, nullable, left out
+    parsed = parse_body(split_body(numbers, [[1.0] * len(numbers)]), "application/json", housing_spec, 10)
+    assert isinstance(parsed, pd.DataFrame) and parsed.columns.tolist() == housing_spec.raw_columns
+    assert np.isnan(parsed["Housing"]).all()

@@ -20,8 +20,9 @@ import requests
 from creditflow.errors import BadRequest, SpecError, TrackingError
 from creditflow.serving.live import Loaded, fetch
 from creditflow.serving.online import load_serving_config
-from creditflow.serving.requests import RoutedRows, parse_body
+from creditflow.serving.requests import parse_body
 from creditflow.serving.segments import Routing, SegmentsConfig, resolve_deployment
+from creditflow.serving.typed import RoutedRows
 from tests.conftest import (
     ROOT,
     SEGMENT_COLUMN,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from creditflow.model.inputs import float_block
-from creditflow.serving.requests import float_frame
+from creditflow.serving.typed import Applicants, Parsed, float_frame
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class Waiting:
     future: asyncio.Future
 
 
-def stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Frames of the same columns as one, rows in order: one concatenation of their arrays when they are all one float
-    block (as `parse_body` builds a numeric request), else pandas' concat (text columns)."""
+def stacked(frames: list[Parsed]) -> Parsed:
+    """Requests of the same columns as one, rows in order: their raw matrices concatenated (`Applicants`, as
+    `parse_body` types a numeric request), one float block's arrays, or pandas' concat (text columns)."""
+    if all(isinstance(f, Applicants) for f in frames):
+        return Applicants(np.concatenate([f.matrix for f in frames]), frames[0].columns)
     blocks = [float_block(f) for f in frames]
     if all(b is not None for b in blocks):
         return float_frame(np.concatenate(blocks), frames[0].columns)

@@ -39,6 +39,7 @@ from creditflow.registry.client import (
 )
 from creditflow.scoped import sys_path
 from creditflow.serving.metrics import Metrics
+from creditflow.serving.typed import Applicants, frame_of
 from creditflow.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -67,18 +68,21 @@ class Loaded:
     def answer(self, frame: Any, typed: bool = False) -> Any:
         """The model's answer frame, each prediction with the model_version that made it.
 
-        `typed`: the frame already holds the signature's columns and types (`serving.requests.parse_body` built it),
+        `typed`: the frame (or `Applicants`) already holds the signature's columns and types (`parse_body` built it),
         so MLflow's signature check, a second pass over it, is skipped; the model's own input checks still run.
         """
-        model = self.model.unwrap_python_model() if typed else None
+        model, frame = self.model.unwrap_python_model() if typed else None, frame_of(frame)
         answer = self.model.predict(frame) if model is None else model.predict(None, frame)  # labelled in place
         answer["model_version"] = self.label
         return answer
 
     def columns(self, frame: Any) -> dict[str, list]:
-        """The answer to a frame `parse_body` typed, as lists of plain values (what the JSON body and /metrics
-        read), each row with its model_version: no signature check (`answer(typed=True)`), no answer frame."""
-        columns = self.model.unwrap_python_model().answer_columns(frame)
+        """The answer to rows `parse_body` typed (a frame, or `Applicants`: their raw matrix straight to the model),
+        as lists of plain values (what the JSON body and /metrics read), each row with its model_version: no
+        signature check (`answer(typed=True)`), no answer frame."""
+        model = self.model.unwrap_python_model()
+        is_matrix = isinstance(frame, Applicants)
+        columns = model.answer_matrix(frame.matrix) if is_matrix else model.answer_columns(frame)
         out = {name: values.tolist() if isinstance(values, np.ndarray) else values for name, values in columns.items()}
         out["model_version"] = [self.label] * len(out["probability"])
         return out

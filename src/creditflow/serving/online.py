@@ -57,6 +57,7 @@ from creditflow.serving.segments import (
 )
 from creditflow.serving.shadow import ShadowRunner
 from creditflow.serving.stack import listening_socket, log_config, run, stack
+from creditflow.serving.typed import frame_of
 from creditflow.specs import CHAMPION_URI, load_config
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class RequestGuard:
         if answer is not None:
             self.metrics.answered(answer)
             if self.shadow is not None:
-                self.shadow.offer(frame, answer, loaded.label)
+                self.shadow.offer(frame_of(frame), answer, loaded.label)
         return status
 
     async def looked_up(self, body: bytes) -> list[dict[str, Any]]:

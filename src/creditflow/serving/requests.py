@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas._libs.internals import BlockPlacement
-from pandas.core.internals.blocks import new_block_2d
-from pandas.core.internals.managers import BlockManager
 
 from creditflow.errors import BadRequest
 from creditflow.model.inputs import MAX_NAME, shown_names
+from creditflow.serving.typed import Applicants, Parsed, RoutedRows, blocks_frame, column_index, float_frame
 from creditflow.specs import DatasetSpec
 
 JSON_TYPES = ("application/json",)
@@ -33,18 +31,6 @@ CSV_TYPES = ("text/csv",)
 FORMATS = ("dataframe_split", "dataframe_records")
 PLAIN_NUMBERS = {float, type(None)}  # the JSON values a numeric cell holds, ints in range apart (`_numeric_json`)
 PLAIN_TEXTS = {str, type(None)}  # the JSON values a categorical (or segment) cell holds
-
-
-@dataclass(frozen=True)
-class RoutedRows:
-    """A segmented deployment's applicants: the columns the models read, and apart from them each row's segment
-    value (text or None). Nothing is dropped before scoring and the frame stays one float block."""
-
-    frame: pd.DataFrame
-    segments: list[str | None]
-
-    def __len__(self) -> int:
-        return len(self.frame)
 
 
 def _kind(value: Any) -> str:
@@ -76,9 +62,9 @@ def media_type(content_type: str | None) -> str:
     return mime
 
 
-def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int,
-               segment: str = "") -> pd.DataFrame | RoutedRows:
-    """A raw scoring body as a typed frame of the model's raw columns, or BadRequest naming the problem.
+def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_rows: int, segment: str = "") -> Parsed:
+    """A raw scoring body as the model's typed rows (`Applicants` for a spec without categorical columns, else a
+    typed frame), or BadRequest naming the problem.
 
     `segment`: a segmented deployment's routing column, required in addition (text or null): the answer is then
     `RoutedRows`, the frame and each row's segment value apart.
@@ -95,14 +81,14 @@ def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_row
     return _typed(columns, rows, spec, max_rows, segment, csv_text)
 
 
-def parse_records(records: Any, spec: DatasetSpec, max_rows: int, segment: str = "") -> pd.DataFrame | RoutedRows:
+def parse_records(records: Any, spec: DatasetSpec, max_rows: int, segment: str = "") -> Parsed:
     """Records already decoded (a by-id request's stored features) typed and checked as `parse_body` types a
     `dataframe_records` body, without writing them as JSON to read them again."""
     return _typed(*_record_rows(records), spec, max_rows, segment, csv_text=False)
 
 
 def _typed(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, max_rows: int, segment: str,
-           csv_text: bool) -> pd.DataFrame | RoutedRows:
+           csv_text: bool) -> Parsed:
     """Rows of a request, checked (count, columns, value types) and made the typed frame."""
     if not rows:
         raise BadRequest("the request holds no applicants")
@@ -146,6 +132,7 @@ class Layout:
     raw_taken: np.ndarray  # the raw columns (positions) the request gives; the others are absent (nullable: missing)
     raw_from: np.ndarray  # ... and the request positions they are read from
     in_raw_order: bool  # the request gives the spec's raw columns in its order, nothing else
+    numeric_spec: bool  # the spec has no categorical column: numeric requests are typed as `Applicants`
 
     def frame_places(self, positions: list[int]) -> list[int]:
         """Where request columns (positions) sit in the frame: after the segment column, one place earlier."""
@@ -160,17 +147,21 @@ def _layout(columns: tuple[str, ...], spec: _Same, segment: str) -> Layout:
     raw = spec.spec.raw_columns
     taken = [i for i, c in enumerate(raw) if c in columns]
     return Layout(columns, _column_problem(list(columns), spec.spec, segment), [j for j, t in enumerate(text) if not t],
-                  texts, _column_index(tuple(c for c in columns if c != segment)), at, [j for j in texts if j != at],
-                  _column_index(tuple(raw)), np.asarray(taken, dtype=np.intp),
-                  np.asarray([columns.index(raw[i]) for i in taken], dtype=np.intp), list(columns) == raw)
+                  texts, column_index(tuple(c for c in columns if c != segment)), at, [j for j in texts if j != at],
+                  column_index(tuple(raw)), np.asarray(taken, dtype=np.intp),
+                  np.asarray([columns.index(raw[i]) for i in taken], dtype=np.intp), list(columns) == raw,
+                  all(c.group != "categorical" for c in spec.spec.columns.values()))
 
 
-def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> pd.DataFrame | RoutedRows:
-    """Checked rows as a frame: numeric columns float64 (None and empty cells NaN), categorical text or None; the
-    segment column's values apart (`RoutedRows`)."""
+def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> Parsed:
+    """Checked rows as the model's raw matrix (`Applicants`: numbers only, a spec without categorical columns) or a
+    frame: numeric columns float64 (None and empty cells NaN), categorical text or None; the segment column's values
+    apart (`RoutedRows`)."""
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
     kept = layout.numbers
+    if len(kept) == len(layout.labels) and layout.numeric_spec and layout.segment_at < 0:
+        return Applicants(_raw_block(layout, rows), layout.raw_labels)
     if len(kept) == len(layout.labels):  # numbers only (and the segment column): the frame in the model's order
         frame = float_frame(_raw_block(layout, rows), layout.raw_labels)
     else:
@@ -199,35 +190,6 @@ def _mixed_frame(layout: Layout, block: np.ndarray, rows: list[list[Any]]) -> pd
     cells[:] = [[row[j] for j in layout.categories] for row in rows]
     return blocks_frame([(block, layout.frame_places(layout.numbers)), (cells, layout.frame_places(layout.categories))],
                         layout.labels)
-
-
-def float_frame(block: np.ndarray, columns: pd.Index) -> pd.DataFrame:
-    """A frame of one float64 block (rows x columns), a view of it."""
-    return blocks_frame([(block, slice(0, block.shape[1]))], columns)
-
-
-def blocks_frame(parts: list[tuple[np.ndarray, list[int] | slice]], columns: pd.Index) -> pd.DataFrame:
-    """A frame of 2-D arrays (rows x their columns), each column placed where its position says, built by pandas'
-    own block manager (pandas pinned): the public constructors re-check and re-infer what the parse settled (the
-    dict ones infer pandas 3's string dtype for texts), two to ten times a one-applicant parse (docs/performance.md);
-    tests/serving/test_requests.py holds the frames equal to the public construction."""
-    blocks = tuple(new_block_2d(values.T, BlockPlacement(at)) for values, at in parts)
-    manager = BlockManager(blocks, [columns, _row_index(len(parts[0][0]))], verify_integrity=False)
-    return pd.DataFrame._from_mgr(manager, axes=manager.axes)
-
-
-@lru_cache(maxsize=256)
-def _row_index(rows: int) -> pd.RangeIndex:
-    """Row labels 0..rows-1, made once per length (immutable, so frames may share one)."""
-    return pd.RangeIndex(rows)
-
-
-@lru_cache(maxsize=64)
-def _column_index(columns: tuple[str, ...]) -> pd.Index:
-    """The frame's column labels, built once per column list (an Index of text costs more than a small frame's
-    data; Indexes are immutable, so frames may share one). Object dtype: pandas 3's inferred string Index costs
-    ~7 us to list its labels, as the model does on every call."""
-    return pd.Index(columns, dtype=object)
 
 
 def _no_constants(name: str) -> None:

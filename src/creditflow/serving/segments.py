@@ -39,7 +39,7 @@ from creditflow.registry.client import (
 )
 from creditflow.serving.live import LiveModel, Loaded, fetch
 from creditflow.serving.metrics import Metrics
-from creditflow.serving.requests import RoutedRows
+from creditflow.serving.typed import RoutedRows
 from creditflow.specs import CHAMPION_URI, DatasetSpec, read_yaml, validated
 
 logger = logging.getLogger(__name__)

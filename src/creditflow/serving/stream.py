@@ -43,10 +43,10 @@ from creditflow.model.inputs import applicant_matrix, spec_vocabulary
 from creditflow.registry.lease import Step, no_step
 from creditflow.serving.features import FeatureStore, FeatureStoreError
 from creditflow.serving.live import LiveModel
-from creditflow.serving.requests import RoutedRows
 from creditflow.serving.segments import SegmentRouter
 from creditflow.serving.stream_config import StreamConfig, check_event_columns
 from creditflow.serving.stream_redis import queue_apply, queue_publish, queue_sums, sums, text
+from creditflow.serving.typed import RoutedRows
 from creditflow.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
