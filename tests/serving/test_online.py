@@ -554,6 +554,10 @@ class Held:
         assert self.release.wait(timeout=120), "the test never released the held scoring"
         return self.model.answer_columns(*args)
 
+    def answer_matrix(self, *args):
+        assert self.release.wait(timeout=120), "the test never released the held scoring"
+        return self.model.answer_matrix(*args)
+
     def unwrap_python_model(self):
         return Held(self.model.unwrap_python_model(), self.release)
 

@@ -95,13 +95,14 @@ class Scoring:
             explained = np.flatnonzero(probability >= self.threshold)
             contributions = (self.scorer.raw_contributions(Z[explained]) if len(explained)
                              else np.empty((0, len(self.labels))))
+            sets, which = reason_sets(contributions, self.k)
+            per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
+            per_row[explained] = which + 1
         else:
             scored = self.scorer.score(R)
-            probability, explained, contributions = scored.probability, np.arange(len(R)), scored.contributions
-            probability = calibrated(scorable(probability), self.calibration)
-        sets, which = reason_sets(contributions, self.k)
-        per_row = np.zeros(len(R), dtype=np.intp)  # 0: no reasons; i + 1: the i-th distinct set
-        per_row[explained] = which + 1
+            probability = calibrated(scorable(scored.probability), self.calibration)
+            sets, which = reason_sets(scored.contributions, self.k)
+            per_row = which + 1  # every row explained
         declined = (probability >= self.threshold).astype(np.int32)  # the index into decisions
         return {"probability": probability, "decision": self.decisions[declined],
                 "reason_codes": self._codes(sets, per_row, self.labels),

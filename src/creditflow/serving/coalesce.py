@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
@@ -58,12 +57,13 @@ def _encoder() -> Callable[[Any, int], list[str]]:
     return c_make_encoder(None, mlflow_encoder.default, encode_basestring_ascii, None, ": ", ", ", False, False, True)
 
 
-@dataclass(frozen=True)
 class Waiting:
-    """One queued request: its frame and the future its handler awaits."""
+    """One queued request: its rows and the future its handler awaits."""
 
-    frame: pd.DataFrame
-    future: asyncio.Future
+    __slots__ = ("frame", "future")
+
+    def __init__(self, frame: Parsed, future: asyncio.Future):
+        self.frame, self.future = frame, future
 
 
 def stacked(frames: list[Parsed]) -> Parsed:
@@ -116,7 +116,11 @@ class Coalescer:
         if not self.queued:
             loop.call_soon(self.flush)
         waiting = Waiting(frame, loop.create_future())
-        self.queued.setdefault((id(loaded), id(frame.columns)), (loaded, []))[1].append(waiting)
+        key = (id(loaded), id(frame.columns))
+        if key in self.queued:
+            self.queued[key][1].append(waiting)
+        else:
+            self.queued[key] = (loaded, [waiting])
         return await waiting.future
 
     def flush(self) -> None:

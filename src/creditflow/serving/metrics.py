@@ -8,7 +8,7 @@ prometheus_client, every worker writes its values there, and any worker's /metri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -76,7 +76,11 @@ class Metrics:
             self.swaps.labels(role).inc()
         self.info.labels(role, new).set(1)
 
-    def scored(self, model_version: str, decisions: Iterable[str]) -> None:
+    def scored(self, model_version: str, decisions: Sequence[str]) -> None:
+        if len(decisions) == 1:  # one applicant (a request alone)
+            self.child(self.decisions, model_version, decisions[0]).inc()
+            self.child(self.rows, model_version).inc()
+            return
         counts: dict[str, int] = {}
         for decision in decisions:
             counts[decision] = counts.get(decision, 0) + 1
@@ -87,10 +91,10 @@ class Metrics:
     def answered(self, answer: Mapping[str, Sequence[Any]]) -> None:
         """An answer's rows and decisions (its columns, or its frame), by each row's model_version (one model, or a
         segments' several)."""
-        versions, decisions = list(answer["model_version"]), answer["decision"]
-        if not versions:
+        versions, decisions = answer["model_version"], answer["decision"]
+        if not len(versions):
             return
-        if versions.count(versions[0]) == len(versions):  # one model answered every row
+        if len(versions) == 1 or list(versions).count(versions[0]) == len(versions):  # one model answered every row
             self.scored(str(versions[0]), decisions)
             return
         by_version: dict[str, list[str]] = {}

@@ -48,6 +48,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+@lru_cache(maxsize=32)  # a client sends the same header every time; a refused one raises, which is not cached
 def media_type(content_type: str | None) -> str:
     """The media type of a Content-Type header; 415 for anything but UTF-8 JSON or CSV."""
     if not content_type:
@@ -74,7 +75,7 @@ def parse_body(body: bytes, content_type: str | None, spec: DatasetSpec, max_row
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
-    if not text.strip():
+    if not text or text.isspace():
         raise BadRequest("the body is empty: send applicants as dataframe_split, dataframe_records or CSV")
     csv_text = mime in CSV_TYPES
     columns, rows = _csv_rows(text) if csv_text else _json_rows(text)
@@ -302,7 +303,7 @@ def _column_problem(columns: list[str], spec: DatasetSpec, segment: str = "") ->
 
 def _check_values(layout: Layout, rows: list[list[Any]], text_cells: bool) -> None:
     numbers, texts, names = layout.numbers, layout.texts, layout.columns
-    if not text_cells and _plain_json(rows, numbers, texts):
+    if not text_cells and (_plain_numbers(rows) if not texts else _plain_json(rows, numbers, texts)):
         return
     for i, row in enumerate(rows):
         for j in numbers:
@@ -315,6 +316,11 @@ def _check_values(layout: Layout, rows: list[list[Any]], text_cells: bool) -> No
             if type(row[j]) not in PLAIN_TEXTS:
                 raise BadRequest(f"column {names[j][:MAX_NAME]} must hold text or null; row {i} holds "
                                  f"{_kind(row[j])}")
+
+
+def _plain_numbers(rows: list[list[Any]]) -> bool:
+    """`_plain_json` of rows of numbers only."""
+    return all(set(map(type, row)) <= PLAIN_NUMBERS for row in rows)
 
 
 def _plain_json(rows: list[list[Any]], numbers: list[int], texts: list[int]) -> bool:
