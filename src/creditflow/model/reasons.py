@@ -68,10 +68,7 @@ def reason_sets(contributions: np.ndarray, k: int) -> tuple[list[tuple[int, ...]
     n, m = contributions.shape
     k = min(k, m)
     digits = _raising(np.ascontiguousarray(contributions, dtype=np.float64), k)
-    if n == 1:  # one applicant (a request alone): one set
-        sets = digits
-        which = np.zeros(1, dtype=np.int64)
-    elif (m + 1) ** k < 2**62:  # one integer per row: a 1-D grouping is far cheaper than a row-wise unique
+    if (m + 1) ** k < 2**62:  # one integer per row: a 1-D grouping is far cheaper than a row-wise unique
         first, which = _groups(digits, m + 1)
         sets = digits[first]
     else:
