@@ -3,14 +3,14 @@
 A model call costs about the same for one applicant as for eight (docs/performance.md, "Requests that arrive
 together, scored in one call"). With several connections open, several requests are read in one event-loop
 iteration; `Coalescer.score` queues each small request under the `Loaded` version it arrived on and its column
-labels (`parse_body` shares one Index per column list), and the first one queued schedules a flush with
-`loop.call_soon`: every request the loop has already read joins it, none waits for company (a request alone is
-scored in the next iteration, as it would have been). The flush stacks the frames of a version and column list into
-one (one `np.concatenate` when they are all floats, else `pd.concat`), makes one `columns` call per `max_rows`
-applicants, splits the answer columns back per request and writes each body as it would be written alone (a row's
-answer does not depend on the rows beside it: model.compiled's `row_products`). If a combined call fails (one
-request breaks a value rule, a model fault), each request of that call is scored alone: its own status and body,
-the others still answered.
+labels (`parse_body` shares one Index per spec, or per column list for frames with text), and the first one queued
+schedules a flush with `loop.call_soon`: every request the loop has already read joins it, none waits for company
+(a request alone is scored in the next iteration, as it would have been). The flush stacks the requests of a version
+and column list into one (one `np.concatenate` of their raw matrices or float blocks, else `pd.concat`), makes one
+`columns` call per `max_rows` applicants, splits the answer columns back per request and writes each body as it
+would be written alone (a row's answer does not depend on the rows beside it: `model.linear`, `row_products`). If a
+combined call fails (one request breaks a value rule, a model fault), each request of that call is scored alone: its
+own status and body, the others still answered.
 """
 
 from __future__ import annotations

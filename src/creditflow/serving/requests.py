@@ -1,4 +1,5 @@
-"""Scoring requests read at the edge: a raw `/invocations` body becomes a typed frame, or a `BadRequest`.
+"""Scoring requests read at the edge: a raw `/invocations` body becomes typed rows (`serving.typed`: the model's
+raw matrix for a spec without categorical columns, else a typed frame), or a `BadRequest`.
 
 `parse_body` reads JSON (`dataframe_split`/`dataframe_records`) or CSV, checking its shape: content
 type, UTF-8, JSON syntax, format keys, duplicated, unknown and missing columns, value types (no
@@ -90,7 +91,7 @@ def parse_records(records: Any, spec: DatasetSpec, max_rows: int, segment: str =
 
 def _typed(columns: list[str], rows: list[list[Any]], spec: DatasetSpec, max_rows: int, segment: str,
            csv_text: bool) -> Parsed:
-    """Rows of a request, checked (count, columns, value types) and made the typed frame."""
+    """Rows of a request, checked (count, columns, value types) and typed (`_frame`)."""
     if not rows:
         raise BadRequest("the request holds no applicants")
     if len(rows) > max_rows:
