@@ -162,10 +162,11 @@ def _frame(layout: Layout, rows: list[list[Any]], csv_text: bool) -> Parsed:
     if csv_text:
         rows = [[None if cell.strip() == "" else cell for cell in row] for row in rows]
     kept = layout.numbers
-    if len(kept) == len(layout.labels) and layout.numeric_spec and layout.segment_at < 0:
-        return Applicants(_raw_block(layout, rows), layout.raw_labels)
-    if len(kept) == len(layout.labels):  # numbers only (and the segment column): the frame in the model's order
-        frame = float_frame(_raw_block(layout, rows), layout.raw_labels)
+    if len(kept) == len(layout.labels):  # numbers only (and the segment column): in the model's order
+        block = _raw_block(layout, rows)
+        if layout.numeric_spec and layout.segment_at < 0:
+            return Applicants(block, layout.raw_labels)
+        frame = float_frame(block, layout.raw_labels)
     else:
         block = np.array([[row[j] for j in kept] for row in rows], dtype="float64").reshape(len(rows), len(kept))
         frame = _mixed_frame(layout, block, rows)
