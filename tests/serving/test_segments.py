@@ -205,6 +205,7 @@ def test_one_endpoint_answers_for_every_segment_and_follows_each_alias(segment_s
         health = requests.get(f"{url}/health", timeout=10).json()
         assert health["segment_column"] == "Region" and health["model_version"] == segment_store.fallback
         assert health["segments"]["R02"]["model_version"] == r02 and health["segments"]["R03"]["model_version"] is None
+        deadline = time.monotonic() + 60
         while health["segments"]["R03"]["polls"] == 0:  # R03's follower polls on its own thread: its first may lag
             assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.5)
