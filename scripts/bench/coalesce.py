@@ -5,11 +5,14 @@ For each champion (scripts/bench/champions.py, or the ones already in `--champio
 `creditflow serve` endpoints run at once, `-w W` each:
   on    the defaults (`coalesce: true`)
   off   `coalesce: false` (each request its own model call, as before)
-beside the HTTP floor (scripts/bench/floor_app.py). Each run visits every endpoint in turn with `wrk` (1-row
-requests of held-out applicants) at every concurrency, the order reversed every other run; medians over runs.
-Printed: req/s, p50, p99, errors, the share of the floor's req/s, on/off, and for `on` the requests scored per
-model call (creditflow_requests_per_call from /metrics). In process: the guard's per-request cost of 8 one-applicant
-requests scored one by one and together (the `Coalescer`'s own path), medians of rounds alternating.
+beside the HTTP floor (scripts/bench/floor_app.py). `--code SRC ...` adds, per `src` folder (another checkout's), an
+endpoint `on@SRC` running that folder's creditflow with the defaults: code against code, served side by side, the
+CPU of each request (the server's processes' user + system CPU over the run, from /proc) beside its req/s. Each run
+visits every endpoint in turn with `wrk` (1-row requests of held-out applicants) at every concurrency, the order
+reversed every other run; medians over runs. Printed: req/s, p50, p99, errors, the share of the floor's req/s,
+on/off, and for `on` the requests scored per model call (creditflow_requests_per_call from /metrics). In process:
+the guard's per-request cost of 8 one-applicant requests scored one by one and together (the `Coalescer`'s own
+path), medians of rounds alternating.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ from pathlib import Path
 import champions
 import pandas as pd
 import requests
+from proctree import tree_cpu_seconds  # scripts/bench/proctree.py, beside this file
 
 MODES = ("on", "off")
+
+
+def modes(args: argparse.Namespace) -> list[str]:
+    """The endpoints of each champion: on, off, and `on@SRC` per `--code` folder."""
+    return [*MODES, *(f"on@{src}" for src in args.code)]
 
 
 def per_call(url: str) -> tuple[float, float]:
@@ -77,18 +86,21 @@ def coalesce_bench(args: argparse.Namespace, tmp: Path) -> int:
     off.write_text("coalesce: false\n")
     procs: list[Endpoint] = []
     targets: dict[tuple[str, str], str] = {}
+    pids: dict[tuple[str, str], int] = {}
     try:
         port = free_port()
         procs.append(start("floor", [sys.executable, str(Path(__file__).with_name("floor_app.py")), "-p", str(port),
                                      "-w", str(args.workers)], port, tmp / "floor.log"))
         targets["floor", "floor"] = procs[-1].url
+        pids["floor", "floor"] = procs[-1].proc.pid
         for name, (uri, _) in champs.items():
-            for mode in MODES:
+            for mode in modes(args):
                 port = free_port()
                 cmd = [str(BIN / "creditflow"), "serve", "-m", uri, "-p", str(port), "-w", str(args.workers)]
                 procs.append(start(f"{name}-{mode}", cmd + (["--config", str(off)] if mode == "off" else []), port,
-                                   tmp / f"{name}-{mode}.log"))
+                                   tmp / f"{name}-{mode.replace('/', '_')}.log", mode.partition("@")[2]))
                 targets[name, mode] = procs[-1].url
+                pids[name, mode] = procs[-1].proc.pid
         wait_ready(procs)
         scripts = {}
         for name, (_, X) in champs.items():
@@ -103,12 +115,14 @@ def coalesce_bench(args: argparse.Namespace, tmp: Path) -> int:
             for conc in args.concurrency:
                 visits = list(targets.items())
                 for (name, mode), url in (visits if run % 2 == 0 else visits[::-1]):
-                    before = per_call(url) if mode == "on" else (0.0, 0.0)
-                    results.setdefault((name, mode, conc), []).append(
-                        run_wrk(url, scripts[first if name == "floor" else name], conc, args.seconds))
-                    if mode == "on":
+                    before = per_call(url) if mode.startswith("on") else (0.0, 0.0)
+                    cpu = tree_cpu_seconds(pids[name, mode])
+                    result = run_wrk(url, scripts[first if name == "floor" else name], conc, args.seconds)
+                    result["cpu_us"] = (tree_cpu_seconds(pids[name, mode]) - cpu) / max(result["requests"], 1) * 1e6
+                    results.setdefault((name, mode, conc), []).append(result)
+                    if mode.startswith("on"):
                         after = per_call(url)
-                        calls.setdefault((name, conc), []).append(
+                        calls.setdefault((name, mode, conc), []).append(
                             (after[0] - before[0]) / max(after[1] - before[1], 1))
             print(f"run {run + 1}/{args.runs} done; load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
@@ -124,22 +138,27 @@ def coalesce_bench(args: argparse.Namespace, tmp: Path) -> int:
 
 def report(champs: dict, results: dict, calls: dict, args: argparse.Namespace) -> None:
     def med(key: tuple) -> dict[str, float]:
-        return {k: statistics.median(r[k] for r in results[key]) for k in ("rps", "p50_ms", "p99_ms")}
+        return {k: statistics.median(r[k] for r in results[key]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
 
     print(f"\n{args.runs} run(s) x {args.seconds} s per endpoint and concurrency, endpoints in turn (order reversed "
           f"every other run); medians; 1 applicant per request; {args.workers} worker(s) each")
-    print(f"{'family':<24} {'conc':>4} {'coalesce':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
-          f"{'floor %':>7}  notes")
+    width = max(8, *(len(m) for m in modes(args)))
+    print(f"{'family':<24} {'conc':>4} {'coalesce':<{width}} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+          f"{'CPU us':>7}  {'floor %':>7}  notes")
     for conc in args.concurrency:
         floor = med(("floor", "floor", conc))
-        print(f"{'(HTTP floor)':<24} {conc:>4} {'':<8} {floor['rps']:>8.1f} {floor['p50_ms']:>8.2f} "
-              f"{floor['p99_ms']:>8.2f} {sum(r['errors'] for r in results['floor', 'floor', conc]):>6}")
+        print(f"{'(HTTP floor)':<24} {conc:>4} {'':<{width}} {floor['rps']:>8.1f} {floor['p50_ms']:>8.2f} "
+              f"{floor['p99_ms']:>8.2f} {sum(r['errors'] for r in results['floor', 'floor', conc]):>6} "
+              f"{floor['cpu_us']:>7.0f}")
         for name in champs:
             on = med((name, "on", conc))
-            for mode in MODES:
+            for mode in modes(args):
                 m = med((name, mode, conc))
                 errors = sum(r["errors"] for r in results[name, mode, conc])
+                per = f"{statistics.median(calls[name, mode, conc]):.2f}" if mode != "off" else ""
                 note = (f"on/off req/s x{on['rps'] / m['rps']:.2f}, p50 x{on['p50_ms'] / m['p50_ms']:.2f}"
-                        if mode == "off" else f"{statistics.median(calls[name, conc]):.2f} requests per model call")
-                print(f"{name:<24} {conc:>4} {mode:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
-                      f"{errors:>6}  {100 * m['rps'] / floor['rps']:>6.1f}%  {note}")
+                        if mode == "off" else f"{per} requests per model call")
+                if mode.startswith("on@"):
+                    note += f"; req/s x{m['rps'] / on['rps']:.2f} on's, CPU a request x{m['cpu_us'] / on['cpu_us']:.2f}"
+                print(f"{name:<24} {conc:>4} {mode:<{width}} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
+                      f"{errors:>6} {m['cpu_us']:>7.0f}  {100 * m['rps'] / floor['rps']:>6.1f}%  {note}")

@@ -14,8 +14,9 @@
             family: req/s, p50, p99, errors; ours as a share of the floor's req/s; ours / mlserver (req/s, p50); and the
             in-process 1-row `predict` of each champion (medians of calls alternating champion by champion) with each
             categorical champion against its numeric family, in process and over HTTP (p50 at concurrency 1). Last,
-            each model's own work on one applicant (the compiled probability and exact reasons, in process) beside
-            the floor's CPU a request: the most of the floor's req/s any endpoint of that model could answer.
+            each model's own work per applicant (the compiled probability and exact reasons, in process), in calls
+            of 8 applicants (as the endpoint's calls hold at concurrency 8) and alone, beside the floor's CPU a
+            request: the most of the floor's req/s any endpoint of that model could answer.
 --by-id     One `creditflow serve --feature-store` per champion; the held-out applicants' features loaded into Redis
             database `--redis-db` (emptied first). Each run loads the same server with full-payload 1-row requests
             (`POST /invocations`) and with the same applicants by id (`POST /invocations/by-id`), in turn; medians of
@@ -65,26 +66,29 @@ def _in_process(champs: dict, calls: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
-def _model_work(champs: dict, batches: int = 25, calls: int = 200) -> dict[str, float]:
-    """Per champion, the CPU us of the model's own work on one applicant, in process: the compiled scorer's
-    probability and exact reasons (`FastScorer.score` of one raw row), no parse, no JSON, no HTTP; the least of
-    `batches` batches' means (the work itself, what the machine's other load can only add to)."""
+def _model_work(champs: dict, batches: int = 25, applicants: int = 200) -> dict[str, dict[int, float]]:
+    """Per champion, the CPU us of the model's own work per applicant, in process, in calls of 1 and of 8 applicants
+    (at concurrency 8 the endpoint scores about 8 requests a call: `serving.coalesce`): the compiled scorer's
+    probability and exact reasons (`FastScorer.score` of raw rows), no parse, no JSON, no HTTP; the least of `batches`
+    batches' means (the work itself, what the machine's other load can only add to)."""
     import mlflow
 
     from creditflow.model.inputs import applicant_matrix
 
-    out = {}
+    out: dict[str, dict[int, float]] = {}
     for name, champ in champs.items():
         scoring = mlflow.pyfunc.load_model(champ.uri).unwrap_python_model().scoring
-        X = champ.held_out.head(calls)
-        rows = [applicant_matrix(X.iloc[[i]], scoring.spec, scoring.scorer.codes) for i in range(len(X))]
-        means = []
-        for _ in range(batches):
-            start = time.thread_time()
-            for R in rows:
-                scoring.scorer.score(R)
-            means.append((time.thread_time() - start) / len(rows))
-        out[name] = min(means) * 1e6
+        X = champ.held_out.head(applicants)
+        for size in (1, 8):
+            calls = [applicant_matrix(X.iloc[i:i + size], scoring.spec, scoring.scorer.codes)
+                     for i in range(0, len(X) - size + 1, size)]
+            means = []
+            for _ in range(batches):
+                start = time.thread_time()
+                for R in calls:
+                    scoring.scorer.score(R)
+                means.append((time.thread_time() - start) / (len(calls) * size))
+            out.setdefault(name, {})[size] = min(means) * 1e6
     return out
 
 
@@ -220,21 +224,24 @@ def report(champs: dict, results: dict, in_process: dict[str, float], args: argp
         print(line)
 
 
-def report_ceiling(results: dict, model_work: dict[str, float], args: argparse.Namespace) -> None:
+def report_ceiling(results: dict, model_work: dict[str, dict[int, float]], args: argparse.Namespace) -> None:
     """The most of the floor's req/s an endpoint of each model could answer with one worker: every request costs at
-    least the floor's CPU plus the model's own work (CPU-bound worker: req/s is 1 / CPU a request)."""
+    least the floor's CPU plus the model's own work on its applicant (CPU-bound worker: req/s is 1 / CPU a request),
+    that work in calls of 8 applicants (what the endpoint's calls hold at concurrency 8) and, for reference, alone."""
     conc = 8 if 8 in args.concurrency else args.concurrency[-1]
     floor = [r["cpu_us"] for k, rs in results.items() if k[1:] == (1, conc, "floor") for r in rs]
     if not floor or 1 not in args.rows:
         return
     floor_us = statistics.median(floor)
-    print(f"\nthe model's own work on one applicant in process (compiled probability + exact reasons; no parse, "
-          f"no JSON, no HTTP; CPU us, least of 25 batches' means) against the floor's CPU a request at "
-          f"concurrency {conc} ({floor_us:.0f} us): the ceiling of any endpoint's share of the floor's req/s")
-    for name, us in model_work.items():
+    print(f"\nthe model's own work per applicant in process (compiled probability + exact reasons; no parse, "
+          f"no JSON, no HTTP; CPU us, least of 25 batches' means), in calls of 8 applicants and alone, against the "
+          f"floor's CPU a request at concurrency {conc} ({floor_us:.0f} us): the ceiling of any endpoint's share of "
+          f"the floor's req/s")
+    for name, work in model_work.items():
         served = results.get((name, 1, conc, "ours"), [])
         ours = statistics.median(r["cpu_us"] for r in served) if served else float("nan")
-        print(f"{name:<36} model {us:7.1f} us  ceiling {100 * floor_us / (floor_us + us):5.1f}%  "
+        print(f"{name:<36} model {work[8]:7.1f} us in eights ({work[1]:.1f} alone)  ceiling "
+              f"{100 * floor_us / (floor_us + work[8]):5.1f}% ({100 * floor_us / (floor_us + work[1]):.1f}% alone)  "
               f"(ours: {ours:.0f} us a request, {100 * floor_us / ours:.1f}% by CPU)")
 
 

@@ -128,8 +128,11 @@ def prepare_models(rows: int, experiment: str) -> tuple[str, str, object]:
     return ours, stock, split.X_test[ds.raw_columns]
 
 
-def start(name: str, cmd: list[str], port: int, log: Path) -> Endpoint:
+def start(name: str, cmd: list[str], port: int, log: Path, code: str = "") -> Endpoint:
+    """A server started with `cmd`; `code`: a `src` folder whose creditflow it runs instead of the installed one."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if code:
+        env["PYTHONPATH"] = str(Path(code).resolve())
     with open(log, "wb") as out:  # the child keeps its own copy of the file descriptor
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     return Endpoint(name, f"http://127.0.0.1:{port}", proc)
@@ -329,6 +332,9 @@ def add_family_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coalesce", nargs="?", const="logistic,xgboost,hist_gradient_boosting", default="",
                         help="requests scored together in one call, on and off side by side, with the HTTP floor "
                         "(scripts/bench/coalesce.py); optionally which champions")
+    parser.add_argument("--code", nargs="+", default=[], metavar="SRC",
+                        help="--coalesce: also serve each champion with these src folders' creditflow (another "
+                        "checkout's), side by side")
     parser.add_argument("--champions-from", default="", help="--families/--by-id/--coalesce: champions trained "
                         "before (DIR/uris.json, DIR/<family>.parquet, DIR/mlflow.db) instead of training them")
     parser.add_argument("--save-champions", default="", help="--families/--by-id/--coalesce: train the champions "
