@@ -10,7 +10,7 @@ import json
 
 import pandas as pd
 
-from creditflow.serving.coalesce import POLLS, Coalescer, predict
+from creditflow.serving.coalesce import Coalescer, predict
 from creditflow.serving.live import Loaded
 from creditflow.serving.online import INLINE_ROWS, answered
 from creditflow.serving.requests import parse_body
@@ -122,15 +122,6 @@ def test_requests_read_in_the_next_iterations_join_the_queue(champion) -> None:
     counted, parsed = Counted(loaded), frames(loaded, X.head(5))
     outcomes = staggered(Coalescer(answered, INLINE_ROWS), [(counted, f) for f in parsed])
     assert counted.calls == [5]
-    assert [body for _, body, _ in outcomes] == [predict(loaded, f)[0] for f in parsed]
-
-
-def test_a_steady_stream_is_scored_every_few_iterations_never_held_back(champion) -> None:
-    loaded, X = champion
-    counted, parsed = Counted(loaded), frames(loaded, X.head(3 * POLLS))
-    outcomes = staggered(Coalescer(answered, INLINE_ROWS), [(counted, f) for f in parsed])
-    assert counted.calls[:2] == [POLLS + 1] * 2  # one a loop iteration: the first, then one from each iteration waited
-    assert sum(counted.calls) == 3 * POLLS
     assert [body for _, body, _ in outcomes] == [predict(loaded, f)[0] for f in parsed]
 
 

@@ -3,15 +3,13 @@
 A model call costs about the same for one applicant as for eight (docs/performance.md, "Requests that arrive
 together, scored in one call"). With several connections open, requests are read a few per event-loop iteration;
 `Coalescer.score` queues each small request under the `Loaded` version it arrived on and its column labels
-(`parse_body` shares one Index per spec, or per column list for frames with text), and the first one queued
-schedules `settle` with `loop.call_soon`. `settle` waits one more loop iteration while the last one brought company
-(so the requests the next I/O poll reads join), at most POLLS iterations and never past `max_rows` applicants, then
-flushes: no timer, and a request alone is scored two iterations after it is queued (nothing else runs in between).
-The flush stacks the requests of a version and column list into one (one `np.concatenate` of their raw matrices or
-float blocks, else `pd.concat`), makes one `columns` call per `max_rows` applicants, splits the answer columns back
-per request and writes each body as it would be written alone (a row's answer does not depend on the rows beside it:
-`model.linear`, `row_products`). If a combined call fails (one request breaks a value rule, a model fault), each
-request of that call is scored alone: its own status and body, the others still answered.
+(`parse_body` shares one Index per spec, or per column list for frames with text), and the queue is flushed once it
+has settled (`serving.settling`: once an iteration brought no one, after a few iterations, or at `max_rows`
+applicants; no timer). The flush stacks the requests of a version and column list into one (one `np.concatenate` of
+their raw matrices or float blocks, else `pd.concat`), makes one `columns` call per `max_rows` applicants, splits
+the answer columns back per request and writes each body as it would be written alone (a row's answer does not
+depend on the rows beside it: `model.linear`, `row_products`). If a combined call fails (one request breaks a value
+rule, a model fault), each request of that call is scored alone: its own status and body, the others still answered.
 """
 
 from __future__ import annotations
@@ -27,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from creditflow.model.inputs import float_block
+from creditflow.serving.settling import Settling
 from creditflow.serving.typed import Applicants, Parsed, float_frame
 
 logger = logging.getLogger(__name__)
 
-POLLS = 8  # at most this many I/O polls waited for company before a queue is scored
 Outcome = tuple[int, bytes, dict[str, list] | None]  # (status, body, answer columns or None)
 
 
@@ -102,7 +100,7 @@ def batches(queued: list[Waiting], max_rows: int) -> list[list[Waiting]]:
 
 
 class Coalescer:
-    """Scores the small requests read in one event-loop iteration together: one model call per version and per
+    """Scores the small requests read together (`serving.settling`): one model call per version and per
     `max_rows` applicants; `alone(loaded, frame)` answers a request by itself (a batch of one, or after a combined
     call failed) with its status, body and answer columns, never raising."""
 
@@ -111,16 +109,12 @@ class Coalescer:
         self.alone, self.max_rows, self.observe = alone, max_rows, observe
         # by the version each request arrived on and its column labels (`parse_body` shares one Index per column list)
         self.queued: dict[tuple[int, int], tuple[Any, list[Waiting]]] = {}
-        self.arrived = self.seen = self.rows = self.polls = 0  # requests and rows queued; requests at the last look
+        self.settling = Settling(self.flush, max_rows)
 
     async def score(self, loaded: Any, frame: pd.DataFrame) -> Outcome:
         """This request's (status, body, answer columns or None), scored with those queued beside it."""
         loop = asyncio.get_running_loop()
-        if not self.queued:
-            self.arrived = self.seen = self.rows = self.polls = 0
-            loop.call_soon(self.settle, loop)
-        self.arrived += 1
-        self.rows += len(frame)
+        self.settling.joined(loop, len(frame))
         waiting = Waiting(frame, loop.create_future())
         key = (id(loaded), id(frame.columns))
         if key in self.queued:
@@ -128,18 +122,6 @@ class Coalescer:
         else:
             self.queued[key] = (loaded, [waiting])
         return await waiting.future
-
-    def settle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Flush, or wait one more loop iteration while the last one brought company.
-
-        A callback scheduled with `call_soon` runs at the front of the next iteration, before the handlers of the
-        requests that iteration's I/O poll read: rescheduled, it runs after them, so those join the queue first.
-        """
-        if self.arrived != self.seen and self.polls < POLLS and self.rows < self.max_rows:
-            self.seen, self.polls = self.arrived, self.polls + 1
-            loop.call_soon(self.settle, loop)
-        else:
-            self.flush()
 
     def flush(self) -> None:
         """Score everything queued: per version and column list, per call of at most `max_rows` applicants."""

@@ -21,6 +21,7 @@ import pandas as pd
 from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
 from creditflow.errors import CreditflowError, SpecError, first_line
+from creditflow.serving.settling import Settling
 from creditflow.specs import DatasetSpec
 
 KEY_PREFIX = "creditflow:features"
@@ -78,6 +79,7 @@ class FeatureStore:
         self.url, self.dataset = url, dataset
         self._async: Any = None  # redis.asyncio client, made on first `get_async`
         self._queued: list[tuple[list[str], asyncio.Future]] = []  # lookups waiting for the next MGET
+        self._settling = Settling(self._fetch_queued, CHUNK)
         self._fetching: set[asyncio.Task] = set()
 
     def key(self, applicant_id: str) -> str:
@@ -132,11 +134,10 @@ class FeatureStore:
 
     async def get_async(self, ids: list[str]) -> list[dict[str, Any]]:
         """`get` on redis' asyncio client: the online endpoint's event loop answers other requests meanwhile, and
-        the lookups of requests read in the same loop iteration share one MGET (`_fetch_queued`; each request still
-        gets its own records and its own errors)."""
+        the lookups of requests read together share one MGET, sent once the queue has settled (`serving.settling`;
+        `_fetch_queued`; each request still gets its own records and its own errors)."""
         loop = asyncio.get_running_loop()
-        if not self._queued:
-            loop.call_soon(self._fetch_queued)
+        self._settling.joined(loop, len(ids))
         future: asyncio.Future = loop.create_future()
         self._queued.append((ids, future))
         return _known(ids, self.records(ids, await future))

@@ -158,7 +158,7 @@ class RequestGuard:
 
     POST /invocations is parsed once, by `parse_body`, and the typed frame goes to the version the
     `LiveModel` serves when the request arrives; the answer is MLflow's `predictions_to_json` body, each
-    prediction with its `model_version`. Small requests read in one loop iteration share one model call
+    prediction with its `model_version`. Small requests read together share one model call
     (`Coalescer`); requests of more than INLINE_ROWS applicants run in a worker thread under the request timeout.
     GET /health reports the served version and the registry polls, GET /metrics the Prometheus figures; every other
     route is MLflow's.
