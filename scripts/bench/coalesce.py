@@ -85,40 +85,38 @@ def coalesce_bench(args: argparse.Namespace, tmp: Path) -> int:
     off = tmp / "coalesce-off.yaml"
     off.write_text("coalesce: false\n")
     procs: list[Endpoint] = []
-    targets: dict[tuple[str, str], str] = {}
-    pids: dict[tuple[str, str], int] = {}
+    targets: dict[tuple[str, str], Endpoint] = {}
     try:
         port = free_port()
         procs.append(start("floor", [sys.executable, str(Path(__file__).with_name("floor_app.py")), "-p", str(port),
                                      "-w", str(args.workers)], port, tmp / "floor.log"))
-        targets["floor", "floor"] = procs[-1].url
-        pids["floor", "floor"] = procs[-1].proc.pid
+        targets["floor", "floor"] = procs[-1]
         for name, (uri, _) in champs.items():
             for mode in modes(args):
                 port = free_port()
                 cmd = [str(BIN / "creditflow"), "serve", "-m", uri, "-p", str(port), "-w", str(args.workers)]
                 procs.append(start(f"{name}-{mode}", cmd + (["--config", str(off)] if mode == "off" else []), port,
                                    tmp / f"{name}-{mode.replace('/', '_')}.log", mode.partition("@")[2]))
-                targets[name, mode] = procs[-1].url
-                pids[name, mode] = procs[-1].proc.pid
+                targets[name, mode] = procs[-1]
         wait_ready(procs)
         scripts = {}
         for name, (_, X) in champs.items():
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(LUA.replace("{BODIES}", "{" + ",".join(json.dumps(b) for b in bodies(X, 1)) + "}"))
         first = next(iter(champs))
-        for (name, _), url in targets.items():  # a fresh server's first seconds are slower: not measured
-            run_wrk(url, scripts[first if name == "floor" else name], 2, min(args.seconds, 3))
+        for (name, _), ep in targets.items():  # a fresh server's first seconds are slower: not measured
+            run_wrk(ep.url, scripts[first if name == "floor" else name], 2, min(args.seconds, 3))
         results: dict[tuple, list[dict]] = {}
         calls: dict[tuple, list[float]] = {}
         for run in range(args.runs):
             for conc in args.concurrency:
                 visits = list(targets.items())
-                for (name, mode), url in (visits if run % 2 == 0 else visits[::-1]):
+                for (name, mode), ep in (visits if run % 2 == 0 else visits[::-1]):
+                    url, pid = ep.url, ep.proc.pid
                     before = per_call(url) if mode.startswith("on") else (0.0, 0.0)
-                    cpu = tree_cpu_seconds(pids[name, mode])
+                    cpu = tree_cpu_seconds(pid)
                     result = run_wrk(url, scripts[first if name == "floor" else name], conc, args.seconds)
-                    result["cpu_us"] = (tree_cpu_seconds(pids[name, mode]) - cpu) / max(result["requests"], 1) * 1e6
+                    result["cpu_us"] = (tree_cpu_seconds(pid) - cpu) / max(result["requests"], 1) * 1e6
                     results.setdefault((name, mode, conc), []).append(result)
                     if mode.startswith("on"):
                         after = per_call(url)

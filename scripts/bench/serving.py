@@ -353,6 +353,11 @@ def family_modes(args: argparse.Namespace) -> int:
         print(f"error: unknown champion(s) {', '.join(unknown)} (families: {', '.join(deployed.champions.FAMILIES)}, "
               f"or categorical-FAMILY)", file=sys.stderr)
         return 2
+    not_code = [src for src in args.code if not (Path(src) / "creditflow" / "__init__.py").is_file()]
+    if not_code or (args.code and not args.coalesce):
+        print(f"error: --code takes src folders holding creditflow, with --coalesce"
+              f"{': not one: ' + ', '.join(not_code) if not_code else ''}", file=sys.stderr)
+        return 2
     args.families = ",".join(names)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
