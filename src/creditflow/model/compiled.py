@@ -13,8 +13,10 @@ pipeline's (tests check 1e-9 for every family). Explanations are computed on tha
   with the training rows as background);
 - trees: baseline Shapley against the reference applicant stored with the model, as `model.shap.raw_shap`
   with the training rows as background (shap's interventional `TreeExplainer` with that one background
-  row). Boosted trees are also packed into compiled loops (`model.forest`: the same probabilities and
-  values), used for the calls they answer faster (`forest.compiled_rows`). Models logged without a reference
+  row). Boosted trees are packed into compiled loops (`model.forest`: the same probabilities, and the
+  values with the leaves summed in float64), which explain every call and give its probability in the same
+  walk; a call for the probability alone uses them where they are faster (`forest.compiled_rows`). Models
+  logged without a reference
   (and XGBoost with native categorical splits) keep path-dependent TreeSHAP: XGBoost's own
   `pred_contribs`, shap's `TreeExplainer` for other trees.
 
@@ -43,7 +45,7 @@ from threadpoolctl import ThreadpoolController
 from xgboost import XGBClassifier
 
 from creditflow.model.categories import Codes, NotCompilable, category_tables, texts_series, vocabulary
-from creditflow.model.forest import Forest, compiled_rows, pack
+from creditflow.model.forest import compiled_rows, packed
 from creditflow.model.linear import LinearScorer
 from creditflow.model.pipeline import CreditFeatures, is_linear, positive_index
 from creditflow.model.program import (
@@ -225,53 +227,49 @@ def _one_thread(model: Any) -> Any:
     return model
 
 
-def _packed(model: Any, reference: np.ndarray | None) -> Forest | None:
-    """The boosted trees as compiled arrays, or None where the library's own path stays (forests, no reference,
-    categorical splits, several classes)."""
-    if reference is None or has_categorical_splits(model) or positive_index(model) != 1:
-        return None
-    try:
-        forest = pack(model)
-    except NotCompilable as err:
-        log.info("trees keep the library's scoring: %s", err)
-        return None
-    return forest
+def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable, Callable | None]:
+    """Probability, contributions, and both at once (None: no faster than the two). Packed boosted trees explain
+    every call, giving the probability in the same walk, and score the calls they score faster than the library
+    alone (`forest.compiled_rows`); other trees keep the libraries (`_library_tree`)."""
+    forest = None if reference is None else packed(model)
+    probability, contributions = _library_tree(model, reference, explain=forest is None)
+    if forest is None:
+        return probability, contributions, None
+    route = forest.route(reference)
+    forest.explain(reference[None, :], route)  # the kernels compiled (or read from numba's disk cache) at load,
+    forest.probability(reference[None, :])  # not on the first request
+    rows = compiled_rows(model)
+
+    def fast_probability(Z: np.ndarray) -> np.ndarray:
+        return forest.probability(Z) if len(Z) <= rows else probability(Z)
+
+    def fast_contributions(Z: np.ndarray) -> np.ndarray:
+        return forest.explain(Z, route)[1]
+
+    def both(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        margin, values = forest.explain(Z, route)
+        return forest.of_margin(margin), values
+
+    return fast_probability, fast_contributions, both
 
 
-def _tree(model: Any, reference: np.ndarray | None) -> tuple[Callable, Callable]:
-    """Baseline Shapley against the reference applicant; path-dependent TreeSHAP for models logged without one.
-    Packed boosted trees answer the calls they answer faster than the libraries (`forest.compiled_rows`)."""
-    forest = _packed(model, reference)
+def _library_tree(model: Any, reference: np.ndarray | None, explain: bool) -> tuple[Callable, Callable | None]:
+    """The library's probability on one thread, and (if `explain`) shap's baseline Shapley against the reference
+    applicant, or path-dependent TreeSHAP for models logged without one (XGBoost's own `pred_contribs`)."""
     pos = positive_index(model)
     model = _one_thread(model)
     threads = ThreadpoolController()  # HistGradientBoosting has no n_jobs: OpenMP limited for each call, restored
-    if reference is None and isinstance(model, XGBClassifier):
-        def contributions(Z: np.ndarray) -> np.ndarray:
-            return xgboost_contributions(model, Z)[:, :-1]
-    else:
-        explainer = tree_explainer(model, None if has_categorical_splits(model) else reference)
-
-        def contributions(Z: np.ndarray) -> np.ndarray:
-            return tree_contributions(explainer, model, Z)
 
     def probability(Z: np.ndarray) -> np.ndarray:
         with threads.limit(limits=1, user_api="openmp"):
             return model.predict_proba(np.ascontiguousarray(Z))[:, pos].astype("float64")
 
-    if forest is None:
-        return probability, contributions
-    scored, explained = compiled_rows(model)
-    forest.probability(reference[None, :])  # the kernels in use compiled (or read from numba's disk cache) at load,
-    if explained:  # not on the first request
-        forest.baseline_shapley(reference[None, :], reference)
-
-    def fast_probability(Z: np.ndarray) -> np.ndarray:
-        return forest.probability(Z) if len(Z) <= scored else probability(Z)
-
-    def fast_contributions(Z: np.ndarray) -> np.ndarray:
-        return forest.baseline_shapley(Z, reference) if len(Z) <= explained else contributions(Z)
-
-    return fast_probability, fast_contributions
+    if not explain:
+        return probability, None
+    if reference is None and isinstance(model, XGBClassifier):
+        return probability, lambda Z: xgboost_contributions(model, Z)[:, :-1]
+    explainer = tree_explainer(model, None if has_categorical_splits(model) else reference)
+    return probability, lambda Z: tree_contributions(explainer, model, Z)
 
 
 # ---------------------------------------------------------------- the compiled scorer
@@ -289,6 +287,7 @@ class FastScorer:
     codes: Codes  # categorical columns enter the raw matrix as codes into their vocabulary
     program: Program | None = None  # the compiled preprocessing (None: scikit-learn's own)
     linear: LinearScorer | None = None  # a linear model's terms, scored in one pass with the program
+    both: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # packed trees: one walk for the two
 
     def transform(self, R: np.ndarray) -> np.ndarray:
         return self.preprocess(R)
@@ -301,6 +300,9 @@ class FastScorer:
             margin, raw = self.linear.score(self.program, R)
             return Scored(expit(margin), raw)
         Z = self.transform(R)
+        if self.both is not None:
+            probability, contributions = self.both(Z)
+            return Scored(probability, row_products(contributions, self.to_raw))
         return Scored(self.probability_of(Z), self.raw_contributions(Z))
 
     def raw_contributions(self, Z: np.ndarray) -> np.ndarray:
@@ -344,5 +346,5 @@ def compile_scorer(
     if is_linear(model):
         probability, contributions, linear = _linear(model, reference, to_raw)
         return FastScorer(spec.raw_columns, preprocess, probability, contributions, to_raw, codes, program, linear)
-    probability, contributions = _tree(model, reference)
-    return FastScorer(spec.raw_columns, preprocess, probability, contributions, to_raw, codes, program)
+    probability, contributions, both = _tree(model, reference)
+    return FastScorer(spec.raw_columns, preprocess, probability, contributions, to_raw, codes, program, both=both)

@@ -5,22 +5,20 @@ cost whatever the size, scikit-learn's HistGradientBoosting calls Cython once pe
 converts the model for each call (docs/performance.md says when each path is faster). `pack` reads a fitted binary
 HistGradientBoostingClassifier or XGBClassifier once into node arrays; `margin` gives the log-odds exactly as the
 library computes them (HistGradientBoosting: float64, left when x <= threshold; XGBoost: float32 inputs,
-thresholds and sums, left when x < split, which is x <= the float32 just below the split), and
-`baseline_shapley` the interventional Shapley values against one reference row, the algorithm of shap's
-`TreeExplainer(model, data=reference[None], feature_perturbation="interventional")` carried over line by line,
-with its float32 leaf values and partial sums, so the values are shap's own (equal to the last bit in tests). One
-deliberate difference: the splits are the library's. shap rounds HistGradientBoosting's float64 thresholds to
-float32, so a value lying between the two (HGB takes thresholds from the training values: it happens) goes the
-other way than in the model, and shap's values then miss the margin by a whole leaf; ours add up to the margin
-difference to float32 rounding.
+thresholds and sums, left when x < split, which is x <= the float32 just below the split). `explain` gives, in
+the same walk, the margin and the interventional Shapley values against one reference row: the values of shap's
+`TreeExplainer(model, data=reference[None], feature_perturbation="interventional")`, with the leaf values summed
+in float64 (shap sums float32) and the model's own splits (shap rounds HistGradientBoosting's float64 thresholds
+to float32, so a training value lying between the two goes the other way than in the model, and shap's values then
+miss the margin by a whole leaf).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,9 +28,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from xgboost import XGBClassifier
 
 from creditflow.model.categories import NotCompilable
-from creditflow.model.shap import xgboost_iterations
+from creditflow.model.pipeline import positive_index
 
-FROM_NEITHER, FROM_X, FROM_R = 0, 1, 2  # how the walk reached a node: both rows, only x's side, only r's side
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,10 @@ class Forest:
     left: np.ndarray  # int32 child node ids
     right: np.ndarray
     missing: np.ndarray  # int32: the child a missing value goes to
-    parent: np.ndarray  # int32: the parent node id (a root its own)
     value: np.ndarray  # leaf values, in the dtype the library sums them in
     roots: np.ndarray  # int32: the first node of each tree, then the number of nodes
     base: np.floating  # the margin before any tree (the library's baseline prediction / logit of base_score)
-    weights: np.ndarray  # float32 w[n, m] = m! (n-m-1)! / n!: the Shapley weight of a feature joining m of n others
+    weights: np.ndarray  # w[n, m] = m! (n-m-1)! / n!: the Shapley weight of a feature joining m of n others
 
     @property
     def trees(self) -> int:
@@ -72,25 +69,32 @@ class Forest:
 
     def probability(self, Z: np.ndarray) -> np.ndarray:
         """P(default) as predict_proba gives it (XGBoost: its float32 sigmoid), as float64."""
-        m = self.margin(Z)
+        return self.of_margin(self.margin(Z))
+
+    def of_margin(self, m: np.ndarray) -> np.ndarray:
+        """The library's probability of a margin of `margin`'s dtype (overwritten)."""
         if self.single:
             _sigmoid32(m)
             return m.astype("float64")
         return expit(m)
 
-    @cached_property
-    def value32(self) -> np.ndarray:
-        """Leaf values in float32, as shap's explainer holds them."""
-        return self.value.astype("float32")
+    def route(self, reference: np.ndarray) -> np.ndarray:
+        """The child the reference row goes to at each split node (-1 at a leaf): found once per reference."""
+        r = np.asarray(reference, dtype=self.value.dtype)
+        return _route(r, self.feature, self.threshold, self.left, self.right, self.missing)
+
+    def explain(self, Z: np.ndarray, route: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the margin (as `margin`) and the Shapley values of the margin against the reference whose
+        `route` this is (float64), in one walk."""
+        margin = np.full(len(Z), self.base, dtype=self.value.dtype)
+        out = np.zeros(Z.shape, dtype="float64")
+        _walk(self.inputs(Z), route, self.feature, self.threshold, self.left, self.right, self.missing, self.value,
+              self.roots, self.weights, margin, out)
+        return margin, out
 
     def baseline_shapley(self, Z: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Per row, the interventional Shapley values of the margin against the one reference row (float64)."""
-        X = self.inputs(Z).astype("float64")  # shap compares float64 rows with float32 thresholds
-        r = np.asarray(reference, dtype=self.value.dtype).astype("float64")
-        out = np.zeros(X.shape, dtype="float64")
-        _shapley(X, r, self.feature, self.threshold, self.left, self.right, self.missing, self.parent,
-                 self.value32, self.roots, self.weights, out)
-        return out
+        return self.explain(Z, self.route(reference))[1]
 
 
 def pack(model: Any) -> Forest:
@@ -102,11 +106,30 @@ def pack(model: Any) -> Forest:
     raise NotCompilable(f"no compiled trees for {type(model).__name__}")
 
 
-def compiled_rows(model: Any) -> tuple[float, float]:
-    """Up to how many rows the packed trees score and explain a call faster than the libraries (docs/performance.md):
-    XGBoost's predictor costs more a call but less a row than the compiled loop, HistGradientBoosting's more at any
-    size; shap's explainer costs more a call but less a row than the compiled port (one-row XGBoost calls only)."""
-    return (64, 1) if isinstance(model, XGBClassifier) else (np.inf, 0)
+def packed(model: Any) -> Forest | None:
+    """The Forest of a binary boosted-tree model whose class 1 is P(default), or None where the libraries stay."""
+    try:
+        if positive_index(model) != 1:
+            raise NotCompilable("class 1 is not predict_proba's second column")
+        return pack(model)
+    except NotCompilable as err:
+        log.info("trees keep the library's scoring: %s", err)
+        return None
+
+
+def xgboost_iterations(model: XGBClassifier) -> tuple[int, int]:
+    """The trees predict() uses: those up to the best iteration after early stopping, else all (0, 0)."""
+    try:
+        return 0, model.best_iteration + 1
+    except AttributeError:
+        return 0, 0
+
+
+def compiled_rows(model: Any) -> float:
+    """Up to how many rows the packed trees score a call (probability alone) faster than the library
+    (docs/performance.md): XGBoost's predictor costs more a call but less a row than the compiled loop,
+    HistGradientBoosting's more at any size."""
+    return 64 if isinstance(model, XGBClassifier) else np.inf
 
 
 def _join(trees: list[dict[str, np.ndarray]], value_dtype: str, base: np.floating) -> Forest:
@@ -119,11 +142,8 @@ def _join(trees: list[dict[str, np.ndarray]], value_dtype: str, base: np.floatin
     left = np.where(leaf, -1, glue["left"] + offset).astype(np.int32)
     right = np.where(leaf, -1, glue["right"] + offset).astype(np.int32)
     missing = np.where(glue["default_left"].astype(bool), left, right).astype(np.int32)
-    parent = np.arange(len(leaf), dtype=np.int32)
-    parent[left[~leaf]] = np.flatnonzero(~leaf)
-    parent[right[~leaf]] = np.flatnonzero(~leaf)
     depth = int(max(_depth(t["left"], t["right"], t["feature"] < 0) for t in trees))
-    return Forest(glue["feature"].astype(np.int32), glue["threshold"], left, right, missing, parent,
+    return Forest(glue["feature"].astype(np.int32), glue["threshold"], left, right, missing,
                   glue["value"].astype(value_dtype), roots, base, _weights(depth))
 
 
@@ -183,8 +203,8 @@ def _pack_xgboost(model: XGBClassifier) -> Forest:
 
 
 def _weights(depth: int) -> np.ndarray:
-    """w[n, m] = m! (n-m-1)! / n!, the Shapley weight of a feature joining m others of n, in float32 as shap."""
-    w = np.zeros((depth + 2, depth + 2), dtype=np.float32)
+    """w[n, m] = m! (n-m-1)! / n!, the Shapley weight of a feature joining m others of n."""
+    w = np.zeros((depth + 2, depth + 2))
     for n in range(1, depth + 2):
         for m in range(n):
             w[n, m] = 1.0 / (n * math.comb(n - 1, m))
@@ -217,143 +237,70 @@ def _sigmoid32(m):  # noqa: ANN001, ANN202
         m[i] = one / (math.exp(min(-m[i], cap)) + one)
 
 
-@njit(cache=True, inline="always")  # inlined in numba's IR: no array reference counting per node
-def _step(x, r, feature, threshold, left, right, missing, node):  # noqa: ANN001, ANN202
-    """The children x and r go to at a split node (shap's rule: right when above the threshold)."""
-    f = feature[node]
-    nx = missing[node] if np.isnan(x[f]) else (right[node] if x[f] > threshold[node] else left[node])
-    nr = missing[node] if np.isnan(r[f]) else (right[node] if r[f] > threshold[node] else left[node])
-    return nx, nr
+@njit(cache=True)
+def _route(r, feature, threshold, left, right, missing):  # noqa: ANN001, ANN202
+    out = np.full(feature.shape[0], -1, np.int32)
+    for node in range(feature.shape[0]):
+        f = feature[node]
+        if f >= 0:
+            out[node] = missing[node] if np.isnan(r[f]) else (left[node] if r[f] <= threshold[node] else right[node])
+    return out
 
 
 @njit(cache=True)
-def _shapley(X, r, feature, threshold, left, right, missing, parent, value, roots, w, out):  # noqa: ANN001, ANN202, C901
-    """shap's tree_shap_indep (cext/tree_shap.h), iterative, tree by tree: each tree walked with x and r together;
-    where they part on a feature not yet assigned, it counts as from x on x's side (M of N) and from r on r's side;
-    a leaf's value weighted by w goes to the positive (x) and negative (r) lists that parents combine into the
-    feature's value. Node scratch (lists, flags) is indexed from the tree's root."""
-    size = np.max(roots[1:] - roots[:-1])
-    pos = np.zeros(size, np.float32)
-    neg = np.zeros(size, np.float32)
-    flag = np.zeros(size, np.int8)
-    hist = np.zeros(X.shape[1], np.int32)
-    stack = np.zeros(w.shape[0] + 1, np.int32)
+def _walk(X, route, feature, threshold, left, right, missing, value, roots, w, margin, out):  # noqa: ANN001, ANN202, C901
+    """Baseline Shapley of each tree, tree by tree (it stays in cache), row by row. Where x and the reference part
+    on a feature not yet taken, the walk goes both ways, x's side first with the feature taken from x (`taken` 1,
+    pushed on `xs`), then the reference's with it taken from the reference (-1, on `rs`); a feature taken follows
+    its side further down. A leaf reached needing the a features of `xs` and the b of `rs` adds
+    value * (a-1)! b! / (a+b)! to each of `xs` and takes value * a! (b-1)! / (a+b)! from each of `rs`. The first
+    leaf reached is x's own: its value goes to the margin, in the library's order and dtype."""
+    taken = np.zeros(X.shape[1], np.int8)
+    xs = np.zeros(w.shape[0], np.int32)
+    rs = np.zeros(w.shape[0], np.int32)
+    parted = np.zeros(w.shape[0], np.int32)  # the nodes where the walk went both ways, outermost first
     for t in range(roots.shape[0] - 1):
-        root = roots[t]
-        if feature[root] < 0:
-            continue
         for i in range(X.shape[0]):
-            x = X[i]
-            hist[:] = 0
-            M = 0
-            N = 0
-            depth = 0
-            nx, nr = _step(x, r, feature, threshold, left, right, missing, root)
-            if nx != nr:
-                flag[nx - root] = FROM_X
-                flag[nr - root] = FROM_R
-                nxt = left[root]
-                if nr == nxt:
-                    N += 1
-                    hist[feature[root]] -= 1
-                else:
-                    M += 1
-                    N += 1
-                    hist[feature[root]] += 1
-            else:
-                flag[nx - root] = FROM_NEITHER
-                nxt = nx
-            stack[depth] = root
-            depth += 1
-            child = -1
+            node, a, b, depth, first = roots[t], 0, 0, 0, True
             while True:
-                node = nxt
-                f = feature[node]
-                if f < 0:  # a leaf
-                    if N != 0:
-                        if M != 0:
-                            pos[node - root] = value[node] * w[N, M - 1]
-                        if M != N:
-                            neg[node - root] = -value[node] * w[N, M]
-                    depth -= 1
-                    nxt = stack[depth]
-                    child = node
-                    M, N = _unwind(hist, feature[parent[node]], flag[node - root], M, N)
-                    continue
-                nx, nr = _step(x, r, feature, threshold, left, right, missing, node)
-                if nx != nr:
-                    flag[nx - root] = FROM_X
-                    flag[nr - root] = FROM_R
-                else:
-                    flag[nx - root] = FROM_NEITHER
-                if child == -1:  # arriving from the parent
-                    stack[depth] = node
-                    depth += 1
-                    nxt = -1
-                    if hist[f] > 0:  # the feature is assigned upstream: follow its side
-                        nxt = nx
-                        hist[f] += 1
-                    elif hist[f] < 0:
-                        nxt = nr
-                        hist[f] -= 1
-                    if nxt < 0 and nx == nr:
-                        nxt = nx
-                    if nxt >= 0:
+                while feature[node] >= 0:
+                    f = feature[node]
+                    if taken[f] < 0:
+                        node = route[node]
                         continue
-                    nxt = left[node]  # both ways: left first
-                    if nr == nxt:
-                        N += 1
-                        hist[f] -= 1
-                    else:
-                        M += 1
-                        N += 1
-                        hist[f] += 1
-                    continue
-                if nr == nx or hist[f] != 0:  # back from the one path taken: pass its lists up
-                    if node == root:
+                    v = X[i, f]
+                    nx = missing[node] if np.isnan(v) else (left[node] if v <= threshold[node] else right[node])
+                    if taken[f] == 0 and nx != route[node]:
+                        parted[depth] = node
+                        depth += 1
+                        taken[f] = 1
+                        xs[a] = f
+                        a += 1
+                    node = nx
+                if first:
+                    margin[i] += value[node]
+                    first = False
+                if a + b:
+                    leaf = np.float64(value[node])
+                    if a:
+                        share = leaf * w[a + b, a - 1]
+                        for k in range(a):
+                            out[i, xs[k]] += share
+                    if b:
+                        share = leaf * w[a + b, a]
+                        for k in range(b):
+                            out[i, rs[k]] -= share
+                while depth:  # back up to the last split whose reference side is still to walk
+                    f = feature[parted[depth - 1]]
+                    if taken[f] > 0:
+                        a -= 1
+                        taken[f] = -1
+                        rs[b] = f
+                        b += 1
+                        node = route[parted[depth - 1]]
                         break
-                    pos[node - root] = pos[child - root]
-                    neg[node - root] = neg[child - root]
-                    child = node
+                    b -= 1
+                    taken[f] = 0
                     depth -= 1
-                    nxt = parent[node]
-                    M, N = _unwind(hist, feature[parent[node]], flag[node - root], M, N)
-                    continue
-                if child == left[node]:  # back from the left: go right
-                    stack[depth] = node
-                    depth += 1
-                    nxt = right[node]
-                    if nx == nxt:
-                        M += 1
-                        N += 1
-                        hist[f] += 1
-                    else:
-                        N += 1
-                        hist[f] -= 1
-                    child = -1
-                    continue
-                out[i, f] += pos[nx - root] + neg[nr - root]  # back from the right: the feature's share
-                pos[node - root] = pos[nx - root] + pos[nr - root]
-                neg[node - root] = neg[nx - root] + neg[nr - root]
-                if node == root:
+                if not depth:
                     break
-                depth -= 1
-                nxt = stack[depth]
-                child = node
-                M, N = _unwind(hist, feature[parent[node]], flag[node - root], M, N)
-
-
-@njit(cache=True, inline="always")
-def _unwind(hist, pf, from_flag, M, N):  # noqa: ANN001, ANN202
-    """Leaving a node: release its parent's feature assignment, and its count when no longer assigned."""
-    if hist[pf] > 0:
-        hist[pf] -= 1
-    elif hist[pf] < 0:
-        hist[pf] += 1
-    if hist[pf] == 0:
-        if from_flag == FROM_X:
-            N -= 1
-            M -= 1
-        elif from_flag == FROM_R:
-            N -= 1
-    return M, N

@@ -7,13 +7,14 @@ mean training applicant), every family gets baseline Shapley values against it, 
 model: each says how much this column's value moves the log-odds of default away from the
 reference applicant's (docs/performance.md has why, and how often the reasons agree with TreeSHAP's):
 - linear models: coef * (z - reference), in closed form;
-- trees: shap's interventional `TreeExplainer` with the reference as its one background row
-  (linear in trees x depth per row). Categorical columns reach every tree family ordinal-coded; shap
+- trees: the interventional Shapley values of shap's `TreeExplainer` with the reference as its one background
+  row; binary boosted trees computed by `model.forest`'s walk (the served model's, margin and values in one pass),
+  other trees by shap. Categorical columns reach every tree family ordinal-coded; shap
   cannot follow XGBoost's native categorical splits against a reference.
 Without one (tree models logged before it, and XGBoost models logged with native categorical splits,
 as they were before they were ordinal-coded): path-dependent TreeSHAP, the booster's own
 `pred_contribs` for XGBoost, shap's `TreeExplainer` for other trees.
-shap is imported only when a tree model other than XGBoost is explained against no reference.
+shap is imported only when a tree model other than a boosted one is explained.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from scipy import sparse
 from sklearn.pipeline import Pipeline
 from xgboost import XGBClassifier
 
+from creditflow.model.forest import packed, xgboost_iterations
 from creditflow.model.pipeline import feature_sources, is_linear, positive_index, tree_features
 from creditflow.specs import DatasetSpec
 
@@ -53,14 +55,6 @@ def linear_terms(model: Any) -> tuple[np.ndarray, float]:
     """Coefficients and intercept of the log-odds of default."""
     sign = 1.0 if positive_index(model) == 1 else -1.0
     return sign * np.asarray(model.coef_, dtype="float64").ravel(), sign * float(np.ravel(model.intercept_)[0])
-
-
-def xgboost_iterations(model: XGBClassifier) -> tuple[int, int]:
-    """The trees predict() uses: those up to the best iteration after early stopping, else all (0, 0)."""
-    try:
-        return 0, model.best_iteration + 1
-    except AttributeError:
-        return 0, 0
 
 
 def xgboost_contributions(model: XGBClassifier, Z: np.ndarray) -> np.ndarray:
@@ -177,6 +171,9 @@ def _preprocessed_shap(
     if isinstance(model, XGBClassifier) and row is None:
         contribs = xgboost_contributions(model, Z)
         return contribs[:, :-1], float(contribs[0, -1]) if len(contribs) else 0.0, "log_odds"
+    forest = None if row is None else packed(model)
+    if forest is not None:  # what the served model computes (model.forest)
+        return forest.explain(Z, forest.route(row))[1], float(forest.margin(row[None, :])[0]), "log_odds"
     explainer = tree_explainer(model, row)
     expected = np.ravel(np.asarray(explainer.expected_value, dtype="float64"))
     if len(expected) > 1:  # one per class (forests): keep the default class
