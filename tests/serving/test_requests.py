@@ -10,7 +10,7 @@ import pandas as pd
 
 from creditflow.model.inputs import float_block
 from creditflow.serving.requests import parse_body
-from creditflow.serving.typed import Applicants, RoutedRows, float_frame, frame_of
+from creditflow.serving.typed import Applicants, RoutedRows, float_frame, frame_of, stacked_blocks
 from creditflow.specs import DatasetSpec
 
 
@@ -75,6 +75,23 @@ def test_text_columns_between_numbers_give_the_frame_pandas_public_constructors_
     expected = pd.DataFrame(rows, columns=labels(columns), dtype=object).astype(dict.fromkeys(numbers, "float64"))
     pd.testing.assert_frame_equal(frame, expected)
     assert frame["Housing"].tolist() == ["own", None, "castle"] and frame._mgr.nblocks == 2  # floats in one block
+
+
+def test_parsed_requests_with_text_columns_stack_into_the_frame_pandas_concat_gives(housing_spec: DatasetSpec) -> None:
+    numbers = [c for c in housing_spec.raw_columns if c != "Housing"]
+    columns = [numbers[0], "Housing", *numbers[1:]]
+    rows = [[0.5, "own", *[1.0] * (len(numbers) - 1)], [None, None, *[2.5] * (len(numbers) - 1)],
+            [7.0, "castle", *[None] * (len(numbers) - 1)]]
+    parsed = [parse_body(split_body(columns, [row]), "application/json", housing_spec, 10) for row in rows]
+
+    stacked = stacked_blocks(parsed)
+
+    pd.testing.assert_frame_equal(stacked, pd.concat(parsed, ignore_index=True))
+    assert stacked["Housing"].tolist() == ["own", None, "castle"] and stacked.loc[2, numbers[0]] == 7.0
+    other_order = parse_body(split_body(housing_spec.raw_columns, [[1.0 if c != "Housing" else "rent"
+                                                                    for c in housing_spec.raw_columns]]),
+                             "application/json", housing_spec, 10)
+    assert stacked_blocks([parsed[0], other_order]) is None  # the same columns in other places: pandas' concat
 
 
 def test_a_float_frame_is_the_frame_the_public_constructor_gives_of_the_same_block(small_spec: DatasetSpec) -> None:

@@ -6,10 +6,11 @@ together, scored in one call"). With several connections open, requests are read
 (`parse_body` shares one Index per spec, or per column list for frames with text), and the queue is flushed once it
 has settled (`serving.settling`: once an iteration brought no one, after a few iterations, or at `max_rows`
 applicants; no timer). The flush stacks the requests of a version and column list into one (one `np.concatenate` of
-their raw matrices or float blocks, else `pd.concat`), makes one `columns` call per `max_rows` applicants, splits
-the answer columns back per request and writes each body as it would be written alone (a row's answer does not
-depend on the rows beside it: `model.linear`, `row_products`). If a combined call fails (one request breaks a value
-rule, a model fault), each request of that call is scored alone: its own status and body, the others still answered.
+their raw matrices, float blocks or blocks of text, else `pd.concat`), makes one `columns` call per `max_rows`
+applicants, splits the answer columns back per request and writes each body as it would be written alone (a row's
+answer does not depend on the rows beside it: `model.linear`, `row_products`). If a combined call fails (one request
+breaks a value rule, a model fault), each request of that call is scored alone: its own status and body, the others
+still answered.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 
 from creditflow.model.inputs import float_block
 from creditflow.serving.settling import Settling
-from creditflow.serving.typed import Applicants, Parsed, float_frame
+from creditflow.serving.typed import Applicants, Parsed, float_frame, stacked_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,15 @@ class Waiting:
 
 def stacked(frames: list[Parsed]) -> Parsed:
     """Requests of the same columns as one, rows in order: their raw matrices concatenated (`Applicants`, as
-    `parse_body` types a numeric request), one float block's arrays, or pandas' concat (text columns)."""
+    `parse_body` types a numeric request), one float block's arrays, each block's arrays (text columns), or pandas'
+    concat."""
     if all(isinstance(f, Applicants) for f in frames):
         return Applicants(np.concatenate([f.matrix for f in frames]), frames[0].columns)
     blocks = [float_block(f) for f in frames]
     if all(b is not None for b in blocks):
         return float_frame(np.concatenate(blocks), frames[0].columns)
-    return pd.concat(frames, ignore_index=True)
+    same = stacked_blocks(frames)  # text columns: each block's arrays stacked
+    return pd.concat(frames, ignore_index=True) if same is None else same
 
 
 def split(columns: Mapping[str, list], sizes: list[int]) -> list[dict[str, list]]:
