@@ -214,7 +214,8 @@ def _weights(depth: int) -> np.ndarray:
 @njit(cache=True)
 def _margin(Z, feature, threshold, left, right, missing, value, roots, out):  # noqa: ANN001, ANN202
     """Adds each tree's leaf to each row's margin, tree by tree (the tree stays in cache; each row's sum in the
-    library's order)."""
+    library's order). The split rule (NaN its own way, left when x <= threshold) is written out in each kernel here:
+    a shared helper, even inlined, made the loops slower (docs/performance.md)."""
     for t in range(roots.shape[0] - 1):
         for i in range(Z.shape[0]):
             node = roots[t]
