@@ -1,8 +1,11 @@
-"""The Spark session the batch job starts: input splits per core, the driver's heap and collector, start failures."""
+"""The Spark session the batch job starts: input splits per core, the driver's heap and collector, start failures;
+job groups that end only with their tasks."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from creditflow.data.dataset import CreditData
+from creditflow.serving.batch import spark as batch_spark
 from creditflow.serving.batch.spark import start_spark
 from creditflow.train.run import TrainingOutcome
 from tests.conftest import CHAMPION, VENV_BIN, spark_test_config, subprocess_env
@@ -57,3 +61,26 @@ def test_a_spark_that_cannot_start_is_one_line(store: tuple[str, TrainingOutcome
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(errors) == 1 and "Spark could not start on local[1] with driver_memory 4000g" in errors[0]
+
+
+@pytest.mark.spark
+def test_a_cancelled_job_group_ends_only_once_the_scheduler_has_heard_each_task_end(spark) -> None:
+    """A cancelled job fails at once, its killed tasks end later (a killed writer cleans up): the group waits for them.
+
+    The status tracker alone once let the group end while Spark's scheduler still awaited two killed tasks."""
+    sc, group, left = spark.sparkContext, "slow-tasks", []
+
+    def job() -> None:
+        with pytest.raises(Exception, match="cancel"), batch_spark.job_group(spark, group, "tasks that take 6 s"):
+            sc.parallelize(range(2), 2).map(lambda x: time.sleep(6) or x).collect()
+        left.append(batch_spark._scheduled_tasks(sc, group))
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while batch_spark._scheduled_tasks(sc, group) < 2 and time.monotonic() < deadline:  # both tasks launched
+        time.sleep(0.01)
+    assert batch_spark._scheduled_tasks(sc, group) == 2
+    sc.cancelJobGroup(group)
+    thread.join(60)
+    assert left == [0]

@@ -140,7 +140,10 @@ def job_group(spark: SparkSession, group: str, description: str) -> Iterator[Non
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
         deadline = time.monotonic() + TASK_STOP_SECONDS
-        while _tasks_running(sc, group) and time.monotonic() < deadline:
+        while _tasks_running(sc, group):
+            if time.monotonic() > deadline:
+                logger.warning("tasks of %s still running %.0f s after its job ended", group, TASK_STOP_SECONDS)
+                break
             time.sleep(0.05)
 
 
@@ -160,7 +163,8 @@ def _tasks_running(sc: Any, group: str) -> bool:
 
     The status tracker learns of tasks from Spark's listener bus, asynchronously: on a busy machine it
     still knew nothing of a cancelled job's last tasks when the job's failure reached us (CI, twice).
-    So the bus first processes what was posted so far.
+    So the bus first processes what was posted so far, and the task scheduler is asked too: the tracker
+    has reported a killed task ended while the scheduler still awaited it (its output not yet cleaned up).
     """
     from py4j.protocol import Py4JError
 
@@ -168,7 +172,25 @@ def _tasks_running(sc: Any, group: str) -> bool:
         sc._jsc.sc().listenerBus().waitUntilEmpty(5000)
     tracker = sc.statusTracker()
     return (any(job.status == "RUNNING" for job in _group_jobs(tracker, group))
-            or any(stage.numActiveTasks for stage in _group_stages(tracker, group)))
+            or any(stage.numActiveTasks for stage in _group_stages(tracker, group))
+            or _scheduled_tasks(sc, group) > 0)
+
+
+def _scheduled_tasks(sc: Any, group: str) -> int:
+    """Tasks of the group the task scheduler has launched and not yet heard end of (0 if it cannot say).
+
+    An executor reports a task's end after the task has cleaned up (a killed writer removes its files),
+    and the scheduler then forgets it: what the status tracker shows comes later or, for killed tasks,
+    sooner. `taskIdToTaskSetManager` is internal to Spark's scheduler; a Spark without it leaves the tracker.
+    """
+    from py4j.protocol import Py4JError
+
+    try:
+        launched = sc._jsc.sc().taskScheduler().taskIdToTaskSetManager().entrySet()
+        properties = [entry.getValue().taskSet().properties() for entry in launched]
+        return sum(p is not None and p.getProperty("spark.jobGroup.id") == group for p in properties)
+    except Py4JError:
+        return 0
 
 
 @contextmanager
