@@ -1,4 +1,4 @@
-"""`scripts/bench/serving.py --families` and `--by-id`: the champion you deploy, per family, against the limits.
+"""`scripts/bench/serving.py --families`: the champion you deploy, per family, against the limits.
 
 --families  Each named champion (scripts/bench/champions.py: logistic, XGBoost 300 trees of depth 6,
             HistGradientBoosting tuned as the demo tunes it, categorical-FAMILY on the categorical spec; each logged
@@ -17,10 +17,7 @@
             each model's own work per applicant (the compiled probability and exact reasons, in process), in calls
             of 8 applicants (as the endpoint's calls hold at concurrency 8) and alone, beside the floor's CPU a
             request: the most of the floor's req/s any endpoint of that model could answer.
---by-id     One `creditflow serve --feature-store` per champion; the held-out applicants' features loaded into Redis
-            database `--redis-db` (emptied first). Each run loads the same server with full-payload 1-row requests
-            (`POST /invocations`) and with the same applicants by id (`POST /invocations/by-id`), in turn; medians of
-            p50/p99 and by-id / full-payload p99.
+--by-id     scripts/bench/by_id.py
 """
 
 from __future__ import annotations
@@ -243,98 +240,3 @@ def report_ceiling(results: dict, model_work: dict[str, dict[int, float]], args:
         print(f"{name:<36} model {work[8]:7.1f} us in eights ({work[1]:.1f} alone)  ceiling "
               f"{100 * floor_us / (floor_us + work[8]):5.1f}% ({100 * floor_us / (floor_us + work[1]):.1f}% alone)  "
               f"(ours: {ours:.0f} us a request, {100 * floor_us / ours:.1f}% by CPU)")
-
-
-def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
-    import redis
-
-    from creditflow.serving.features import FeatureStore
-    from serving import BIN, bodies, free_port, run_wrk, start, stop, wait_ready
-
-    names = [n for n in args.families.split(",") if n]
-    champs = champions.chosen(args, names, tmp, "all")
-    store = f"redis://127.0.0.1:6379/{args.redis_db}"
-    redis.Redis.from_url(store).flushdb()
-    procs, scripts, champ_rows = [], {}, {}
-    try:
-        for name, champ in champs.items():
-            frame = champ_rows[name] = champions.applicants(champ.spec, args.applicants, seed=23, ids=True)
-            FeatureStore(store, champ.spec.name).put(frame, "Id")
-            X = frame.drop(columns=["Id"])
-            ids = frame["Id"].tolist()
-            scripts[name, "full"] = _script(tmp, f"{name}-full", bodies(X, 1, count=len(X)))
-            scripts[name, "by-id"] = _script(tmp, f"{name}-by-id",
-                                             [json.dumps({"applicant_ids": [i]}) for i in ids])
-            port = free_port()
-            procs.append(start(name, [str(BIN / "creditflow"), "serve", "-m", champ.uri, "-p", str(port), "-w",
-                                      str(args.workers), "--feature-store", store], port, tmp / f"by-id-{name}.log"))
-        wait_ready(procs)
-        for ep, name in zip(procs, champs, strict=True):  # the same answer both ways
-            full, by_id = (requests.post(f"{ep.url}{path}", data=body, headers={"Content-Type": "application/json"},
-                                         timeout=60) for path, body in (
-                ("/invocations", bodies(champ_rows[name].drop(columns=["Id"]), 1, 1)[0]),
-                ("/invocations/by-id", json.dumps({"applicant_ids": [champ_rows[name]["Id"].iat[0]]}))))
-            assert full.json() == by_id.json(), (full.text, by_id.text)
-            print(f"{name}: by id and full payload give the same answer", flush=True)
-            for kind in ("full", "by-id"):  # a fresh server's first seconds are slower: not measured
-                run_wrk(ep.url, scripts[name, kind], 2, min(args.seconds, 3),
-                        "/invocations" if kind == "full" else "/invocations/by-id")
-        results: dict[tuple, list[dict]] = {}
-        for run in range(args.runs):
-            for conc in args.concurrency:
-                for ep, name in zip(procs, champs, strict=True):
-                    for kind in (("full", "by-id") if run % 2 == 0 else ("by-id", "full")):
-                        path = "/invocations" if kind == "full" else "/invocations/by-id"
-                        results.setdefault((name, conc, kind), []).append(
-                            run_wrk(ep.url, scripts[name, kind], conc, args.seconds, path))
-        round_trip = _mget_round_trips(store, champs, champ_rows)
-    finally:
-        stop(procs)
-        redis.Redis.from_url(store).flushdb()  # the applicants' features were the bench's own
-    print(f"\nby id against full payload, same server: {args.runs} run(s) x {args.seconds} s each, in turn; medians; "
-          f"1 applicant per request; {args.workers} worker(s)")
-    print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for name in champs:
-        for conc in args.concurrency:
-            med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
-            for kind, m in med.items():
-                errors = sum(r["errors"] for r in results[name, conc, kind])
-                ratio = (f"  by-id/full p99 x{m['p99_ms'] / med['full']['p99_ms']:.2f}, "
-                         f"p50 x{m['p50_ms'] / med['full']['p50_ms']:.2f}") if kind == "by-id" else ""
-                print(f"{name:<36} {conc:>4} {kind:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
-                      f"{errors:>6}{ratio}")
-    p50, p99 = round_trip
-    print(f"\nthe floor of a lookup: one MGET of one applicant's key on redis' asyncio client (uvloop), alone, "
-          f"{MGETS} calls: p50 {p50:.3f} ms, p99 {p99:.3f} ms; at concurrency 1, by-id p99 can be no lower than the "
-          f"full request's p99 plus that round trip's:")
-    for name in champs:
-        if (name, 1, "full") in results:
-            full = _median(results[name, 1, "full"])["p99_ms"]
-            print(f"{name:<36} floor by-id/full p99 x{(full + p99) / full:.2f}")
-    return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
-
-
-MGETS = 3_000
-
-
-def _mget_round_trips(store: str, champs: dict, rows: dict) -> tuple[float, float]:
-    """(p50, p99) ms of one-key MGETs of stored applicants, one at a time, as the endpoint's client sends them."""
-    import redis.asyncio
-    import uvloop
-
-    from creditflow.serving.features import FeatureStore
-
-    keys = [FeatureStore(store, champ.spec.name).key(str(i)) for name, champ in champs.items()
-            for i in rows[name]["Id"].head(100)]
-
-    async def timed() -> list[float]:
-        client, out = redis.asyncio.Redis.from_url(store), []
-        for i in range(MGETS + 100):
-            start = time.perf_counter()
-            await client.mget([keys[i % len(keys)]])
-            out.append(time.perf_counter() - start)
-        await client.aclose()
-        return out[100:]  # the connection's first calls are not timed
-
-    ms = sorted(t * 1e3 for t in uvloop.run(timed()))
-    return statistics.median(ms), ms[int(0.99 * len(ms))]

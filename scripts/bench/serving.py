@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import by_id  # scripts/bench/by_id.py, beside this file
 import coalesce  # scripts/bench/coalesce.py, beside this file
 import deployed  # scripts/bench/deployed.py, beside this file
 import requests
@@ -72,9 +73,11 @@ request = function()
 end
 done = function(summary, latency, requests)
   local e = summary.errors
+  local q = {}
+  for k = 1, 999 do q[k] = string.format("%f", latency:percentile(k / 10) / 1e3) end
   io.write(string.format('RESULT {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, '
-    .. '"errors": %d}\\n', summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
-    latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.status + e.timeout))
+    .. '"errors": %d, "q_ms": [%s]}\\n', summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.status + e.timeout, table.concat(q, ",")))
 end
 """
 
@@ -369,7 +372,7 @@ def family_modes(args: argparse.Namespace) -> int:
 
         print(f"work directory {tmp}; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; server stack "
               f"{' + '.join(stack())}", flush=True)
-        bench = (coalesce.coalesce_bench if args.coalesce else deployed.by_id_bench if args.by_id
+        bench = (coalesce.coalesce_bench if args.coalesce else by_id.by_id_bench if args.by_id
                  else deployed.families_bench)
         code = bench(args, tmp)
         print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
