@@ -13,6 +13,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pandas as pd
 from creditflow.data.dataset import read_applicants
 from creditflow.data.rules import rule_violations
 from creditflow.errors import CreditflowError, SpecError, first_line
+from creditflow.serving.resp import RespClient, RespError
 from creditflow.serving.settling import Settling
 from creditflow.specs import DatasetSpec
 
@@ -77,10 +79,9 @@ class FeatureStore:
         except ValueError as exc:
             raise FeatureStoreError(f"feature store URL {url!r}: {exc}") from None
         self.url, self.dataset = url, dataset
-        self._async: Any = None  # redis.asyncio client, made on first `get_async`
+        self._async: RespClient | None = None  # the endpoint's connection, made on first `get_async`
         self._queued: list[tuple[list[str], asyncio.Future]] = []  # lookups waiting for the next MGET
         self._settling = Settling(self._fetch_queued, CHUNK)
-        self._fetching: set[asyncio.Task] = set()
 
     def key(self, applicant_id: str) -> str:
         return f"{KEY_PREFIX}:{self.dataset}:{applicant_id}"
@@ -143,28 +144,28 @@ class FeatureStore:
         return _known(ids, self.records(ids, await future))
 
     def _fetch_queued(self) -> None:
-        """One MGET for every lookup queued so far, its answer cut back per lookup (a task: the MGET is awaited)."""
+        """One MGET for every lookup queued so far, its answer cut back per lookup (`_hand_out`)."""
         queued, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._fetch(queued))
-        self._fetching.add(task)  # a reference until it is done (the loop keeps only a weak one)
-        task.add_done_callback(self._fetching.discard)
-
-    async def _fetch(self, queued: list[tuple[list[str], asyncio.Future]]) -> None:
-        import redis
-
-        if self._async is None:  # created in the loop that uses it (its connections belong to that loop)
-            self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+        if self._async is None:  # made in the loop that uses it (its connection belongs to that loop)
+            self._async = RespClient(self.url, connect_timeout=2, timeout=5)
         try:
-            found = await self._async.mget([self.key(i) for ids, _ in queued for i in ids])
-        except Exception as exc:  # every waiting request gets the failure: none is left waiting for an answer
-            for _, future in queued:
-                if not future.done():
-                    future.set_exception(self.failed("read", exc) if isinstance(exc, redis.RedisError) else exc)
-            return
+            reply = self._async.send("MGET", *[self.key(i) for ids, _ in queued for i in ids])
+        except Exception as exc:  # handed to every waiting lookup below, as a failed read would be
+            reply = asyncio.get_running_loop().create_future()
+            reply.set_exception(exc)
+        reply.add_done_callback(partial(self._hand_out, queued))
+
+    def _hand_out(self, queued: list[tuple[list[str], asyncio.Future]], reply: asyncio.Future) -> None:
+        """Each waiting lookup its part of the MGET's answer, or the failure: none is left waiting."""
+        failure = RespError("the read was cancelled") if reply.cancelled() else reply.exception()
         start = 0
         for ids, future in queued:
-            if not future.done():  # a request cancelled meanwhile (client gone)
-                future.set_result(found[start:start + len(ids)])
+            if future.done():  # a request cancelled meanwhile (client gone)
+                pass
+            elif failure is not None:
+                future.set_exception(self.failed("read", failure) if isinstance(failure, RespError) else failure)
+            else:
+                future.set_result(reply.result()[start:start + len(ids)])
             start += len(ids)
 
     def delete(self, ids: list[str]) -> int:
