@@ -5,29 +5,33 @@ One `creditflow serve --feature-store` per champion; the held-out applicants' fe
 and with the same applicants by id (`POST /invocations/by-id`), in turn; medians of p50/p99 and by-id / full p99.
 
 The floor: a request by id cannot answer before its features are read, so at best it is a full-payload request
-plus one Redis round trip. After the runs, each champion's server is loaded once more with full-payload requests
-at each concurrency while this process times one-key MGETs, one at a time, on redis' asyncio client (as the
-endpoint reads them): the round trips under that load. The floor's p99 is the 99th percentile of a full request's
-latency plus a round trip's, the two drawn independently (wrk's latency quantiles of that same load, every 0.1%,
-against every timed round trip); the floor ratio is that over the full request's p99.
+plus one Redis round trip. During every measured run (of either kind, so both bear the same extra load) this process
+times one-key MGETs on the endpoint's own client (`serving.resp`), one every PACE_SECONDS. The floor's p99 of a run
+of full-payload requests is the 99th percentile of its latency plus a round trip timed during it, the two drawn
+independently (wrk's latency quantiles, every 0.1%, against every round trip); printed as its ratio to that run's
+full p99, the median over runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import statistics
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import champions
 import numpy as np
 import requests
+import uvloop
 from deployed import _median, _script
 
-WARM_MGETS = 100  # a connection's first calls are not timed
+WARM_MGETS = 10  # a connection's first calls are not counted
+PACE_SECONDS = 0.002
 
 
 def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
@@ -69,15 +73,13 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
             for conc in args.concurrency:
                 for ep, name in zip(procs, champs, strict=True):
                     for kind in (("full", "by-id") if run % 2 == 0 else ("by-id", "full")):
-                        results.setdefault((name, conc, kind), []).append(
-                            run_wrk(ep.url, scripts[name, kind], conc, args.seconds, _path(kind)))
-        floors = {(name, conc): _floor(store, keys[name], partial(run_wrk, ep.url, scripts[name, "full"], conc,
-                                                                  args.seconds, _path("full")))
-                  for conc in args.concurrency for ep, name in zip(procs, champs, strict=True)}
+                        with _round_trips(store, keys[name]) as trips:
+                            result = run_wrk(ep.url, scripts[name, kind], conc, args.seconds, _path(kind))
+                        results.setdefault((name, conc, kind), []).append({**result, "trips_ms": trips})
     finally:
         stop(procs)
         redis.Redis.from_url(store).flushdb()  # the applicants' features were the bench's own
-    _report(champs, results, floors, args)
+    _report(champs, results, args)
     return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
 
 
@@ -85,7 +87,7 @@ def _path(kind: str) -> str:
     return "/invocations" if kind == "full" else "/invocations/by-id"
 
 
-def _report(champs: dict, results: dict, floors: dict, args: argparse.Namespace) -> None:
+def _report(champs: dict, results: dict, args: argparse.Namespace) -> None:
     print(f"\nby id against full payload, same server: {args.runs} run(s) x {args.seconds} s each, in turn; medians; "
           f"1 applicant per request; {args.workers} worker(s)")
     print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
@@ -98,46 +100,47 @@ def _report(champs: dict, results: dict, floors: dict, args: argparse.Namespace)
                          f"p50 x{m['p50_ms'] / med['full']['p50_ms']:.2f}") if kind == "by-id" else ""
                 print(f"{name:<36} {conc:>4} {kind:<8} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
                       f"{errors:>6}{ratio}")
-    print("\nthe floor: a full request plus one MGET round trip, timed under that full-payload load (one more run), "
-          "drawn independently; by-id/full p99 beside it, from the runs above")
-    print(f"{'family':<36} {'conc':>4} {'MGET p50':>9} {'MGET p99':>9} {'full p99':>9} {'floor p99':>10} "
-          f"{'floor':>6} {'by-id':>6}")
-    for (name, conc), f in floors.items():
-        med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
-        print(f"{name:<36} {conc:>4} {f['mget_p50']:>9.3f} {f['mget_p99']:>9.3f} {f['full_p99']:>9.2f} "
-              f"{f['floor_p99']:>10.2f} x{f['floor_p99'] / f['full_p99']:>5.2f} "
-              f"x{med['by-id']['p99_ms'] / med['full']['p99_ms']:>5.2f}")
+    print(f"\nthe floor: a full request plus one MGET round trip (the endpoint's client, one every {PACE_SECONDS} s "
+          f"during each run), drawn independently; medians over runs; by-id/full p99 beside it, from the table above")
+    print(f"{'family':<36} {'conc':>4} {'MGET p50':>9} {'MGET p99':>9} {'floor':>6} {'by-id':>6}")
+    for name in champs:
+        for conc in args.concurrency:
+            full = results[name, conc, "full"]
+            med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
+            trips = [np.array(r["trips_ms"]) for r in full]
+            floor = statistics.median(_floor_p99(r["q_ms"], t) / r["p99_ms"] for r, t in zip(full, trips, strict=True))
+            print(f"{name:<36} {conc:>4} {statistics.median(np.median(t) for t in trips):>9.3f} "
+                  f"{statistics.median(np.percentile(t, 99) for t in trips):>9.3f} x{floor:>5.2f} "
+                  f"x{med['by-id']['p99_ms'] / med['full']['p99_ms']:>5.2f}")
 
 
-def _floor(store: str, keys: list[str], load: Callable[[], dict]) -> dict[str, float]:
-    """Round trips of one-key MGETs timed while `load` (a wrk run of full-payload requests) runs; the floor's p99."""
-    stop, samples = threading.Event(), []
-    timer = threading.Thread(target=lambda: samples.extend(_timed_mgets(store, keys, stop)))
+def _floor_p99(latency_ms: list[float], trips_ms: np.ndarray) -> float:
+    """The 99th percentile of a request's latency plus a round trip's, drawn independently."""
+    draws = trips_ms[np.random.default_rng(0).permutation(len(trips_ms))[:3000]]
+    return float(np.percentile(np.array(latency_ms)[:, None] + draws[None, :], 99))
+
+
+@contextmanager
+def _round_trips(store: str, keys: list[str]) -> Iterator[list[float]]:
+    """Milliseconds of one-key MGETs on the endpoint's client, one every PACE_SECONDS while the block runs."""
+    stop, trips = threading.Event(), []
+    timer = threading.Thread(target=lambda: uvloop.run(_timed_mgets(store, keys, stop, trips)))
     timer.start()
     try:
-        full = load()
+        yield trips
     finally:
         stop.set()
         timer.join()
-    trips = np.array(samples[WARM_MGETS:]) * 1e3
-    latency = np.array(full["q_ms"])
-    draws = trips[np.random.default_rng(0).permutation(len(trips))[:3000]]
-    return {"mget_p50": float(np.median(trips)), "mget_p99": float(np.percentile(trips, 99)),
-            "full_p99": full["p99_ms"], "floor_p99": float(np.percentile(latency[:, None] + draws[None, :], 99))}
+        del trips[:WARM_MGETS]
 
 
-def _timed_mgets(store: str, keys: list[str], stop: threading.Event) -> list[float]:
-    """Seconds of each one-key MGET, sent one at a time until `stop`."""
-    import redis.asyncio
-    import uvloop
+async def _timed_mgets(store: str, keys: list[str], stop: threading.Event, trips: list[float]) -> None:
+    from creditflow.serving.resp import RespClient
 
-    async def timed() -> list[float]:
-        client, out = redis.asyncio.Redis.from_url(store), []
-        while not stop.is_set():
-            start = time.perf_counter()
-            await client.mget([keys[len(out) % len(keys)]])
-            out.append(time.perf_counter() - start)
-        await client.aclose()
-        return out
-
-    return uvloop.run(timed())
+    client = RespClient(store, connect_timeout=2, timeout=5)
+    while not stop.is_set():
+        start = time.perf_counter()
+        await client.command("MGET", keys[len(trips) % len(keys)])
+        trips.append((time.perf_counter() - start) * 1e3)
+        await asyncio.sleep(PACE_SECONDS)
+    client.close()
