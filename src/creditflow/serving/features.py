@@ -134,7 +134,7 @@ class FeatureStore:
         return _known(ids, self.find(ids))
 
     async def get_async(self, ids: list[str]) -> list[dict[str, Any]]:
-        """`get` on redis' asyncio client: the online endpoint's event loop answers other requests meanwhile, and
+        """`get` on the endpoint's own connection (`serving.resp`): its event loop answers other requests meanwhile, and
         the lookups of requests read together share one MGET, sent once the queue has settled (`serving.settling`;
         `_fetch_queued`; each request still gets its own records and its own errors)."""
         loop = asyncio.get_running_loop()
