@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -130,3 +132,33 @@ def test_a_connection_the_server_closes_is_opened_again(keys: list[str]) -> None
         return await client.command("GET", keys[4])
 
     assert asyncio.run(read()) == b"value 4\r\nxxxx"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Path]:
+    """A Redis server of the test's own, on a Unix socket only, with a password."""
+    socket = tmp_path / "redis.sock"
+    server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(socket), "--requirepass", "pw",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists() and server.poll() is None and time.monotonic() < deadline:  # until it listens
+            time.sleep(0.01)
+        assert socket.exists(), "redis-server did not start"
+        yield socket
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_unix_socket_with_a_password_and_a_database(private_redis: Path) -> None:
+    url = f"unix://default:pw@{private_redis}?db=2"
+    redis.Redis.from_url(url).set("k", b"on the socket")
+
+    async def read(url: str) -> object:
+        return await RespClient(url, connect_timeout=2, timeout=5).command("MGET", "k", "absent")
+
+    assert asyncio.run(read(url)) == [b"on the socket", None]
+    with pytest.raises(RespError, match="^AUTH refused: WRONGPASS"):
+        asyncio.run(read(url.replace(":pw@", ":nope@")))
