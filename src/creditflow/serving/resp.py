@@ -128,6 +128,7 @@ class RespClient:
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()  # commands waiting for the connection
 
     async def command(self, *args: str | bytes) -> Reply:
         """A command's reply; RespError if Redis cannot be reached or does not answer in time, ReplyError if it
@@ -138,7 +139,10 @@ class RespClient:
         """The command's reply to come (`command`), written at once when connected: no task, no await."""
         connection = self._connection
         if connection is None or connection.lost is not None:
-            return asyncio.ensure_future(self._send_connected(args))
+            sending = asyncio.ensure_future(self._send_connected(args))
+            self._sending.add(sending)  # a reference until it is done (the loop keeps only a weak one)
+            sending.add_done_callback(self._sending.discard)
+            return sending
         return self._timed(connection, connection.send(encode(*args)))
 
     async def _send_connected(self, args: tuple[str | bytes, ...]) -> Reply:
