@@ -25,7 +25,7 @@ import champions
 import numpy as np
 import requests
 import uvloop
-from deployed import _median, _script
+from deployed import medians, wrk_script
 
 WARM_MGETS = 100  # a connection's first calls are not counted
 MGETS = 5_000
@@ -49,8 +49,8 @@ def by_id_bench(args: argparse.Namespace, tmp: Path) -> int:
             features.put(frame, "Id")
             keys[name] = [features.key(str(i)) for i in frame["Id"]]
             X = frame.drop(columns=["Id"])
-            scripts[name, "full"] = _script(tmp, f"{name}-full", bodies(X, 1, count=len(X)))
-            scripts[name, "by-id"] = _script(tmp, f"{name}-by-id",
+            scripts[name, "full"] = wrk_script(tmp, f"{name}-full", bodies(X, 1, count=len(X)))
+            scripts[name, "by-id"] = wrk_script(tmp, f"{name}-by-id",
                                              [json.dumps({"applicant_ids": [i]}) for i in frame["Id"]])
             port = free_port()
             procs.append(start(name, [str(BIN / "creditflow"), "serve", "-m", champ.uri, "-p", str(port), "-w",
@@ -90,7 +90,7 @@ def _report(champs: dict, results: dict, trips: np.ndarray, args: argparse.Names
     print(f"{'family':<36} {'conc':>4} {'request':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for name in champs:
         for conc in args.concurrency:
-            med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
+            med = {kind: medians(results[name, conc, kind]) for kind in ("full", "by-id")}
             for kind, m in med.items():
                 errors = sum(r["errors"] for r in results[name, conc, kind])
                 ratio = (f"  by-id/full p99 x{m['p99_ms'] / med['full']['p99_ms']:.2f}, "
@@ -104,7 +104,7 @@ def _report(champs: dict, results: dict, trips: np.ndarray, args: argparse.Names
     for name in champs:
         for conc in args.concurrency:
             full = results[name, conc, "full"]
-            med = {kind: _median(results[name, conc, kind]) for kind in ("full", "by-id")}
+            med = {kind: medians(results[name, conc, kind]) for kind in ("full", "by-id")}
             floor = statistics.median(_floor_p99(r["q_ms"], trips) / r["p99_ms"] for r in full)
             print(f"{name:<36} {conc:>4} x{floor:>5.2f} x{med['by-id']['p99_ms'] / med['full']['p99_ms']:>5.2f}")
 

@@ -34,7 +34,7 @@ import mlserver_env
 import requests
 
 
-def _script(tmp: Path, name: str, bodies: list[str]) -> Path:
+def wrk_script(tmp: Path, name: str, bodies: list[str]) -> Path:
     from serving import LUA
 
     path = tmp / f"{name}.lua"
@@ -148,9 +148,9 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
         scripts = {}
         for name, champ in champs.items():
             for rows in args.rows:
-                scripts[name, rows, "ours"] = _script(
+                scripts[name, rows, "ours"] = wrk_script(
                     tmp, f"{name}-{rows}", bodies(champ.held_out, rows))
-                scripts[name, rows, "mlserver"] = _script(tmp, f"{name}-{rows}-v2", _v2_bodies(champ.held_out, rows))
+                scripts[name, rows, "mlserver"] = wrk_script(tmp, f"{name}-{rows}-v2", _v2_bodies(champ.held_out, rows))
         for name, per in targets.items():  # a fresh server's first seconds are slower: not measured
             for endpoint, (url, path) in per.items():
                 run_wrk(url, scripts[name, args.rows[0], endpoint], 2, min(args.seconds, 3), path)
@@ -177,12 +177,12 @@ def families_bench(args: argparse.Namespace, tmp: Path) -> int:
     return 0 if all(r["errors"] == 0 for rs in results.values() for r in rs) else 1
 
 
-def _median(rs: list[dict]) -> dict[str, float]:
+def medians(rs: list[dict]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us") if k in rs[0]}
 
 
 def report(champs: dict, results: dict, in_process: dict[str, float], args: argparse.Namespace) -> None:
-    floor = {k[1:3]: _median(v) for k, v in results.items() if k[3] == "floor"}
+    floor = {k[1:3]: medians(v) for k, v in results.items() if k[3] == "floor"}
     print(f"\n{args.runs} run(s) x {args.seconds} s per endpoint and combination, endpoints in turn within each run; "
           f"medians; {args.workers} worker(s) each; load from wrk")
     print(f"{'family':<36} {'rows':>4} {'conc':>4} {'endpoint':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
@@ -194,7 +194,7 @@ def report(champs: dict, results: dict, in_process: dict[str, float], args: argp
     for name in champs:
         for rows in args.rows:
             for conc in args.concurrency:
-                med = {e: _median(results[name, rows, conc, e]) for e in ("ours", "mlserver")
+                med = {e: medians(results[name, rows, conc, e]) for e in ("ours", "mlserver")
                        if (name, rows, conc, e) in results}
                 for endpoint, m in med.items():
                     errors = sum(r["errors"] for r in results[name, rows, conc, endpoint])
@@ -216,7 +216,7 @@ def report(champs: dict, results: dict, in_process: dict[str, float], args: argp
             line += f"  categorical / numeric {base}: x{ms / in_process[base]:.2f} in process"
             key, numeric = (name, 1, 1, "ours"), (base, 1, 1, "ours")
             if key in results and numeric in results:
-                http = _median(results[key])["p50_ms"] / _median(results[numeric])["p50_ms"]
+                http = medians(results[key])["p50_ms"] / medians(results[numeric])["p50_ms"]
                 line += f", x{http:.2f} over HTTP (p50, 1 row, c=1)"
         print(line)
 
