@@ -29,6 +29,7 @@ from creditflow.specs import DatasetSpec
 KEY_PREFIX = "creditflow:features"
 LOADED_AT = "_loaded_at"  # stored with each applicant's features; not a model column
 CHUNK = 10_000  # applicants per Redis round trip
+CONNECT_SECONDS, READ_SECONDS = 2, 5  # the store unreachable, or not answering: both clients
 
 
 class FeatureStoreError(CreditflowError):
@@ -75,7 +76,7 @@ class FeatureStore:
         import redis
 
         try:
-            self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_SECONDS, socket_timeout=READ_SECONDS)
         except ValueError as exc:
             raise FeatureStoreError(f"feature store URL {url!r}: {exc}") from None
         self.url, self.dataset = url, dataset
@@ -147,7 +148,7 @@ class FeatureStore:
         """One MGET for every lookup queued so far, its answer cut back per lookup (`_hand_out`)."""
         queued, self._queued = self._queued, []
         if self._async is None:  # made in the loop that uses it (its connection belongs to that loop)
-            self._async = RespClient(self.url, connect_timeout=2, timeout=5)
+            self._async = RespClient(self.url, connect_timeout=CONNECT_SECONDS, timeout=READ_SECONDS)
         try:
             reply = self._async.send("MGET", *[self.key(i) for ids, _ in queued for i in ids])
         except Exception as exc:  # handed to every waiting lookup below, as a failed read would be
@@ -159,13 +160,14 @@ class FeatureStore:
         """Each waiting lookup its part of the MGET's answer, or the failure: none is left waiting."""
         failure = RespError("the read was cancelled") if reply.cancelled() else reply.exception()
         start = 0
+        if isinstance(failure, RespError):
+            failure = self.failed("read", failure)
         for ids, future in queued:
-            if future.done():  # a request cancelled meanwhile (client gone)
-                pass
-            elif failure is not None:
-                future.set_exception(self.failed("read", failure) if isinstance(failure, RespError) else failure)
-            else:
-                future.set_result(reply.result()[start:start + len(ids)])
+            if not future.done():  # not a request cancelled meanwhile (client gone)
+                if failure is None:
+                    future.set_result(reply.result()[start:start + len(ids)])
+                else:
+                    future.set_exception(failure)
             start += len(ids)
 
     def delete(self, ids: list[str]) -> int:
